@@ -1,0 +1,38 @@
+"""Shared fixtures. Data under ../shared is optional on a user's machine (tests skip with the
+reason) but required in CI, where ``.ci/run`` sets ``LIC_REQUIRE_DATA=1`` and absence fails."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lic_core.paths import datasets_root, reference_root
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _need(path: Path) -> Path:
+    if path.exists():
+        return path
+    msg = f"{path} is absent (set LIC_SHARED / LIC_DATASETS / LIC_REFERENCE)"
+    if os.environ.get("LIC_REQUIRE_DATA") == "1":
+        pytest.fail(msg + "; LIC_REQUIRE_DATA=1 makes this a failure", pytrace=False)
+    print(f"SKIP: {msg}")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def kodak_dir() -> Path:
+    return _need(datasets_root() / "kodak")
+
+
+@pytest.fixture(scope="session")
+def wikiphotos_dir() -> Path:
+    return _need(datasets_root() / "wikiphotos")
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return _need(reference_root())
