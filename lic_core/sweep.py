@@ -1,0 +1,606 @@
+"""Parameter sweeps: a YAML grid expanded into papermill executions of one notebook.
+
+``python -m lic_core sweep FILE.yaml [--executor local|slurm] [--jobs N] [--dry-run]``
+
+A sweep YAML (relative paths resolve against the current directory)::
+
+    name: lambda-grid                  # sweep name -> papermill_runs/<name>/
+    notebook: notebooks/01_train.ipynb
+    output: papermill_runs/lambda-grid # optional, this is the default
+    kernel: python3                    # optional
+    timeout: 3600                      # optional, seconds one job may run
+    jobs: 2                            # optional, jobs at a time (local) / array parallelism (Slurm)
+    parameters: {model: tiny, steps: 300}   # fixed, given to every job
+    grid: {lmbda: [0.0035, 0.013], mode: [standard, balanced]}   # cartesian product
+    exclude: [{lmbda: 0.0035, mode: balanced}]                    # optional, drop grid points
+    include: [{lmbda: 0.0483, mode: balanced}]                    # optional, extra jobs
+    slurm: {slurm_partition: gpu, gpus_per_node: 1, cpus_per_task: 8}   # submitit parameters
+
+Each job runs the notebook through papermill (parameters injected after the cell tagged
+``parameters``, plus ``run_dir``) into ``<output>/<job>/``: ``notebook.ipynb`` (executed, kept on
+failure), ``parameters.json``, ``run/`` (= ``run_dir``, where the notebook writes checkpoints and
+``metrics.json``), ``log.txt`` and, on failure, ``error.txt``. ``<output>/manifest.json`` holds
+every job's state (pending / running / done / failed), written atomically under a file lock by
+the workers themselves, so it stays true when the sweep process dies. Re-running the same command
+skips done jobs and runs the rest (failed, pending, and running jobs whose process is gone).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import multiprocessing
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from filelock import FileLock, Timeout
+
+from lic_core.errors import ConfigError, LicError
+from lic_core.paths import REPO
+
+STATES = ("pending", "running", "done", "failed")
+EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
+KEYS = {"name", "notebook", "output", "kernel", "timeout", "jobs", "parameters", "grid",
+        "exclude", "include", "slurm"}
+RESERVED = ("run_dir",)
+MANIFEST, SPEC_FILE = "manifest.json", "sweep.json"
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
+                "SUSPENDED"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One notebook execution: its directory name and full parameters (``run_dir`` excluded)."""
+
+    name: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep YAML; :meth:`expand` gives the jobs in a deterministic order."""
+
+    name: str
+    notebook: Path
+    output: Path
+    kernel: str = "python3"
+    timeout: float | None = None
+    jobs: int = 1
+    parameters: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=dict)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+    def expand(self) -> list[Job]:
+        """Grid points (in YAML key order) minus ``exclude``, then ``include``; names unique."""
+        keys = list(self.grid)
+        points = [dict(zip(keys, vals)) for vals in itertools.product(*self.grid.values())]
+        points = [p for p in points if not any(_matches(p, ex) for ex in self.exclude)]
+        varying = keys + [k for inc in self.include for k in inc if k not in keys]
+        jobs: dict[str, Job] = {}
+        for where, point in [*((f"grid point {p}", p) for p in points),
+                             *((f"include[{i}]", p) for i, p in enumerate(self.include))]:
+            job = Job(job_name(self.parameters | point, varying), self.parameters | point)
+            if job.name in jobs:
+                raise ConfigError(f"sweep {self.name!r}: {where} repeats job {job.name!r}")
+            jobs[job.name] = job
+        return list(jobs.values())
+
+
+def _matches(point: dict[str, Any], partial: dict[str, Any]) -> bool:
+    return all(k in point and point[k] == v for k, v in partial.items())
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def job_name(parameters: dict[str, Any], varying: list[str]) -> str:
+    """Readable slug of the varying parameters + 8 hex digits of a hash of *all* parameters.
+
+    ``{"lmbda": 0.013, "mode": "balanced", "steps": 300}`` varying over lmbda, mode ->
+    ``lmbda-0.013_mode-balanced-<hash>``. Changing a fixed parameter changes every name, so a
+    stale result is never mistaken for a new one.
+    """
+    parts = [f"{k}-{_slug(parameters[k])}" for k in varying if k in parameters]
+    slug = "_".join(parts)[:80].strip("_-.") or "job"
+    return f"{slug}-{hashlib.sha1(_canonical(parameters).encode()).hexdigest()[:8]}"
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return re.sub(r"[^A-Za-z0-9.+]+", "~", text).strip("~") or "~"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_sweep(path: str | Path, base: str | Path | None = None) -> SweepSpec:
+    """Read and check a sweep YAML; relative paths resolve against ``base`` (default: cwd)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep file {path}: expected a mapping of keys, got {type(raw).__name__}")
+    return spec_from_dict(raw, base=base, source=str(path))
+
+
+def spec_from_dict(raw: dict[str, Any], base: str | Path | None = None,
+                   source: str = "sweep") -> SweepSpec:
+    """Build a :class:`SweepSpec` from a YAML mapping; every error names ``source`` and the key."""
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(KEYS)}")
+    for key in ("name", "notebook"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{source}: '{key}' is required (a string)")
+    name = raw["name"]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"{source}: name {name!r} must be letters, digits, '.', '_' or '-'")
+    base = Path(base) if base is not None else Path.cwd()
+    notebook = (base / raw["notebook"]).resolve()
+    if not notebook.is_file():
+        raise ConfigError(f"{source}: notebook {notebook} does not exist")
+    output = (base / raw.get("output", Path("papermill_runs") / name)).resolve()
+    spec = SweepSpec(
+        name=name, notebook=notebook, output=output,
+        kernel=_typed(raw, "kernel", str, "python3", source),
+        timeout=_positive(raw, "timeout", float, source),
+        jobs=_positive(raw, "jobs", int, source) or 1,
+        parameters=_typed(raw, "parameters", dict, {}, source),
+        grid=_typed(raw, "grid", dict, {}, source),
+        exclude=_dict_list(raw, "exclude", source),
+        include=_dict_list(raw, "include", source),
+        slurm=_typed(raw, "slurm", dict, {}, source))
+    for key, values in spec.grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: grid.{key} must be a non-empty list, got {values!r}")
+    for where, mapping in [("parameters", spec.parameters), ("grid", spec.grid),
+                           *((f"include[{i}]", inc) for i, inc in enumerate(spec.include))]:
+        taken = sorted(set(mapping) & set(RESERVED))
+        if taken:
+            raise ConfigError(f"{source}: {where} sets {taken}, which the sweep sets per job")
+    if not spec.expand():
+        raise ConfigError(f"{source}: the sweep has no jobs (empty grid after exclude, no include)")
+    return spec
+
+
+def _typed(raw: dict, key: str, kind: type, default: Any, source: str) -> Any:
+    value = raw.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ConfigError(f"{source}: '{key}' must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive(raw: dict, key: str, kind: type, source: str) -> Any:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{source}: '{key}' must be a positive number, got {value!r}")
+    return kind(value)
+
+
+def _dict_list(raw: dict, key: str, source: str) -> list[dict]:
+    value = _typed(raw, key, list, [], source)
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not item:
+            raise ConfigError(f"{source}: {key}[{i}] must be a non-empty mapping, got {item!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a sweep folder (``{"sweep", "notebook", "jobs": {name: record}}``)."""
+    path = Path(sweep_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: not a sweep folder (or never run)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); the sweep folder is damaged") from None
+
+
+@contextlib.contextmanager
+def _manifest(sweep_dir: Path) -> Iterator[dict[str, Any]]:
+    """Read-modify-write of the manifest under its lock (between processes and threads)."""
+    with FileLock(str(sweep_dir / (MANIFEST + ".lock")), timeout=120):
+        data = read_manifest(sweep_dir)
+        yield data
+        data["updated"] = _now()
+        _write_json(sweep_dir / MANIFEST, data)
+
+
+def _update_job(sweep_dir: Path, name: str, **fields: Any) -> dict[str, Any]:
+    with _manifest(sweep_dir) as data:
+        data["jobs"][name].update(fields)
+        return dict(data["jobs"][name])
+
+
+def _prepare(spec: SweepSpec, jobs: list[Job]) -> None:
+    """Create the sweep folder, its resolved spec and manifest; add jobs not yet recorded."""
+    spec.output.mkdir(parents=True, exist_ok=True)
+    _write_json(spec.output / SPEC_FILE, asdict(spec))
+    with FileLock(str(spec.output / (MANIFEST + ".lock")), timeout=120):
+        if not (spec.output / MANIFEST).exists():
+            _write_json(spec.output / MANIFEST, {"sweep": spec.name, "notebook": str(spec.notebook),
+                                                 "created": _now(), "jobs": {}})
+    with _manifest(spec.output) as data:
+        if data["notebook"] != str(spec.notebook):
+            raise ConfigError(f"{spec.output} holds a sweep of {data['notebook']}, not of "
+                              f"{spec.notebook}: give the sweep another name or output")
+        for job in jobs:
+            data["jobs"].setdefault(job.name, {"state": "pending", "parameters": job.parameters,
+                                               "attempts": 0, "created": _now()})
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, 0)
+            return True
+        return False
+
+
+def _active_elsewhere(sweep_dir: Path, rec: dict[str, Any]) -> bool:
+    """Whether a job not finished is still being run by a live process or Slurm job."""
+    if rec["state"] not in ("pending", "running"):
+        return False
+    if rec.get("slurm_job_id"):
+        return _slurm_state(sweep_dir, rec["slurm_job_id"]) in SLURM_ACTIVE
+    if rec["state"] == "running" and rec.get("host") == socket.gethostname() and rec.get("pid"):
+        return rec["pid"] != os.getpid() and _process_alive(rec["pid"])
+    return False
+
+
+def _slurm_state(sweep_dir: Path, job_id: str) -> str:
+    import submitit
+
+    try:
+        return submitit.SlurmJob(folder=sweep_dir / "submitit", job_id=job_id).state
+    except Exception:  # no sacct here: the job cannot be still running on this machine's cluster
+        return "UNKNOWN"
+
+
+# --------------------------------------------------------------------------- one job
+
+
+def run_job(sweep_dir: str | Path, name: str) -> str:
+    """Execute one job of a prepared sweep folder; returns its final state (never raises).
+
+    This is what a local worker process or a Slurm task runs: the state transitions
+    (running -> done | failed) are written to the manifest here, by the job itself.
+    """
+    sweep_dir = Path(sweep_dir)
+    spec = json.loads((sweep_dir / SPEC_FILE).read_text())
+    job_dir = sweep_dir / name
+    run_dir = job_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "error.txt").unlink(missing_ok=True)
+    with _manifest(sweep_dir) as data:
+        rec = data["jobs"][name]
+        rec.update(state="running", started=_now(), finished=None, error=None,
+                   host=socket.gethostname(), pid=os.getpid(), attempts=rec["attempts"] + 1)
+        params = rec["parameters"] | {"run_dir": str(run_dir)}
+    _write_json(job_dir / "parameters.json", params)
+    t0 = time.monotonic()
+    with open(job_dir / "log.txt", "a") as log:
+        log.write(f"=== attempt started {_now()} on {socket.gethostname()} pid {os.getpid()}\n")
+        log.flush()
+        try:
+            with _alarm(spec["timeout"]), _lic_core_importable():
+                _execute(Path(spec["notebook"]), job_dir / "notebook.ipynb", params,
+                         spec["kernel"], spec["timeout"], log)
+            fields = {"state": "done", "error": None}
+        except Exception as e:  # noqa: BLE001 -- any failure is recorded, the sweep goes on
+            message, detail = _describe(e)
+            (job_dir / "error.txt").write_text(detail)
+            log.write(detail)
+            fields = {"state": "failed", "error": message}
+    _update_job(sweep_dir, name, finished=_now(), duration_s=round(time.monotonic() - t0, 2),
+                metrics=(run_dir / "metrics.json").is_file(), **fields)
+    return fields["state"]
+
+
+def _execute(notebook: Path, out: Path, params: dict, kernel: str, timeout: float | None,
+             log) -> None:
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook), str(out), parameters=params, kernel_name=kernel, cwd=str(notebook.parent),
+        progress_bar=False, log_output=True, stdout_file=log, stderr_file=log,
+        execution_timeout=int(timeout) if timeout else None)
+
+
+@contextlib.contextmanager
+def _lic_core_importable() -> Iterator[None]:
+    """Put this checkout first on the kernel's PYTHONPATH (a notebook may sit in any folder)."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([old] if old else [])])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+class JobTimeout(Exception):
+    """A job ran longer than the sweep's ``timeout``."""
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`JobTimeout` after ``seconds`` (main thread; papermill then saves the notebook)."""
+    if not seconds or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(*_: Any) -> None:
+        raise JobTimeout(f"job ran past the sweep timeout of {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _describe(e: BaseException) -> tuple[str, str]:
+    """(one-line message for the manifest, full text for error.txt)."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(e, PapermillExecutionError):
+        message = f"{e.ename}: {e.evalue} (cell {e.exec_count})"
+        detail = "\n".join(_ANSI.sub("", line) for line in e.traceback)
+    else:
+        message = f"{type(e).__name__}: {e}"
+        detail = "".join(traceback.format_exception(e))
+    return message, f"{message}\n\n{detail}\n"
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def run_sweep(spec: SweepSpec | str | Path, executor: str = "local", jobs: int | None = None,
+              dry_run: bool = False, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run the jobs of ``spec`` not yet done; returns ``{job: manifest record}`` for its jobs.
+
+    ``executor``: ``local`` (``jobs`` worker processes at a time), ``slurm`` (submitit job array,
+    parameters from the YAML's ``slurm`` mapping), or ``submitit-local`` / ``submitit-debug``
+    (the same submitit path on this machine, to check a sweep without a cluster).
+    """
+    spec = load_sweep(spec) if isinstance(spec, (str, Path)) else spec
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+    n = jobs or spec.jobs
+    if n < 1:
+        raise ConfigError(f"jobs must be >= 1, got {n}")
+    expanded = spec.expand()
+    if dry_run:
+        return _dry_run(spec, expanded)
+    _check_kernel(spec.kernel)
+    spec.output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(spec.output / "sweep.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LicError(f"another sweep process is running {spec.output} (lock {lock.lock_file})") from None
+    try:
+        _prepare(spec, expanded)
+        todo = _claim(spec.output, expanded)
+        if progress:
+            print(f"sweep {spec.name}: {len(expanded)} jobs, {len(expanded) - len(todo)} done or "
+                  f"running elsewhere, {len(todo)} to run ({executor}, {n} at a time) -> {spec.output}")
+        if todo and executor == "local":
+            _run_local(spec, todo, n, progress)
+        elif todo:
+            _run_submitit(spec, todo, n, executor.removeprefix("submitit-"), progress)
+    finally:
+        lock.release()
+    records = read_manifest(spec.output)["jobs"]
+    return {j.name: records[j.name] for j in expanded}
+
+
+def _claim(sweep_dir: Path, jobs: list[Job]) -> list[str]:
+    """Jobs to run now (not done, not alive elsewhere), reset to pending for this attempt."""
+    with _manifest(sweep_dir) as data:
+        recs = data["jobs"]
+        todo = [j.name for j in jobs if recs[j.name]["state"] != "done"
+                and not _active_elsewhere(sweep_dir, recs[j.name])]
+        for name in todo:
+            recs[name].update(state="pending", slurm_job_id=None)
+    return todo
+
+
+def _check_kernel(kernel: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    found = KernelSpecManager().find_kernel_specs()
+    if kernel not in found:
+        raise ConfigError(f"kernel {kernel!r} is not installed (found {sorted(found)}); for the "
+                          "current Python run `python -m ipykernel install --sys-prefix`")
+
+
+def _dry_run(spec: SweepSpec, jobs: list[Job]) -> dict[str, dict[str, Any]]:
+    try:
+        records = read_manifest(spec.output)["jobs"]
+    except ConfigError:
+        records = {}
+    return {j.name: records.get(j.name, {"state": "pending", "parameters": j.parameters})
+            for j in jobs}
+
+
+def _tqdm(total: int, progress: bool, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not progress, desc=f"sweep {name}", unit="job")
+
+
+def _run_local(spec: SweepSpec, names: list[str], n: int, progress: bool) -> None:
+    """``n`` worker processes, each running jobs one after another (papermill imported once)."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
+    with _tqdm(len(names), progress, spec.name) as bar, \
+            ProcessPoolExecutor(n, mp_context=ctx) as pool:
+        futures = {pool.submit(run_job, str(spec.output), name): name for name in names}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            try:
+                state = fut.result()
+            except BaseException as e:  # noqa: BLE001 -- a dead worker fails its job only
+                state = _settle(spec.output, name, f"worker process died: {type(e).__name__}: {e}")
+            bar.update()
+            bar.set_postfix_str(f"{name}: {state}", refresh=True)
+
+
+def _settle(sweep_dir: Path, name: str, why: str) -> str:
+    """After a worker ended: a job it left pending/running died with it -> failed with ``why``."""
+    with _manifest(sweep_dir) as data:
+        rec = data["jobs"][name]
+        if rec["state"] in ("pending", "running"):
+            rec.update(state="failed", error=why, finished=_now())
+        return rec["state"]
+
+
+def _run_submitit(spec: SweepSpec, names: list[str], n: int, cluster: str,
+                  progress: bool) -> None:
+    """One submitit job per notebook execution, submitted as an array (Slurm: ``%n`` at a time)."""
+    import submitit
+
+    try:
+        executor = submitit.AutoExecutor(folder=spec.output / "submitit", cluster=cluster)
+    except RuntimeError as e:  # e.g. no srun / sbatch on this machine
+        raise LicError(f"cannot use the {cluster!r} executor here: {e}") from None
+    params = {"name": f"sweep-{spec.name}", "slurm_array_parallelism": n,
+              "timeout_min": int(-(-spec.timeout // 60)) + 2 if spec.timeout else 24 * 60,
+              **spec.slurm}
+    try:
+        executor.update_parameters(**params)
+    except (ValueError, TypeError, NameError) as e:
+        raise ConfigError(f"sweep {spec.name}: bad 'slurm' parameters: {e}") from None
+    with executor.batch():
+        pending = [(name, executor.submit(run_job, str(spec.output), name)) for name in names]
+    if cluster == "slurm":
+        for name, job in pending:
+            _update_job(spec.output, name, slurm_job_id=job.job_id)
+    with _tqdm(len(names), progress, spec.name) as bar:
+        for name, job in pending:
+            try:
+                state = job.result()
+            except Exception as e:  # noqa: BLE001 -- node failure, timeout, preemption
+                state = _settle(spec.output, name, f"{type(e).__name__}: {str(e)[:500]}")
+            bar.update()
+            bar.set_postfix_str(f"{name}: {state}", refresh=True)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def sweep_results(sweep_dir: str | Path, states: tuple[str, ...] = ("done",)):
+    """A pandas DataFrame, one row per job in ``states``: its parameters then its metrics.
+
+    Metrics are the job's ``run/metrics.json`` (nested keys flattened ``a.b``); columns that
+    collide with a parameter name are prefixed ``metric.``. Index: job name.
+    """
+    import pandas as pd
+
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for name, rec in read_manifest(sweep_dir)["jobs"].items():
+        if rec["state"] not in states:
+            continue
+        metrics_file = sweep_dir / name / "run" / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        flat = pd.json_normalize(metrics).to_dict("records")[0] if metrics else {}
+        params = rec["parameters"]
+        rows.append({"job": name, "state": rec["state"], **params,
+                     **{(f"metric.{k}" if k in params else k): v for k, v in flat.items()}})
+    return pd.DataFrame(rows).set_index("job") if rows else pd.DataFrame()
+
+
+def summarize(records: dict[str, dict[str, Any]], sweep_dir: Path) -> str:
+    """The text printed at the end of a sweep: counts per state and each failure."""
+    counts = {s: sum(r["state"] == s for r in records.values()) for s in STATES}
+    lines = [f"{len(records)} jobs: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])]
+    lines += [f"  FAILED {name}: {r.get('error')}\n         see {sweep_dir / name / 'error.txt'}"
+              for name, r in records.items() if r["state"] == "failed"]
+    lines += [f"  {r['state']} {name}" for name, r in records.items()
+              if r["state"] in ("pending", "running")]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lic_core sweep FILE.yaml``; exit 0 when every job is done, 1 otherwise."""
+    ap = argparse.ArgumentParser(prog="python -m lic_core sweep",
+                                 description="Run a notebook over a parameter grid with papermill.")
+    ap.add_argument("file", help="sweep YAML")
+    ap.add_argument("--executor", default="local", choices=EXECUTORS,
+                    help="local worker processes, Slurm via submitit, or submitit on this machine")
+    ap.add_argument("--jobs", type=int, default=None, help="jobs at a time (default: YAML 'jobs' or 1)")
+    ap.add_argument("--dry-run", action="store_true", help="list the jobs and their states; run nothing")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_sweep(args.file)
+        records = run_sweep(spec, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run)
+    except LicError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for name, rec in records.items():
+            print(f"{rec['state']:<8} {name}  {_canonical(rec['parameters'])}")
+        print(f"{len(records)} jobs -> {spec.output} (dry run: nothing executed)")
+        return 0
+    print(summarize(records, spec.output))
+    return 0 if all(r["state"] == "done" for r in records.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
