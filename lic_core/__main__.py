@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("lic_core.evaluate:main", "real-bitstream evaluation of checkpoints on an image folder"),
     "bdrate": ("lic_core.bdrate:main", "BD-rate / BD-PSNR tables against an anchor"),
     "anchors": ("lic_core.anchors:main", "classical codecs (JPEG, WebP, ...) over a quality sweep"),
+    "datasets": ("lic_core.datasets:main", "list / check / download the test sets (Kodak, CLIC, Tecnick)"),
     "sweep": ("lic_core.sweep:main", "expand a grid YAML into papermill jobs and run them"),
     "toy": ("lic_core.toy:main", "the Balanced R-D toy problem (conformance trajectory as CSV)"),
     "demo": ("lic_core.demo:main", "the short end-to-end demo (tiny HPCM on CPU)"),

@@ -20,3 +20,7 @@ class ConfigError(LicError):
 
 class ImageError(LicError):
     """A file that is not an image this tool can read."""
+
+
+class DatasetError(LicError):
+    """A dataset folder that is missing, incomplete or holds unexpected images, or a failed download."""

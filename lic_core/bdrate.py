@@ -1,0 +1,205 @@
+"""Bjøntegaard-delta tables: a thin layer over the ``bjontegaard`` package.
+
+BD-rate (average bit-rate difference in percent at equal quality) and BD-PSNR (average quality
+difference at equal rate) follow G. Bjøntegaard, "Calculation of average PSNR differences between
+RD-curves", VCEG-M33, 2001, with the interpolations of C. Herglotz et al., "Beyond Bjøntegaard",
+ICIP 2022 (``cubic`` = VCEG-M33 cubic polynomial fit, ``pchip`` = JCT-VC CTC sheet, ``akima``).
+
+What this layer adds: curves read from CompressAI JSON files or dicts, points sorted by rate and
+checked, the package's overlap warnings captured and returned with each result (never swallowed),
+and tables of many curves against one anchor as a pandas DataFrame.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import bjontegaard as bd
+import numpy as np
+import pandas as pd
+
+from lic_core.errors import LicError
+
+METHODS = ("cubic", "pchip", "akima")
+METRICS = ("psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
+
+CurveSource = Union[str, Path, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One R-D curve: points sorted by increasing rate (bits per pixel)."""
+
+    name: str
+    bpp: np.ndarray
+    quality: np.ndarray
+    metric: str
+
+
+@dataclass
+class BDResult:
+    """BD-rate (%) and BD-quality (metric units, dB for PSNR) of ``test`` against ``anchor``."""
+
+    anchor: str
+    test: str
+    metric: str
+    method: str
+    bd_rate: float
+    bd_quality: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_results(src: CurveSource) -> tuple[str, dict[str, list[float]]]:
+    """(name, results) of a CompressAI JSON file or dict; a bare ``{"bpp": ..., ...}`` dict works too."""
+    where = str(src)
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LicError(f"{path}: no such R-D curve file") from None
+        except json.JSONDecodeError as e:
+            raise LicError(f"{path}: not JSON ({e})") from None
+        default = path.stem
+    else:
+        data, default, where = dict(src), "curve", str(src.get("name", "curve"))
+    if not isinstance(data, dict):
+        raise LicError(f"{where}: expected a JSON object with 'results', got {type(data).__name__}")
+    results = data.get("results", data)
+    if not isinstance(results, dict) or "bpp" not in results:
+        raise LicError(f"{where}: no 'results.bpp' (CompressAI JSON: name, description, results)")
+    return str(data.get("name", default)), results
+
+
+def load_curve(src: CurveSource, metric: str = "psnr-rgb", name: str | None = None,
+               min_points: int = 2) -> Curve:
+    """A checked curve; ``ms-ssim-db`` is -10 log10(1 - MS-SSIM) computed from ``ms-ssim-rgb``.
+    BD needs 2 points; a plot takes ``min_points=1`` (one checkpoint evaluated)."""
+    if metric not in METRICS:
+        raise LicError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    found, results = read_results(src)
+    name = name or found
+    key = "ms-ssim-rgb" if metric == "ms-ssim-db" else metric
+    if key not in results:
+        raise LicError(f"curve {name!r}: no {key!r} in results (has {', '.join(results)})")
+    bpp, q = np.asarray(results["bpp"], float), np.asarray(results[key], float)
+    if metric == "ms-ssim-db":
+        q = -10 * np.log10(np.clip(1 - q, 1e-12, None))
+    _check(name, key, bpp, q, min_points)
+    order = np.argsort(bpp)
+    return Curve(name, bpp[order], q[order], metric)
+
+
+def _check(name: str, key: str, bpp: np.ndarray, q: np.ndarray, min_points: int) -> None:
+    if bpp.ndim != 1 or bpp.shape != q.shape:
+        raise LicError(f"curve {name!r}: {len(bpp)} bpp values but {len(q)} {key!r} values")
+    if len(bpp) < min_points:
+        raise LicError(f"curve {name!r}: needs at least {min_points} points, has {len(bpp)}")
+    if not (np.isfinite(bpp).all() and np.isfinite(q).all()) or (bpp <= 0).any():
+        raise LicError(f"curve {name!r}: bpp must be finite and > 0 and {key!r} finite")
+    s = q[np.argsort(bpp)]
+    if (np.diff(np.sort(bpp)) <= 0).any() or (np.diff(s) <= 0).any():
+        raise LicError(f"curve {name!r}: {key!r} must increase strictly with bpp "
+                       f"(sorted by bpp: {np.round(s, 4).tolist()})")
+
+
+def _captured(fn, *args, **kw) -> tuple[float, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = float(fn(*args, **kw))
+    return value, [str(w.message) for w in caught]
+
+
+def bd_delta(anchor: CurveSource | Curve, test: CurveSource | Curve, metric: str = "psnr-rgb",
+             method: str = "cubic", min_overlap: float = 0.75) -> BDResult:
+    """BD-rate and BD-quality of ``test`` against ``anchor``; negative BD-rate = fewer bits.
+
+    Curves may have different numbers of points. Warnings of ``bjontegaard`` (insufficient or
+    no overlap) are returned in ``BDResult.warnings``, prefixed with which axis they concern.
+    """
+    if method not in METHODS:
+        raise LicError(f"unknown BD method {method!r}; choose from {', '.join(METHODS)}")
+    a = anchor if isinstance(anchor, Curve) else load_curve(anchor, metric)
+    t = test if isinstance(test, Curve) else load_curve(test, metric)
+    args = (a.bpp, a.quality, t.bpp, t.quality)
+    kw = dict(method=method, require_matching_points=False, min_overlap=min_overlap)
+    rate, w_rate = _captured(bd.bd_rate, *args, **kw)
+    qual, w_qual = _captured(bd.bd_psnr, *args, **kw)
+    notes = [f"BD-rate ({a.metric} axis): {m}" for m in w_rate]
+    notes += [f"BD-{a.metric} (rate axis): {m}" for m in w_qual]
+    return BDResult(a.name, t.name, a.metric, method, rate, qual, notes)
+
+
+def bd_table(anchor: CurveSource, tests: Sequence[CurveSource], metric: str = "psnr-rgb",
+             methods: Sequence[str] = ("cubic",), min_overlap: float = 0.75) -> pd.DataFrame:
+    """One row per test curve: ``BD-rate <method> (%)`` and ``BD-<metric> <method>`` columns and
+    a ``warnings`` column joining the distinct overlap warnings of that row."""
+    a = load_curve(anchor, metric)
+    rows = []
+    for src in tests:
+        t = load_curve(src, metric)
+        row: dict[str, Any] = {"curve": t.name}
+        notes: list[str] = []
+        for m in methods:
+            r = bd_delta(a, t, metric, m, min_overlap)
+            row[f"BD-rate {m} (%)"], row[f"BD-{_short(metric)} {m}"] = r.bd_rate, r.bd_quality
+            notes += r.warnings
+        row["warnings"] = "; ".join(dict.fromkeys(notes))  # overlap does not depend on the method
+        rows.append(row)
+    df = pd.DataFrame(rows).set_index("curve")
+    df.attrs.update(anchor=a.name, metric=metric)
+    return df
+
+
+def _short(metric: str) -> str:
+    return {"psnr-rgb": "PSNR (dB)", "ms-ssim-rgb": "MS-SSIM", "ms-ssim-db": "MS-SSIM (dB)"}[metric]
+
+
+def format_table(df: pd.DataFrame, fmt: str = "md", digits: int = 2) -> str:
+    """The table as Markdown, LaTeX (booktabs) or CSV text; only CSV keeps the warnings column."""
+    from lic_core import viz
+
+    if fmt == "csv":
+        return df.to_csv(float_format="%.6g")
+    numbers = df.drop(columns="warnings", errors="ignore")
+    if fmt == "md":
+        return viz.table_markdown(numbers, digits=digits)
+    if fmt == "latex":
+        caption = f"BD-rate against {df.attrs.get('anchor', 'the anchor')} ({df.attrs.get('metric', '')})."
+        return viz.table_latex(numbers, digits=digits, caption=caption)
+    raise LicError(f"unknown table format {fmt!r}; choose md, latex or csv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lic_core bdrate ANCHOR.json CURVE.json... [--metric] [--method] [--format]``."""
+    p = argparse.ArgumentParser(prog="python -m lic_core bdrate", description=__doc__.split("\n")[0])
+    p.add_argument("anchor", help="CompressAI JSON of the anchor (e.g. reference/kodak/vtm.json)")
+    p.add_argument("curves", nargs="+", help="CompressAI JSON files of the curves to compare")
+    p.add_argument("--metric", default="psnr-rgb", choices=METRICS)
+    p.add_argument("--method", action="append", choices=METHODS,
+                   help="interpolation (repeatable; default cubic)")
+    p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
+    p.add_argument("--min-overlap", type=float, default=0.75,
+                   help="warn when the curves overlap less than this fraction (bjontegaard default)")
+    p.add_argument("--out", type=Path, help="also write the table to this file")
+    args = p.parse_args(argv)
+    try:
+        df = bd_table(args.anchor, args.curves, args.metric, args.method or ["cubic"], args.min_overlap)
+    except LicError as e:
+        print(f"bdrate: {e}", file=sys.stderr)
+        return 2
+    text = format_table(df, args.format)
+    print(text)
+    for name, w in df["warnings"].items():
+        if w:
+            print(f"warning: {name}: {w}", file=sys.stderr)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0 if all(math.isfinite(v) for v in df.drop(columns="warnings").to_numpy().ravel()) else 1

@@ -1,0 +1,261 @@
+"""Figures and tables in one house style (matplotlib Agg + seaborn ``paper`` context).
+
+Every plotting function takes plain data (lists, dicts, DataFrames, CompressAI JSON files or dicts,
+training JSONL records with keys ``step, loss, D, bpp, R_z, R_s1, R_s2, R_s3, psnr, z_0.., a_0..``)
+and returns a ``Figure``; :func:`save_figure` writes it as PDF + PNG at a paper size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from lic_core.datasets import write_atomic  # noqa: E402
+from lic_core.errors import LicError  # noqa: E402
+
+# Widths of a two-column paper (IEEE / CVPR): one column 3.5 in, full page 7.16 in.
+SIZES: dict[str, tuple[float, float]] = {
+    "column": (3.5, 2.6),
+    "column-tall": (3.5, 3.5),
+    "page": (7.16, 2.8),
+    "page-tall": (7.16, 4.8),
+}
+SCALES = ("z", "s1", "s2", "s3")
+METRIC_LABELS = {"psnr-rgb": "PSNR (RGB) [dB]", "ms-ssim-rgb": "MS-SSIM (RGB)",
+                 "ms-ssim-db": "MS-SSIM (RGB) [dB]", "bpp": "Bit-rate [bpp]"}
+Source = Union[str, Path, Mapping[str, Any]]
+
+
+def house_style() -> None:
+    """Seaborn whitegrid + colorblind palette, paper font sizes, embedded TrueType fonts."""
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.bbox": "tight",
+                         "legend.frameon": False, "axes.titlesize": "medium",
+                         "lines.markersize": 4, "lines.linewidth": 1.2})
+
+
+def _figure(size: str | tuple[float, float] = "column", ncols: int = 1, **kw) -> tuple[Figure, Any]:
+    house_style()
+    fig, axes = plt.subplots(1, ncols, figsize=_size(size), squeeze=ncols == 1, **kw)
+    return fig, axes if ncols == 1 else list(axes[0])
+
+
+def _size(size: str | tuple[float, float]) -> tuple[float, float]:
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise LicError(f"unknown figure size {size!r}; choose from {', '.join(SIZES)} or (w, h)")
+        return SIZES[size]
+    return float(size[0]), float(size[1])
+
+
+def save_figure(fig: Figure, name: str, folder: str | Path = "figures",
+                size: str | tuple[float, float] | None = None,
+                formats: Sequence[str] = ("pdf", "png"), dpi: int = 300) -> list[Path]:
+    """Write ``folder/name.{pdf,png}`` (atomically: a killed job leaves the old file) and close
+    ``fig``. ``size`` (a name of :data:`SIZES` or inches) resizes the figure first."""
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise LicError(f"figure name {name!r}: use letters, digits, '.', '-' and '_' only")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if size is not None:
+        fig.set_size_inches(*_size(size))
+    paths = [_atomic(folder / f"{name}.{ext}", lambda f, e=ext: fig.savefig(f, format=e, dpi=dpi))
+             for ext in formats]
+    plt.close(fig)
+    return paths
+
+
+def _atomic(path: Path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- data helpers
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file (one JSON object per line; blank lines skipped)."""
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise LicError(f"{path}:{i}: not a JSON record ({e})") from None
+    return out
+
+
+def _records(data: Iterable[Mapping] | pd.DataFrame | str | Path) -> pd.DataFrame:
+    if isinstance(data, (str, Path)):
+        data = read_jsonl(data)
+    df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+    if df.empty:
+        raise LicError("no records to plot")
+    return df
+
+
+def _need(df: pd.DataFrame, keys: Iterable[str], what: str) -> None:
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise LicError(f"{what}: records lack {', '.join(missing)} (have {', '.join(map(str, df.columns))})")
+
+
+def _indexed(df: pd.DataFrame, prefix: str) -> list[str]:
+    keys = [c for c in df.columns if re.fullmatch(rf"{prefix}_\d+", str(c))]
+    return sorted(keys, key=lambda c: int(c.split("_")[-1]))
+
+
+# --------------------------------------------------------------------------- figures
+def rd_curves(curves: Sequence[Source], anchors: Sequence[Source] = (), metric: str = "psnr-rgb",
+              size: str | tuple[float, float] = "column", title: str | None = None) -> Figure:
+    """Rate-distortion curves: ``curves`` solid with markers, ``anchors`` dashed, grey shades."""
+    from lic_core.bdrate import load_curve
+
+    fig, ax = _figure(size)
+    grey = sns.color_palette("Greys", len(anchors) + 2)[2:]
+    for src, color in zip(anchors, grey):
+        c = load_curve(src, metric, min_points=1)
+        ax.plot(c.bpp, c.quality, "--", marker=".", color=color, label=c.name)
+    for src in curves:
+        c = load_curve(src, metric, min_points=1)
+        ax.plot(c.bpp, c.quality, "-o", label=c.name)
+    ax.set(xlabel=METRIC_LABELS["bpp"], ylabel=METRIC_LABELS[metric], title=title)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def bd_bars(values: Mapping[str, float] | pd.Series | pd.DataFrame, column: str | None = None,
+            size: str | tuple[float, float] = "column", xlabel: str = "BD-rate [%]") -> Figure:
+    """Horizontal bars of BD-rate per curve (a ``bdrate.bd_table`` DataFrame, a Series or dict)."""
+    if isinstance(values, pd.DataFrame):
+        column = column or next(c for c in values.columns if str(c).startswith("BD-rate"))
+        values = values[column]
+    s = pd.Series(values, dtype=float)
+    fig, ax = _figure(size)
+    colors = [sns.color_palette("colorblind")[2 if v < 0 else 3] for v in s]
+    ax.barh(list(map(str, s.index)), s.to_numpy(), color=colors)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    for i, v in enumerate(s):
+        ax.annotate(f"{v:+.1f}", (v, i), xytext=(3 if v >= 0 else -3, 0), textcoords="offset points",
+                    ha="left" if v >= 0 else "right", va="center", fontsize="x-small")
+    ax.margins(x=0.2)  # room for the value labels outside the bar tips
+    ax.grid(axis="y", visible=False)
+    ax.set(xlabel=xlabel)
+    return fig
+
+
+def weight_trajectories(records: Iterable[Mapping] | pd.DataFrame | str | Path,
+                        names: Sequence[str] | None = None,
+                        size: str | tuple[float, float] = "page") -> Figure:
+    """Task-weight logits ``z_i`` (left) and weights ``a_i`` = softmax(z) (right) against step
+    (Balanced R-D, FAMO-style weighting, Solution 1)."""
+    df = _records(records)
+    _need(df, ["step"], "weight_trajectories")
+    fig, axes = _figure(size, ncols=2)
+    for ax, prefix, label in zip(axes, ("z", "a"), ("logit $z_i$", "weight $a_i$")):
+        keys = _indexed(df, prefix)
+        if not keys:
+            raise LicError(f"weight_trajectories: records have no {prefix}_0, {prefix}_1, ... keys")
+        for k in keys:
+            i = int(k.split("_")[-1])
+            ax.plot(df["step"], df[k], label=names[i] if names and i < len(names) else f"task {i}")
+        ax.set(xlabel="step", ylabel=label)
+    axes[1].legend(fontsize="small")
+    return fig
+
+
+def scale_bpp_training(records: Iterable[Mapping] | pd.DataFrame | str | Path,
+                       size: str | tuple[float, float] = "column") -> Figure:
+    """Stacked per-scale rates ``R_z, R_s1, R_s2, R_s3`` (bpp) over training steps."""
+    df = _records(records)
+    keys = [f"R_{s}" for s in SCALES]
+    _need(df, ["step", *keys], "scale_bpp_training")
+    fig, ax = _figure(size)
+    ax.stackplot(df["step"], *[df[k] for k in keys], labels=list(SCALES), alpha=0.85)
+    ax.set(xlabel="step", ylabel="rate [bpp]")
+    ax.legend(fontsize="small", loc="upper right")
+    return fig
+
+
+def scale_bpp_images(per_image: Iterable[Mapping] | pd.DataFrame | str | Path,
+                     prefix: str = "bpp_", size: str | tuple[float, float] = "page") -> Figure:
+    """Stacked bars of per-scale bpp (``bpp_z, bpp_s1, bpp_s2, bpp_s3``) for every image."""
+    if isinstance(per_image, (str, Path)):
+        per_image = json.loads(Path(per_image).read_text())
+        per_image = per_image.get("images", per_image) if isinstance(per_image, dict) else per_image
+    df = _records(per_image)
+    keys = [f"{prefix}{s}" for s in SCALES]
+    _need(df, ["image", *keys], "scale_bpp_images")
+    fig, ax = _figure(size)
+    bottom = np.zeros(len(df))
+    for s, k in zip(SCALES, keys):
+        ax.bar([Path(str(i)).stem for i in df["image"]], df[k], bottom=bottom, label=s)
+        bottom += df[k].to_numpy(float)
+    ax.set(ylabel="rate [bpp]")
+    ax.tick_params(axis="x", rotation=90, labelsize="x-small")
+    ax.legend(fontsize="small", ncols=4)
+    return fig
+
+
+def training_curves(records: Iterable[Mapping] | pd.DataFrame | str | Path,
+                    keys: Sequence[str] = ("loss", "bpp", "psnr"),
+                    size: str | tuple[float, float] = "page") -> Figure:
+    """One panel per key (``loss``, ``bpp``, ``psnr``, ``D`` ...) against step; absent keys error."""
+    df = _records(records)
+    _need(df, ["step", *keys], "training_curves")
+    fig, axes = _figure(size, ncols=len(keys))
+    for ax, k in zip(axes if len(keys) > 1 else [axes], keys):
+        ax.plot(df["step"], df[k])
+        ax.set(xlabel="step", ylabel=k)
+    return fig
+
+
+# --------------------------------------------------------------------------- tables
+def _fmt(v: Any, digits: int) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "nan" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def table_markdown(df: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub-flavoured Markdown table (index as first column, numbers right-aligned)."""
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    num = [False] + [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    rows = [[str(i)] + [_fmt(v, digits) for v in r] for i, r in zip(df.index, df.itertuples(index=False))]
+    esc = [[c.replace("|", "\\|") for c in r] for r in [cols, *rows]]
+    lines = ["| " + " | ".join(r) + " |" for r in esc]
+    lines.insert(1, "|" + "|".join("---:" if n else ":---" for n in num) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def table_latex(df: pd.DataFrame, digits: int = 2, caption: str | None = None,
+                label: str | None = None) -> str:
+    """A booktabs LaTeX table (``\\toprule``/``\\midrule``/``\\bottomrule``), special chars escaped."""
+    return df.to_latex(float_format=f"%.{digits}f", escape=True, caption=caption, label=label)
+
+
+def save_table(df: pd.DataFrame, name: str, folder: str | Path = "figures", digits: int = 2,
+               caption: str | None = None) -> list[Path]:
+    """Write ``folder/name.tex`` (booktabs) and ``folder/name.md`` atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {".tex": table_latex(df, digits, caption, f"tab:{name}"), ".md": table_markdown(df, digits)}
+    return [write_atomic(folder / f"{name}{ext}", text) for ext, text in out.items()]
