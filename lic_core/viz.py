@@ -1,8 +1,10 @@
 """Figures and tables in one house style (matplotlib Agg + seaborn ``paper`` context).
 
 Every plotting function takes plain data (lists, dicts, DataFrames, CompressAI JSON files or dicts,
-training JSONL records with keys ``step, loss, D, bpp, R_z, R_s1, R_s2, R_s3, psnr, z_0.., a_0..``)
-and returns a ``Figure``; :func:`save_figure` writes it as PDF + PNG at a paper size.
+training JSONL records with keys ``step, loss, D, bpp, R_z, R_s1, R_s2, R_s3, psnr`` and, for the
+task-weighted modes, ``z_<task>`` (softmax weights) and ``a_<task>`` (gradient coefficients), e.g.
+``z_D, z_R``; a ``run`` column (``workbook.history_frame``) draws one line per run) and returns a
+``Figure``; :func:`save_figure` writes it as PDF + PNG at a paper size.
 """
 from __future__ import annotations
 
@@ -13,10 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (headless: matplotlib falls back to Agg by itself)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -117,9 +116,16 @@ def _need(df: pd.DataFrame, keys: Iterable[str], what: str) -> None:
         raise LicError(f"{what}: records lack {', '.join(missing)} (have {', '.join(map(str, df.columns))})")
 
 
-def _indexed(df: pd.DataFrame, prefix: str) -> list[str]:
-    keys = [c for c in df.columns if re.fullmatch(rf"{prefix}_\d+", str(c))]
-    return sorted(keys, key=lambda c: int(c.split("_")[-1]))
+def _prefixed(df: pd.DataFrame, prefix: str) -> list[str]:
+    """Columns ``<prefix>_<task>`` in record order (``z_D, z_R`` or ``a_D, a_R_z, ...``)."""
+    return [str(c) for c in df.columns if str(c).startswith(f"{prefix}_") and df[c].notna().any()]
+
+
+def _runs(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per run of a multi-run table; one unlabeled run otherwise."""
+    if "run" not in df.columns:
+        return [("", df)]
+    return [(str(k), g) for k, g in df.groupby("run", sort=False)]
 
 
 # --------------------------------------------------------------------------- figures
@@ -163,22 +169,71 @@ def bd_bars(values: Mapping[str, float] | pd.Series | pd.DataFrame, column: str 
 
 
 def weight_trajectories(records: Iterable[Mapping] | pd.DataFrame | str | Path,
-                        names: Sequence[str] | None = None,
                         size: str | tuple[float, float] = "page") -> Figure:
-    """Task-weight logits ``z_i`` (left) and weights ``a_i`` = softmax(z) (right) against step
-    (Balanced R-D, FAMO-style weighting, Solution 1)."""
+    """Balanced R-D task weights against step: ``z_i = softmax(w)_i`` (left) and the gradient
+    coefficients ``a_i = z_i / (c D_i)`` that actually scale each task's gradient (right). They
+    differ because the weighted loss is log-scaled (BALANCED.md, Solution 1 step 2)."""
     df = _records(records)
     _need(df, ["step"], "weight_trajectories")
     fig, axes = _figure(size, ncols=2)
-    for ax, prefix, label in zip(axes, ("z", "a"), ("logit $z_i$", "weight $a_i$")):
-        keys = _indexed(df, prefix)
-        if not keys:
-            raise LicError(f"weight_trajectories: records have no {prefix}_0, {prefix}_1, ... keys")
-        for k in keys:
-            i = int(k.split("_")[-1])
-            ax.plot(df["step"], df[k], label=names[i] if names and i < len(names) else f"task {i}")
+    for ax, prefix, label in zip(axes, ("z", "a"), ("task weight $z_i$", "gradient coefficient $a_i$")):
+        if not _prefixed(df, prefix):
+            raise LicError(f"weight_trajectories: records have no {prefix}_<task> keys (z_D, z_R, ...)")
+        for run, rows in _runs(df):
+            for k in _prefixed(rows, prefix):
+                task = k[len(prefix) + 1:]
+                ax.plot(rows["step"], rows[k], label=f"{run} {task}".strip())
         ax.set(xlabel="step", ylabel=label)
-    axes[1].legend(fontsize="small")
+    axes[1].legend(fontsize="x-small")
+    return fig
+
+
+def compare_training(records: Iterable[Mapping] | pd.DataFrame | str | Path,
+                     keys: Sequence[str] = ("loss", "bpp", "psnr"), smooth: int = 5,
+                     size: str | tuple[float, float] = "page") -> Figure:
+    """One panel per key against step, one line per run (rolling mean over ``smooth`` records)."""
+    df = _records(records)
+    _need(df, ["step", *keys], "compare_training")
+    fig, axes = _figure(size, ncols=len(keys))
+    axes = axes if len(keys) > 1 else [axes]
+    for run, rows in _runs(df):
+        for ax, k in zip(axes, keys):
+            ax.plot(rows["step"], rows[k].rolling(smooth, min_periods=1).mean(), label=run or None)
+    for ax, k in zip(axes, keys):
+        ax.set(xlabel="step", ylabel=k)
+    if "run" in df.columns:
+        axes[-1].legend(fontsize="x-small")
+    return fig
+
+
+def compare_scales(records: Iterable[Mapping] | pd.DataFrame | str | Path, smooth: int = 5,
+                   size: str | tuple[float, float] = "page") -> Figure:
+    """Per-scale rates (``R_z``, ``R_s1``, ``R_s2``, ``R_s3``, bpp) against step, one panel per
+    scale and one line per run."""
+    keys = [f"R_{s}" for s in SCALES]
+    df = _records(records)
+    _need(df, ["step", *keys], "compare_scales")
+    fig, axes = _figure(size, ncols=len(keys), sharex=True)
+    for run, rows in _runs(df):
+        for ax, k in zip(axes, keys):
+            ax.plot(rows["step"], rows[k].rolling(smooth, min_periods=1).mean(), label=run or None)
+    for ax, s in zip(axes, SCALES):
+        ax.set(xlabel="step", title=s)
+    axes[0].set_ylabel("rate [bpp]")
+    if "run" in df.columns:
+        axes[-1].legend(fontsize="x-small")
+    return fig
+
+
+def heatmap(grid: pd.DataFrame, label: str = "", fmt: str = ".4g",
+            size: str | tuple[float, float] = "column-tall") -> Figure:
+    """A (rows x columns) table of one metric, annotated, lowest value outlined."""
+    if grid.empty:
+        raise LicError("heatmap: the grid is empty")
+    fig, ax = _figure(size)
+    sns.heatmap(grid, annot=True, fmt=fmt, cmap="viridis_r", ax=ax, cbar_kws={"label": label})
+    r, c = np.unravel_index(np.nanargmin(grid.to_numpy(float)), grid.shape)
+    ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", linewidth=2))
     return fig
 
 

@@ -18,7 +18,8 @@ def _records(n=5, k=3):
         e = [math.exp(v) for v in z]
         rec = {"step": 10 * s, "loss": 2.0 - 0.1 * s, "D": 1.0 - 0.05 * s, "bpp": 0.5 + 0.01 * s,
                "psnr": 25 + s, "R_z": 0.02, "R_s1": 0.1, "R_s2": 0.15, "R_s3": 0.23 + 0.01 * s}
-        rec |= {f"z_{i}": v for i, v in enumerate(z)} | {f"a_{i}": v / sum(e) for i, v in enumerate(e)}
+        names = ["D", "R_z", "R_s1"][:k]
+        rec |= {f"z_{n}": v / sum(e) for n, v in zip(names, e)} | {f"a_{n}": v for n, v in zip(names, z)}
         out.append(rec)
     return out
 
@@ -64,12 +65,17 @@ def test_bd_bars(reference_dir, tmp_path):
 
 
 def test_weight_trajectories(tmp_path):
-    fig = viz.weight_trajectories(_records(k=3), names=["R", "D", "x"])
+    fig = viz.weight_trajectories(_records(k=3))
     z_ax, a_ax = fig.axes
     assert len(z_ax.get_lines()) == 3 and len(a_ax.get_lines()) == 3
-    assert [ln.get_label() for ln in a_ax.get_lines()] == ["R", "D", "x"]
+    assert [ln.get_label() for ln in a_ax.get_lines()] == ["D", "R_z", "R_s1"]
     assert list(a_ax.get_lines()[0].get_xdata()) == [0, 10, 20, 30, 40]
-    with pytest.raises(LicError, match="no z_0"):
+    two = pd.DataFrame(_records(k=2)).assign(run="balanced")
+    two = pd.concat([two, pd.DataFrame(_records(k=3)).assign(run="hierarchical")], ignore_index=True)
+    fig2 = viz.weight_trajectories(two)
+    assert [ln.get_label() for ln in fig2.axes[0].get_lines()] == [
+        "balanced D", "balanced R_z", "hierarchical D", "hierarchical R_z", "hierarchical R_s1"]
+    with pytest.raises(LicError, match="no z_<task>"):
         viz.weight_trajectories([{"step": 0, "loss": 1.0}])
     _valid(viz.save_figure(fig, "w", tmp_path, size="page"), tmp_path, "w")
 
@@ -114,3 +120,23 @@ def test_tables(tmp_path):
     assert all(s in tex for s in ("\\toprule", "\\midrule", "\\bottomrule", "HPCM\\_Base", "(\\%)", "-16.14"))
     paths = viz.save_table(df, "bd", tmp_path)
     assert [p.name for p in paths] == ["bd.tex", "bd.md"] and paths[1].read_text() == md
+
+
+def test_compare_training_and_scales(tmp_path):
+    df = pd.concat([pd.DataFrame(_records()).assign(run=m) for m in ("standard", "balanced")], ignore_index=True)
+    fig = viz.compare_training(df, keys=("loss", "psnr"))
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
+    assert [ln.get_label() for ln in fig.axes[1].get_lines()] == ["standard", "balanced"]
+    fig2 = viz.compare_scales(df)
+    assert [ax.get_title() for ax in fig2.axes] == ["z", "s1", "s2", "s3"]
+    assert all(len(ax.get_lines()) == 2 for ax in fig2.axes)
+    _valid(viz.save_figure(fig2, "scales", tmp_path), tmp_path, "scales")
+
+
+def test_heatmap_marks_minimum(tmp_path):
+    grid = pd.DataFrame([[3.0, 2.0], [1.5, 4.0]], index=[0.001, 0.003], columns=[0.01, 0.025])
+    fig = viz.heatmap(grid, label="loss")
+    rect = [p for p in fig.axes[0].patches if p.get_edgecolor()[:3] == (1.0, 0.0, 0.0)]
+    assert len(rect) == 1 and rect[0].get_xy() == (0, 1)  # row 0.003, column 0.01
+    with pytest.raises(LicError, match="empty"):
+        viz.heatmap(pd.DataFrame())

@@ -1,0 +1,40 @@
+"""lic_core: HPCM (ICCV 2025) with Balanced Rate-Distortion Optimization (CVPR 2025).
+
+The public API, imported lazily so ``import lic_core`` stays cheap (torch loads on first use)::
+
+    from lic_core import hpcm, compress, decompress, train, evaluate, bd_table
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API: dict[str, str] = {
+    "hpcm": "lic_core.models.hpcm",
+    "HPCM": "lic_core.models.hpcm",
+    "HPCMConfig": "lic_core.models.hpcm",
+    "save_checkpoint": "lic_core.models.hpcm",
+    "load_checkpoint": "lic_core.models.hpcm",
+    "encode": "lic_core.codec",
+    "compress": "lic_core.codec",
+    "decompress": "lic_core.codec",
+    "CautiousAdam": "lic_core.optim",
+    "TaskWeighting": "lic_core.optim",
+    "QPWeighting": "lic_core.optim",
+    "TrainConfig": "lic_core.config",
+    "train": "lic_core.train.engine",
+    "load_history": "lic_core.train.logging",
+    "evaluate": "lic_core.evaluate",
+    "bd_table": "lic_core.bdrate",
+    "run_sweep": "lic_core.sweep",
+    "sweep_results": "lic_core.sweep",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'lic_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)

@@ -1,0 +1,318 @@
+"""Phase workflows behind the notebooks (``notebooks/01`` ... ``06``).
+
+A notebook holds its parameters and plots; everything it computes is one call here, so the same
+workflow runs from a notebook, a papermill sweep, the demo or a test. Every function writes into a
+run folder and returns plain data (dicts, DataFrames, :class:`~lic_core.train.engine.RunResult`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lic_core.datasets import write_atomic
+from lic_core.errors import ConfigError, LicError
+from lic_core.paths import REPO, datasets_root, reference_root
+
+METRICS_FILE = "metrics.json"
+# Color photos shipped inside scikit-image's wheel (no download): training and held-out test set.
+BUNDLED_TRAIN = ("astronaut.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
+                 "hubble_deep_field.jpg", "coffee.png")
+BUNDLED_TEST = ("chelsea.png", "retina.jpg")
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def project_root() -> Path:
+    """The checkout the notebooks belong to: relative paths in their parameters start here
+    (a Jupyter kernel starts in ``notebooks/``, papermill jobs in the notebook's folder)."""
+    return REPO
+
+
+def bundled_photos(dest: str | Path) -> tuple[Path, Path]:
+    """Train and test folders of scikit-image's bundled color photos, linked under ``dest``.
+
+    Links (copies where links are impossible) of files that ship with a dependency, so the demo
+    runs offline on a machine without ``../shared/datasets``.
+    """
+    import skimage
+
+    src = Path(skimage.__file__).parent / "data"
+    folders = []
+    for name, files in (("train", BUNDLED_TRAIN), ("test", BUNDLED_TEST)):
+        out = Path(dest) / name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not (src / f).is_file():
+                raise LicError(f"scikit-image {skimage.__version__} does not ship {f} in {src}")
+            link = out / f
+            if not link.exists():
+                try:
+                    link.symlink_to(src / f)
+                except OSError:
+                    shutil.copyfile(src / f, link)
+        folders.append(out)
+    return folders[0], folders[1]
+
+
+def default_data(run_root: str | Path) -> tuple[Path, Path, str]:
+    """(train folder, test folder, description): ``../shared/datasets`` (wikiphotos, Kodak) when
+    present, otherwise scikit-image's bundled photos."""
+    root = datasets_root()
+    if (root / "wikiphotos").is_dir() and (root / "kodak").is_dir():
+        return root / "wikiphotos", root / "kodak", f"wikiphotos / Kodak from {root}"
+    train, test = bundled_photos(Path(run_root) / "bundled_photos")
+    return train, test, "scikit-image's bundled photos (no shared datasets found)"
+
+
+def resolve_data(run_root: str | Path, train_dir: str | Path = "", test_dir: str | Path = "") -> tuple[Path, Path, str]:
+    """The folders a notebook was given, or :func:`default_data` for those left empty."""
+    if train_dir and test_dir:
+        return Path(train_dir), Path(test_dir), f"train {train_dir}, test {test_dir}"
+    train, test, note = default_data(run_root)
+    return Path(train_dir or train), Path(test_dir or test), note
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def run_config(run_dir: str | Path, mode: str, lmbda: float, *, model: str = "tiny", steps: int = 200,
+               batch: int = 4, patch: int = 128, seed: int = 0, lr: float = 1e-4,
+               train_dir: str | Path = "", test_dir: str | Path = "", test_limit: int = 4,
+               eval_every: int = 0, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A nested training config (``lic_core.config`` keys) for one run of the workbook."""
+    eval_every = eval_every or max(steps // 4, 1)
+    cfg = {
+        "model": {"name": model},
+        "loss": {"lmbda": lmbda, "mode": mode},
+        "data": {"train": str(train_dir), "test": str(test_dir), "patch": patch, "batch": batch,
+                 "test_patch": patch, "test_limit": test_limit},
+        "optim": {"lr": lr},
+        "run": {"steps": steps, "seed": seed, "out": str(run_dir), "name": f"{mode}-l{lmbda:g}-s{seed}",
+                "eval_every": eval_every, "ckpt_every": steps, "log_every": max(steps // 50, 1),
+                "wandb_mode": os.environ.get("WANDB_MODE", "offline")},
+    }
+    for key, value in (extra or {}).items():  # dotted keys, e.g. {"balance.gamma": 0.001}
+        section, field = key.split(".", 1)
+        cfg.setdefault(section, {})[field] = value
+    return cfg
+
+
+def train_modes(run_dir: str | Path, modes: Sequence[str], lmbda: float, **kw: Any) -> dict[str, Any]:
+    """Train one run per mode at one λ with identical data, steps and schedule; returns
+    ``{mode: RunResult}``. Finished runs resume (nothing is redone)."""
+    from lic_core.train.engine import train
+
+    return {m: train(run_config(run_dir, m, lmbda, **kw)) for m in modes}
+
+
+def finetune_modes(run_dir: str | Path, modes: Sequence[str], lmbda: float, init: str | Path = "",
+                   pretrain_steps: int = 200, **kw: Any) -> tuple[Path, dict[str, Any]]:
+    """Fine-tune one checkpoint with each mode (e.g. ``qp`` = Solution 2, ``balanced`` =
+    Solution 1, ``standard`` = plain Adam as the control); returns (start checkpoint, results).
+
+    ``init`` is our checkpoint or an authors' one; empty: a ``standard`` run of ``pretrain_steps``
+    is trained first under ``run_dir/pretrain`` and its checkpoint is the start.
+    """
+    if not init:
+        pre_kw = {**kw, "steps": pretrain_steps}
+        init = train_modes(Path(run_dir) / "pretrain", ["standard"], lmbda, **pre_kw)["standard"].checkpoint
+    extra = {**kw.pop("extra", {}), "finetune.init": str(init)}
+    return Path(init), train_modes(Path(run_dir) / "finetune", modes, lmbda, extra=extra, **kw)
+
+
+def ensure_runs(run_root: str | Path, modes: Sequence[str], lambdas: Sequence[float],
+                **kw: Any) -> dict[str, dict[float, Path]]:
+    """Train whatever (mode, λ) run is missing or unfinished under ``run_root``; returns
+    ``{mode: {λ: checkpoint}}`` of all of them."""
+    for lmbda in lambdas:
+        train_modes(run_root, modes, lmbda, **kw)
+    return {m: checkpoints_of(run_root, m) for m in modes}
+
+
+def final_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Last evaluation (test crops, eval mode) and last training record of each run."""
+    out = {}
+    for label, res in results.items():
+        evals = [r for r in res.history if r.get("kind") == "eval" and "loss" in r]
+        trains = [r for r in res.history if r.get("kind") == "train"]
+        row: dict[str, float] = {"step": res.step, "skipped": res.skipped}
+        if evals:
+            row.update({f"test_{k}": evals[-1][k] for k in ("loss", "bpp", "psnr", "D") if k in evals[-1]})
+        if trains:
+            row.update({f"train_{k}": trains[-1][k] for k in ("loss", "bpp", "psnr") if k in trains[-1]})
+            times = [r["step_time"] for r in trains if "step_time" in r]
+            row["step_time"] = sorted(times)[len(times) // 2] if times else math.nan
+        row["checkpoint"] = str(res.checkpoint) if res.checkpoint else ""
+        out[label] = row
+    return out
+
+
+def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """``<run_dir>/metrics.json`` (what a sweep's manifest and ``sweep_results`` read)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return write_atomic(Path(run_dir) / METRICS_FILE, json.dumps(metrics, indent=1, default=str) + "\n")
+
+
+def history_frame(results: Mapping[str, Any], kind: str = "train") -> pd.DataFrame:
+    """All runs' records of one kind in one long table with a ``run`` column."""
+    frames = [pd.DataFrame([r for r in res.history if r.get("kind") == kind]).assign(run=label)
+              for label, res in results.items()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ------------------------------------------------------------------------------------ sweeps
+
+
+def sweep_grid(sweep_dir: str | Path, rows: str, cols: str, value: str) -> pd.DataFrame:
+    """A (rows x cols) table of one metric over a finished sweep (e.g. gamma x w_lr)."""
+    from lic_core.sweep import sweep_results
+
+    df = sweep_results(sweep_dir)
+    missing = [k for k in (rows, cols, value) if k not in df.columns]
+    if missing:
+        raise LicError(f"sweep {sweep_dir}: no column {missing[0]!r} (have {', '.join(map(str, df.columns))})")
+    return df.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
+
+
+def hyper_sweep(run_dir: str | Path, gammas: Sequence[float], w_lrs: Sequence[float],
+                schedules: Sequence[str] = ("constant",), jobs: int = 1, **params: Any) -> Path:
+    """Run notebook 01 in balanced mode over gamma x w_lr (x gamma schedule) as a papermill sweep
+    into ``run_dir/sweep``; finished jobs are skipped on a re-run. Returns the sweep folder."""
+    from lic_core.sweep import run_sweep, spec_from_dict
+
+    out = Path(run_dir).resolve() / "sweep"
+    spec = spec_from_dict({
+        "name": "hyperparameters", "notebook": str(REPO / "notebooks" / "01_train.ipynb"), "output": str(out),
+        "parameters": {**params, "modes": ["balanced"]},
+        "grid": {"gamma": list(gammas), "w_lr": list(w_lrs), "gamma_schedule": list(schedules)},
+    })
+    records = run_sweep(spec, executor="local", jobs=jobs, progress=False)
+    failed = [k for k, r in records.items() if r.get("state") != "done"]
+    if failed:
+        raise LicError(f"sweep {out}: jobs not done: {', '.join(failed)} (see their error.txt)")
+    return out
+
+
+def best_setting(grid: pd.DataFrame) -> tuple[Any, Any, float]:
+    """(row, column, value) of the smallest entry of a grid from :func:`sweep_grid`."""
+    stacked = grid.stack()
+    (r, c) = stacked.idxmin()
+    return r, c, float(stacked.min())
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def checkpoints_of(run_root: str | Path, mode: str) -> dict[float, Path]:
+    """``{λ: final checkpoint}`` of the runs of one mode under ``run_root`` (recursive)."""
+    from lic_core.train.checkpoint import latest
+
+    found: dict[float, Path] = {}
+    for cfg_file in sorted(Path(run_root).rglob("config.yaml")):
+        run = cfg_file.parent
+        if not run.name.startswith(f"{mode}-l"):
+            continue
+        ckpt = latest(run / "checkpoints")
+        if ckpt is not None:
+            found[float(run.name.split("-l")[1].split("-s")[0])] = ckpt
+    return dict(sorted(found.items()))
+
+
+def evaluate_modes(run_root: str | Path, modes: Sequence[str], dataset: str | Path, out: str | Path,
+                   limit: int = 0, crop: int = 0, progress: bool = True) -> dict[str, dict]:
+    """Real-bitstream evaluation of every mode's checkpoints (one R-D point per λ); returns
+    ``{mode: CompressAI JSON dict}`` and writes ``out/<mode>.json``."""
+    from lic_core.evaluate import evaluate
+
+    curves = {}
+    for mode in modes:
+        ckpts = checkpoints_of(run_root, mode)
+        if not ckpts:
+            raise LicError(f"no finished {mode} runs under {run_root}")
+        curves[mode] = evaluate([str(p) for p in ckpts.values()], dataset, out, limit=limit, crop=crop,
+                                name=mode, progress=progress)
+    return curves
+
+
+def runs_for_evaluation(run_root: str | Path, modes: Sequence[str], lambdas: Sequence[float] | None = None,
+                        **train_kw: Any) -> dict[str, dict[float, Path]]:
+    """``{mode: {λ: checkpoint}}`` under ``run_root``; when a mode has none and ``lambdas`` is given,
+    short runs are trained first (default data), otherwise that is an error."""
+    runs = {m: checkpoints_of(run_root, m) for m in modes}
+    if all(runs.values()):
+        return runs
+    if lambdas is None:
+        missing = [m for m, r in runs.items() if not r]
+        raise LicError(f"no finished runs of {', '.join(missing)} under {run_root}; train them first "
+                       "(notebook 01 or a sweep) or set train_if_missing = True")
+    train, test, _ = default_data(run_root)
+    return ensure_runs(run_root, modes, lambdas, train_dir=train, test_dir=test, **train_kw)
+
+
+def classical_anchors(codecs: Sequence[str], dataset: str | Path, out: str | Path, limit: int = 0,
+                      crop: int = 0) -> dict[str, dict]:
+    """Live Pillow codecs over their quality sweeps on the same images (CompressAI JSON each,
+    written to ``out/<codec>.json``); codecs this Pillow lacks are reported and left out."""
+    from lic_core.anchors import sweep, unsupported
+    from lic_core.datasets import resolve
+
+    _, images = resolve(dataset, limit)
+    found = {}
+    for key in codecs:
+        if (why := unsupported(key)) is not None:
+            print(f"skipping {key}: {why}")
+            continue
+        data = sweep(key, images, crop=crop, progress=False)
+        write_atomic(Path(out) / f"{key}.json", json.dumps(data, indent=2) + "\n")
+        found[data["name"]] = data
+    return found
+
+
+def published_curves(names: Iterable[str], dataset: str = "kodak") -> dict[str, Path]:
+    """``{file stem: path}`` of the published R-D files that exist for ``dataset``."""
+    return {p.stem: p for p in published(dataset, names)}
+
+
+def per_image_file(out: str | Path, name: str) -> Path:
+    """The per-image result file :func:`evaluate_modes` wrote for curve ``name``."""
+    path = Path(out) / f"{name}.images.json"
+    if not path.is_file():
+        raise LicError(f"{path} does not exist (evaluate {name!r} first)")
+    return path
+
+
+def explorer(runs: Mapping[str, Mapping[float, Path]], dataset: str | Path, limit: int = 3, crop: int = 256):
+    """The λ explorer of notebook 06 on the first ``limit`` images of ``dataset``; a registered
+    dataset that is absent falls back to the bundled test photos."""
+    from lic_core.datasets import REGISTRY, resolve
+    from lic_core.explorer import LambdaExplorer
+
+    if str(dataset) in REGISTRY and not (datasets_root() / str(dataset)).is_dir():
+        dataset = default_data(REPO / "papermill_runs")[1]
+    return LambdaExplorer(runs, resolve(dataset, limit)[1], crop=crop)
+
+
+def bd_against(anchor: str, curves: Mapping[str, Any], metric: str = "psnr-rgb",
+               methods: Sequence[str] = ("cubic", "pchip")) -> pd.DataFrame:
+    """BD-rate / BD-PSNR of each curve against the curve named ``anchor`` (a key of ``curves``)."""
+    from lic_core.bdrate import bd_table
+
+    if anchor not in curves:
+        raise ConfigError(f"anchor {anchor!r} is not one of the curves: {', '.join(curves)}")
+    tests = [curves[k] for k in curves if k != anchor]
+    return bd_table(curves[anchor], tests, metric=metric, methods=methods)
+
+
+def published(dataset: str = "kodak", names: Iterable[str] = ("vtm", "hpcm-base-mse-published")) -> list[Path]:
+    """Published R-D points shipped in the reference folder (CompressAI JSON)."""
+    folder = reference_root() / dataset
+    paths = [folder / f"{n}.json" for n in names]
+    return [p for p in paths if p.is_file()]
