@@ -51,8 +51,10 @@ def load_model(spec: str):
 
 
 def model_names(specs: Sequence[str]) -> list[str]:
-    """File stems of the checkpoints, prefixed by their folder where two stems coincide."""
-    stems = [Path(s).stem for s in specs]
+    """File stems of the checkpoints, prefixed by their folder where two stems coincide; a training
+    run's checkpoint (``<run>/checkpoints/<stem>.pt``) is always named ``<run>-<stem>``."""
+    stems = [f"{Path(s).parent.parent.name}-{Path(s).stem}" if Path(s).parent.name == "checkpoints"
+             else Path(s).stem for s in specs]
     names = [f"{Path(s).parent.name}-{st}" if stems.count(st) > 1 else st for s, st in zip(specs, stems)]
     if len(set(names)) < len(names):
         raise LicError(f"checkpoints {list(specs)} do not have distinct names; rename or copy them")
