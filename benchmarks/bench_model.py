@@ -1,0 +1,177 @@
+"""HPCM speed on this machine, side by side with the authors' implementation and the CPU's limit.
+
+Measures, per model (base / large / tiny): one training step (batch 4 x 256x256: forward, loss,
+backward, Adam), one eval forward (1x3x512x768), and real encode / decode of Kodak images with
+file bytes vs the estimated bits. Prints a markdown table with the ratios to the authors'
+reference (torch 2.14.1, 2 threads, this 2-core machine) and the achieved MAC rate against a
+large float32 matmul measured in the same run.
+
+    python benchmarks/bench_model.py                 # base, large, tiny; 3 Kodak images
+    python benchmarks/bench_model.py --quick         # smoke test: tiny only, small sizes
+    python benchmarks/bench_model.py --models base --kodak 24 --checkpoint base=ckpt.pth.tar
+
+Without a checkpoint, weights follow the conformance rule (codec.synthetic_weights) so that the
+entropy coder sees non-trivial symbols; timings do not depend on the weight values.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lic_core import codec  # noqa: E402
+from lic_core.imageio import load_image  # noqa: E402
+from lic_core.losses import distortion, rate_terms  # noqa: E402
+from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel, load_checkpoint  # noqa: E402
+from lic_core.paths import datasets_root  # noqa: E402
+
+# The authors' code on this machine (issue 2): train step, eval forward, encode, decode (seconds).
+AUTHORS = {"base": (8.2, 3.3, 3.0, 3.0), "large": (9.8, 4.3, 3.7, 3.9)}
+COLUMNS = ("train step", "eval forward", "encode", "decode")
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds of ``repeat`` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """float32 GFLOP/s of an n x n matmul: the practical arithmetic limit of this CPU."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timed(lambda: a @ b, repeat) / 1e9
+
+
+def train_step_fn(model, batch: int, size: int, lmbda: float = 0.0067) -> Callable[[], None]:
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = distortion(out["x_hat"], x, "mse", lmbda) + rate_terms(out, x.numel() // 3)["bpp"]
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def eval_forward_fn(model, h: int, w: int) -> Callable[[], None]:
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+
+    def fwd() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    return fwd
+
+
+def coding(model, images: list[Path], crop: int) -> dict[str, float]:
+    """Mean encode / decode seconds and the file-size figures over ``images``."""
+    enc_t, dec_t, files, est, streams, pixels = [], [], 0, 0.0, 0, 0
+    for path in images:
+        x, _ = load_image(path)
+        if crop:
+            x = x[:, :, :crop, :crop]
+        t0 = time.perf_counter()
+        enc = codec.encode(model, x)
+        enc_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        codec.decompress(enc.data, model)
+        dec_t.append(time.perf_counter() - t0)
+        files += len(enc.data)
+        streams += sum(enc.stream_bytes.values())
+        est += sum(enc.estimated_bits.values()) / 8
+        pixels += x.shape[2] * x.shape[3]
+    return {
+        "encode": statistics.mean(enc_t),
+        "decode": statistics.mean(dec_t),
+        "bpp": 8 * files / pixels,
+        "stream_vs_est": streams / est - 1,
+        "header": (files - streams) / len(images),
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def build(name: str, checkpoints: dict[str, str]):
+    if name in checkpoints:
+        return load_checkpoint(checkpoints[name])
+    return codec.synthetic_weights(hpcm(name))
+
+
+def ratio(ours: float, name: str, col: int) -> str:
+    ref = AUTHORS.get(name)
+    return f"{ours:.2f} s" + (f" ({ours / ref[col]:.2f}x)" if ref else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="base,large,tiny")
+    ap.add_argument("--kodak", type=int, default=3, help="Kodak images to encode/decode (0: skip)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs after a warm-up (median)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--quick", action="store_true", help="smoke test: tiny only, small sizes, 1 run")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    names = ["tiny"] if a.quick else a.models.split(",")
+    batch, size, (eh, ew) = (1, 128, (128, 256)) if a.quick else (4, 256, (512, 768))
+    repeat, crop = (1, 128) if a.quick else (a.repeat, 0)
+    kodak = sorted((datasets_root() / "kodak").glob("kodim*.png"))[: 1 if a.quick else a.kodak]
+    checkpoints = dict(c.split("=", 1) for c in a.checkpoint)
+
+    peak = matmul_gflops(1024 if a.quick else 2048)
+    rows = []
+    for name in names:
+        model = build(name, checkpoints)
+        train = timed(train_step_fn(model, batch, size), repeat)
+        fwd = timed(eval_forward_fn(model, eh, ew), repeat)
+        kmacs = kmacs_per_pixel(model, eh, ew)
+        gmacs = kmacs * 1e3 * eh * ew / fwd / 1e9
+        c = coding(model, kodak, crop) if kodak else {}
+        rows.append((name, count_parameters(model), kmacs, train, fwd, gmacs, c))
+        print(f"[{name}] train {train:.2f} s, forward {fwd:.2f} s, {c}", file=sys.stderr, flush=True)
+
+    print(f"\n**Machine:** {machine()}; float32 matmul {peak:.1f} GFLOP/s ({peak / 2:.1f} GMAC/s)")
+    print(f"Train step: batch {batch} x {size}^2, forward + loss + backward + Adam; eval forward 1x3x{eh}x{ew}; "
+          f"median of {repeat} after a warm-up. Coding: mean over {len(kodak)} Kodak image(s)"
+          + (f" cropped to {crop}x{crop}" if crop else "") + ". Ratios are ours / the authors' (same machine).\n")
+    print("| model | params | kMACs/px | " + " | ".join(COLUMNS) + " | forward GMAC/s (% of matmul) | bpp | streams vs est. | header B |")
+    print("|---|---:|---:|" + "---:|" * (len(COLUMNS) + 4))
+    for name, params, kmacs, train, fwd, gmacs, c in rows:
+        cells = [ratio(train, name, 0), ratio(fwd, name, 1)]
+        cells += [ratio(c[k], name, i) for i, k in ((2, "encode"), (3, "decode"))] if c else ["-", "-"]
+        extra = [f"{c['bpp']:.4f}", f"{100 * c['stream_vs_est']:+.2f}%", f"{c['header']:.0f}"] if c else ["-"] * 3
+        util = f"{gmacs:.1f} ({100 * gmacs / (peak / 2):.0f}%)"
+        print(f"| {name} | {params / 1e6:.2f} M | {kmacs:.1f} | " + " | ".join(cells) + f" | {util} | " + " | ".join(extra) + " |")
+    if not a.quick:
+        print("\nAuthors' reference: " + "; ".join(
+            f"{n}: " + ", ".join(f"{c} {v} s" for c, v in zip(COLUMNS, ref)) for n, ref in AUTHORS.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

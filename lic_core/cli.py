@@ -1,0 +1,129 @@
+"""``python -m lic_core info | compress | decompress``: model facts and real bitstream files."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import codec
+from .errors import LicError
+from .losses import psnr
+from .imageio import load_image, save_png, write_bytes_atomic
+from .models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel, load_checkpoint
+
+N_STEPS = 11
+
+
+def _model(name: str | None, checkpoint: str | None) -> HPCM:
+    """A checkpoint (ours or the authors', told apart by its keys) or a config's seeded init."""
+    if checkpoint is None:
+        return hpcm(name or "base").eval()
+    model = load_checkpoint(checkpoint).eval()
+    if name is not None and model.cfg.name != name:
+        raise LicError(f"--model {name} but {checkpoint} holds an HPCM {model.cfg.name!r}")
+    return model
+
+
+def _bar(desc: str) -> tqdm:
+    return tqdm(total=N_STEPS, desc=desc, unit="step", leave=False, file=sys.stderr)
+
+
+def _run(main, argv: list[str] | None) -> int:
+    try:
+        return main(argv)
+    except LicError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _info(argv: list[str] | None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lic_core info", description="HPCM parameters and kMACs/pixel")
+    ap.add_argument("model", nargs="?", choices=sorted(CONFIGS), default="base")
+    ap.add_argument("--checkpoint", help="count this checkpoint's model instead")
+    ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size for the MAC count")
+    a = ap.parse_args(argv)
+    model = _model(None if a.checkpoint else a.model, a.checkpoint)
+    h, w = a.size or (model.cfg.pad_multiple,) * 2
+    print(f"model        HPCM-{model.cfg.name}")
+    print(f"config       {codec.config_json(model.cfg).decode()}")
+    print(f"parameters   {count_parameters(model):,}")
+    print(f"kMACs/pixel  {kmacs_per_pixel(model, h, w):.2f}  (eval forward at {h}x{w})")
+    print(f"pad multiple {model.cfg.pad_multiple}")
+    return 0
+
+
+def _compress(argv: list[str] | None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lic_core compress", description="image -> HPCM bitstream")
+    ap.add_argument("input")
+    ap.add_argument("output")
+    ap.add_argument("--model", choices=sorted(CONFIGS), help="config (default base, or the checkpoint's)")
+    ap.add_argument("--checkpoint", help="our checkpoint or the authors' .pth.tar")
+    ap.add_argument("--verify", action="store_true", help="decode the file again: PSNR and decode time")
+    a = ap.parse_args(argv)
+    x, notes = load_image(a.input)
+    for note in notes:
+        print(f"note: {note}")
+    model = _model(a.model, a.checkpoint)
+    h, w = x.shape[2:]
+    with _bar("encode") as bar:
+        t0 = time.perf_counter()
+        enc = codec.encode(model, x, progress=lambda k: bar.update())
+        t_enc = time.perf_counter() - t0
+    write_bytes_atomic(a.output, enc.data)
+    est = sum(enc.estimated_bits.values())
+    streams = ", ".join(f"{k} {v}" for k, v in enc.stream_bytes.items())
+    print(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}]")
+    print(f"streams (bytes): header {enc.header_bytes}, {streams}; estimate {est / 8:,.0f} bytes")
+    print(f"encode {t_enc:.2f} s")
+    if a.verify:
+        t0 = time.perf_counter()
+        x_hat = codec.decompress(enc.data, model)
+        print(f"decode {time.perf_counter() - t0:.2f} s, PSNR {psnr(x_hat, x):.3f} dB")
+    return 0
+
+
+def _decompress(argv: list[str] | None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lic_core decompress", description="HPCM bitstream -> PNG")
+    ap.add_argument("input")
+    ap.add_argument("output", help="PNG file to write")
+    ap.add_argument("--checkpoint", help="weights; default: the header's config with its seeded init")
+    ap.add_argument("--reference", help="original image: print the PSNR against it")
+    a = ap.parse_args(argv)
+    path = Path(a.input)
+    if not path.is_file():
+        raise LicError(f"{path}: no such bitstream file")
+    data = path.read_bytes()
+    header = codec.read_header(data)
+    model = load_checkpoint(a.checkpoint).eval() if a.checkpoint else codec.model_for(header)
+    with _bar("decode") as bar:
+        t0 = time.perf_counter()
+        x_hat = codec.decompress(data, model, progress=lambda k: bar.update())
+        t_dec = time.perf_counter() - t0
+    save_png(x_hat, a.output)
+    bpp = 8 * len(data) / (header.height * header.width)
+    print(f"{a.input} -> {a.output} ({header.width}x{header.height}, HPCM-{header.config.name}, {bpp:.4f} bpp)")
+    print(f"decode {t_dec:.2f} s")
+    if a.reference:
+        ref, _ = load_image(a.reference)
+        if ref.shape != x_hat.shape:
+            raise LicError(f"{a.reference} is {tuple(ref.shape[2:])}, the decoded image {tuple(x_hat.shape[2:])}")
+        print(f"PSNR {psnr(x_hat, ref):.3f} dB")
+    return 0
+
+
+def info_main(argv: list[str] | None = None) -> int:
+    """``python -m lic_core info [MODEL] [--checkpoint CKPT]``."""
+    return _run(_info, argv)
+
+
+def compress_main(argv: list[str] | None = None) -> int:
+    """``python -m lic_core compress IN OUT [--model NAME] [--checkpoint CKPT] [--verify]``."""
+    return _run(_compress, argv)
+
+
+def decompress_main(argv: list[str] | None = None) -> int:
+    """``python -m lic_core decompress IN OUT.png [--checkpoint CKPT] [--reference IMG]``."""
+    return _run(_decompress, argv)

@@ -1,0 +1,215 @@
+"""Real bitstreams: round trips (decoded == eval forward reconstruction, exactly), file bytes vs
+estimated bits, the header, and bad input (truncated, corrupted, foreign bytes)."""
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lic_core import codec
+from lic_core.codec import synthetic_weights
+from lic_core.errors import BitstreamError
+from lic_core.imageio import load_image
+from lic_core.models.hpcm import CONFIGS, hpcm
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return synthetic_weights(hpcm("tiny"))
+
+
+def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Smooth content plus noise, 8-bit levels."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(h, w), mode="bilinear")
+    x = (base + 0.1 * torch.rand(1, 3, h, w, generator=g)).clamp(0, 1)
+    return (x * 255).round() / 255
+
+
+def check_round_trip(model, x: torch.Tensor) -> codec.Encoded:
+    enc = codec.encode(model, x)
+    out = codec.decompress(enc.data, model)
+    assert out.shape == x.shape
+    assert torch.equal(out, codec.reconstruct(model, x))  # bit-exact, not approximately
+    assert torch.equal(out, (out * 255).round() / 255)
+    hdr = codec.read_header(enc.data)
+    assert (hdr.height, hdr.width, hdr.config) == (x.shape[2], x.shape[3], model.cfg)
+    assert hdr.stream_bytes == enc.stream_bytes and hdr.header_bytes == enc.header_bytes
+    assert len(enc.data) == enc.header_bytes + sum(enc.stream_bytes.values())
+    assert enc.bpp == 8 * len(enc.data) / (x.shape[2] * x.shape[3])  # original pixels
+    for k, nbytes in enc.stream_bytes.items():  # actual bytes vs -log2 likelihoods
+        # Below the estimate is fine: symbols at the 1e-9 likelihood floor are counted as 29.9
+        # bits there but cost less through the coder's escape (CONFORMANCE.md section 7).
+        est = enc.estimated_bits[k] / 8
+        assert 0.9 * est <= nbytes <= 1.015 * est + 12, (k, nbytes, est)
+    return enc
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (17, 300), (255, 257)])
+def test_round_trip_sizes(tiny, h, w):
+    enc = check_round_trip(tiny, image(h, w, seed=h))
+    assert all(enc.stream_bytes[k] > 40 for k in ("s1", "s2", "s3"))  # real symbols were coded
+
+
+def test_estimated_bits_are_forward_rates(tiny):
+    """The encoder's per-stream estimate equals forward's likelihoods split by scale_masks."""
+    x = image(40, 60, seed=3)
+    enc = codec.encode(tiny, x)
+    with torch.no_grad():
+        out = tiny(codec.pad_image(x, tiny.cfg.pad_multiple))
+    y_bits = -torch.log2(out["likelihoods"]["y"].double())
+    for s in range(3):
+        ref = float(y_bits[0][out["scale_masks"][s]].sum())
+        assert enc.estimated_bits[f"s{s + 1}"] == pytest.approx(ref, rel=1e-6)
+    z_ref = float(-torch.log2(out["likelihoods"]["z"].double()).sum())
+    assert enc.estimated_bits["z"] == pytest.approx(z_ref, rel=1e-6)
+
+
+def test_kodak_image_round_trip(tiny, kodak_dir):
+    x, notes = load_image(kodak_dir / "kodim23.png")
+    assert notes == [] and x.shape == (1, 3, 512, 768)
+    enc = check_round_trip(tiny, x)
+    est = sum(enc.estimated_bits.values()) / 8
+    assert abs(sum(enc.stream_bytes.values()) - est) <= 0.01 * est + 32
+
+
+def test_default_init_decoder_from_header():
+    """Without a model, decompress builds the header's config with its seeded init."""
+    model = hpcm("tiny")
+    x = image(9, 11, seed=9)
+    data = codec.compress(model, x)
+    assert torch.equal(codec.decompress(data), codec.reconstruct(model, x))
+
+
+def test_encode_restores_training_mode(tiny):
+    model = hpcm("tiny").train()
+    codec.encode(model, image(5, 5))
+    assert model.training
+
+
+def test_config_json_is_compact_and_round_trips():
+    assert codec.config_json(CONFIGS["tiny"]) == b'{"name":"tiny"}'
+    custom = replace(CONFIGS["tiny"], M=32, aligned_s2_gather=True)
+    raw = codec.config_json(custom)
+    assert len(raw) < 80 and codec.parse_config(raw) == custom
+
+
+def test_model_config_mismatch(tiny):
+    data = codec.compress(tiny, image(3, 3))
+    with pytest.raises(BitstreamError, match="config"):
+        codec.decompress(data, hpcm("tiny", M=32, N=32))
+
+
+def test_bad_images(tiny):
+    for bad in (torch.rand(3, 8, 8), torch.rand(1, 1, 8, 8), torch.rand(2, 3, 8, 8), torch.zeros(1, 3, 0, 4)):
+        with pytest.raises(ValueError):
+            codec.encode(tiny, bad)
+    with pytest.raises(ValueError, match="NaN"):
+        codec.encode(tiny, torch.full((1, 3, 4, 4), float("nan")))
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stream(tiny) -> bytes:
+    return codec.compress(tiny, image(20, 30, seed=20))
+
+
+def forge(stream: bytes, version: int = codec.VERSION, config: bytes | None = None, height: int | None = None,
+          streams: dict[str, bytes] | None = None) -> bytes:
+    """Rebuild a bitstream with edited fields and a valid CRC, so the edit gets past the CRC."""
+    hdr = codec.read_header(stream)
+    streams = {**codec.split_streams(stream, hdr), **(streams or {})}
+    raw = codec.config_json(hdr.config) if config is None else config
+    body = b"".join(streams[k] for k in codec.STREAMS)
+    prefix = codec._PREFIX.pack(codec.MAGIC, version, len(raw)) + raw + struct.pack(
+        ">II4I", hdr.height if height is None else height, hdr.width, *(len(streams[k]) for k in codec.STREAMS)
+    )
+    return prefix + struct.pack(">I", zlib.crc32(body, zlib.crc32(prefix))) + body
+
+
+def test_every_truncation_is_reported(tiny, stream):
+    for n in range(len(stream)):
+        with pytest.raises(BitstreamError, match="truncated|not an HPCM"):
+            codec.decompress(stream[:n], tiny)
+    with pytest.raises(BitstreamError, match="trailing"):
+        codec.read_header(stream + b"\0")
+
+
+def test_random_mutations_are_reported(tiny, stream):
+    rng = random.Random(0)
+    for trial in range(400):
+        data = bytearray(stream)
+        kind = trial % 4
+        if kind == 0:  # flip one bit
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+        elif kind == 1:  # overwrite a run of bytes
+            i = rng.randrange(len(data))
+            data[i : i + rng.randint(1, 16)] = rng.randbytes(rng.randint(1, 16))
+        elif kind == 2:  # delete a run
+            i = rng.randrange(len(data))
+            del data[i : i + rng.randint(1, 16)]
+        else:  # insert bytes
+            i = rng.randrange(len(data))
+            data[i:i] = rng.randbytes(rng.randint(1, 16))
+        if bytes(data) == stream:
+            continue
+        with pytest.raises(BitstreamError):
+            codec.decompress(bytes(data), tiny)
+
+
+def test_foreign_bytes(tiny):
+    rng = random.Random(1)
+    for data in [b"", b"\x89PNG\r\n\x1a\n" + rng.randbytes(100), b"HPCM", b"HPCM\x89", rng.randbytes(5000)]:
+        with pytest.raises(BitstreamError):
+            codec.decompress(data, tiny)
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"version": 7}, "version 7"),
+        ({"config": b'{"name":"tinx"}'}, "config"),
+        ({"config": b'["name","tiny"]'}, "config"),
+        ({"config": b'{"name":"tiny"'}, "config"),
+        ({"config": b'{"name":"tiny","M":99999999}'}, "config"),
+        ({"config": b'{"name":"tiny","bogus":1}'}, "config"),
+        ({"config": b'{"name":"tiny","M":12}'}, "config"),
+        ({"config": b"\xff\xfe"}, "config"),
+        ({"height": 0}, "size"),
+        ({"height": 1 << 20}, "size"),
+    ],
+)
+def test_header_fields_checked_behind_a_valid_crc(stream, fields, match):
+    assert codec.read_header(forge(stream)).height == 20  # forge alone changes nothing
+    with pytest.raises(BitstreamError, match=match):
+        codec.read_header(forge(stream, **fields))
+
+
+def test_corrupted_streams_behind_a_valid_crc_never_crash(tiny, stream):
+    """Stream edits that a forged CRC hides reach compressai's decoder. Each must end in a
+    BitstreamError or an image of the right shape, never a crash or a hang."""
+    hdr = codec.read_header(stream)
+    parts = codec.split_streams(stream, hdr)
+    rng = random.Random(2)
+    edits = []
+    for k in codec.STREAMS:
+        s = bytearray(parts[k])
+        i = rng.randrange(len(s) - 4)
+        s[i : i + 4] = b"\xff\xff\xff\xff"
+        edits += [{k: bytes(s)}, {k: parts[k][: len(parts[k]) // 8 * 4]}, {k: b""}, {k: parts[k][:5]}]
+    for edit in edits:
+        try:
+            out = codec.decompress(forge(stream, streams=edit), tiny)
+        except BitstreamError:
+            continue
+        assert out.shape == (1, 3, 20, 30) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_base_round_trip_256():
+    check_round_trip(synthetic_weights(hpcm("base")), image(256, 256, seed=256))

@@ -1,0 +1,63 @@
+"""``python -m lic_core info | compress | decompress``: once through a real subprocess, the rest
+in-process."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import torch
+from PIL import Image
+
+from lic_core import codec
+from lic_core.cli import compress_main, decompress_main, info_main
+from lic_core.imageio import load_image
+from lic_core.models.hpcm import count_parameters, hpcm
+from lic_core.paths import REPO
+
+
+def test_compress_subprocess_decompress(tmp_path, kodak_dir, capsys):
+    with Image.open(kodak_dir / "kodim01.png") as im:
+        im.convert("RGB").crop((100, 200, 180, 250)).save(tmp_path / "in.png")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lic_core", *a], cwd=REPO, capture_output=True, text=True)
+    enc = run("compress", str(tmp_path / "in.png"), str(tmp_path / "a.hpcm"), "--model", "tiny", "--verify")
+    assert enc.returncode == 0, enc.stderr
+    assert re.search(r"\d+ bytes, [\d.]+ bpp", enc.stdout) and "encode" in enc.stdout and "PSNR" in enc.stdout
+    args = [str(tmp_path / "a.hpcm"), str(tmp_path / "out.png"), "--reference", str(tmp_path / "in.png")]
+    assert decompress_main(args) == 0
+    out = capsys.readouterr().out
+    assert "decode" in out and "PSNR" in out
+    x, _ = load_image(tmp_path / "in.png")
+    out, _ = load_image(tmp_path / "out.png")
+    assert torch.equal(out, codec.reconstruct(hpcm("tiny"), x))
+
+
+def test_info(capsys):
+    assert info_main(["tiny"]) == 0
+    out = capsys.readouterr().out
+    assert f"{count_parameters(hpcm('tiny')):,}" in out and "kMACs/pixel" in out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    (tmp_path / "x.txt").write_text("not an image")
+    assert compress_main([str(tmp_path / "x.txt"), str(tmp_path / "o.hpcm"), "--model", "tiny"]) == 1
+    assert "x.txt" in capsys.readouterr().err and not (tmp_path / "o.hpcm").exists()
+    assert decompress_main([str(tmp_path / "x.txt"), str(tmp_path / "o.png")]) == 1
+    assert "not an HPCM bitstream" in capsys.readouterr().err
+    assert decompress_main([str(tmp_path / "none.hpcm"), str(tmp_path / "o.png")]) == 1
+    assert "no such bitstream" in capsys.readouterr().err and not (tmp_path / "o.png").exists()
+
+
+def test_checkpoint_is_used(tmp_path, capsys):
+    from lic_core.models.hpcm import save_checkpoint
+
+    model = hpcm("tiny", seed=5)
+    save_checkpoint(model, tmp_path / "t.pt")
+    Image.new("RGB", (7, 5), (200, 30, 90)).save(tmp_path / "in.png")
+    args = [str(tmp_path / "in.png"), str(tmp_path / "a.hpcm"), "--checkpoint", str(tmp_path / "t.pt")]
+    assert compress_main(args) == 0
+    assert decompress_main([str(tmp_path / "a.hpcm"), str(tmp_path / "o.png"), "--checkpoint", str(tmp_path / "t.pt")]) == 0
+    x, _ = load_image(tmp_path / "in.png")
+    assert torch.equal(load_image(tmp_path / "o.png")[0], codec.reconstruct(model, x))
+    assert compress_main(args + ["--model", "base"]) == 1
+    assert "holds an HPCM 'tiny'" in capsys.readouterr().err
