@@ -1,0 +1,94 @@
+"""Rate and distortion terms of one forward pass, and the task losses of each training mode.
+
+Everything that reports a rate computes it here, so the per-scale rates of HPCM (Li et al., ICCV
+2025) add up to the bpp exactly: ``R_z`` (bits of z) and ``R_s1``, ``R_s2``, ``R_s3`` (bits of the y
+symbols coded at scale s1, s2, s3, split by the model's ``scale_masks``), each over the pixel count,
+and ``bpp = R_z + R_s1 + R_s2 + R_s3`` computed as that sum.
+
+Task losses follow Balanced R-D (Zhang et al., CVPR 2025), ``shared/spec/BALANCED.md``: lambda is
+folded into ``L_D`` and the rate tasks carry none.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pytorch_msssim import ms_ssim
+from torch import Tensor
+
+RATES = ("R_z", "R_s1", "R_s2", "R_s3")
+TASKS: dict[str, tuple[str, ...]] = {
+    "standard": ("D", "bpp"),  # summed: loss = D + bpp, with plain Adam
+    "balanced": ("D", "bpp"),
+    "hierarchical": ("D",) + RATES,
+    "qp": ("D", "bpp"),
+}
+
+
+def _bits(likelihoods: Tensor) -> Tensor:
+    """Per-element information content in bits, in float32 whatever the autocast dtype."""
+    return -torch.log2(likelihoods.float())
+
+
+def rate_terms(out: dict[str, Any], num_pixels: int) -> dict[str, Tensor]:
+    """``R_z``, ``R_s1``, ``R_s2``, ``R_s3`` and their sum ``bpp``, in bits per pixel.
+
+    ``out`` is an HPCM forward output: ``likelihoods["y"]`` (B, M, h, w), ``likelihoods["z"]`` and
+    ``scale_masks`` (3, M, h, w), a partition of the y grid. ``num_pixels`` counts every pixel of the
+    batch (B * H * W), so the terms are per-image averages, as CompressAI's bpp.
+    """
+    lik = out["likelihoods"]
+    bits_y = _bits(lik["y"])
+    masks = out["scale_masks"].to(bits_y.device)
+    terms = {"R_z": _bits(lik["z"]).sum() / num_pixels}
+    for name, mask in zip(RATES[1:], masks):
+        terms[name] = (bits_y * mask).sum() / num_pixels
+    terms["bpp"] = terms["R_z"] + terms["R_s1"] + terms["R_s2"] + terms["R_s3"]
+    return terms
+
+
+def distortion(x_hat: Tensor, x: Tensor, metric: str = "mse", lmbda: float = 1.0) -> Tensor:
+    """``lmbda * 255^2 * MSE`` or ``lmbda * (1 - MS-SSIM)`` (pytorch_msssim, data range 1), in float32.
+
+    ``x_hat`` is used unclamped, as in CompressAI's training loss.
+    """
+    x_hat, x = x_hat.float(), x.float()
+    if metric == "mse":
+        return lmbda * 255**2 * torch.mean((x_hat - x) ** 2)
+    if metric == "ms-ssim":
+        return lmbda * (1 - ms_ssim(x_hat, x, data_range=1.0))
+    raise ValueError(f"metric must be 'mse' or 'ms-ssim', got {metric!r}")
+
+
+def psnr(x_hat: Tensor, x: Tensor) -> float:
+    """PSNR in dB of the reconstruction clamped to [0, 1] (batch mean of the MSE)."""
+    mse = float(torch.mean((x_hat.detach().float().clamp(0, 1) - x.float()) ** 2))
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
+
+
+def loss_terms(out: dict[str, Any], x: Tensor, cfg: Any) -> dict[str, Tensor]:
+    """Every term of one forward, computed once: ``D``, the four rates and ``bpp``.
+
+    ``cfg`` has ``lmbda`` and ``metric`` (a :class:`~lic_core.config.LossConfig`, or a
+    :class:`~lic_core.config.TrainConfig` whose ``loss`` is used).
+    """
+    cfg = getattr(cfg, "loss", cfg)
+    b, _, h, w = x.shape
+    terms = rate_terms(out, b * h * w)
+    terms["D"] = distortion(out["x_hat"], x, cfg.metric, cfg.lmbda)
+    return terms
+
+
+def task_vector(terms: dict[str, Tensor], mode: str) -> Tensor:
+    """The task losses of ``mode`` stacked in the spec's order (see :data:`TASKS`)."""
+    if mode not in TASKS:
+        raise ValueError(f"mode must be one of {', '.join(TASKS)}, got {mode!r}")
+    return torch.stack([terms[k] for k in TASKS[mode]])
+
+
+def task_losses(out: dict[str, Any], x: Tensor, cfg: Any, mode: str | None = None) -> Tensor:
+    """Tensor[K] of task losses: standard / balanced / qp ``[D, bpp]``; hierarchical
+    ``[D, R_z, R_s1, R_s2, R_s3]``. ``mode`` defaults to ``cfg.mode``."""
+    cfg = getattr(cfg, "loss", cfg)
+    return task_vector(loss_terms(out, x, cfg), mode or cfg.mode)

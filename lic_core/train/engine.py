@@ -1,0 +1,529 @@
+"""The training loop: standard, balanced, hierarchical and QP runs of HPCM.
+
+Modes (``loss.mode``; tasks from :mod:`lic_core.losses`):
+
+* ``standard``: ``loss = L_D + bpp`` with Adam (the HPCM paper's recipe).
+* ``balanced`` / ``hierarchical``: Solution 1 of Balanced R-D (Zhang et al., CVPR 2025): FAMO
+  weighting of ``[D, bpp]`` / ``[D, R_z, R_s1, R_s2, R_s3]`` with Cautious Adam; the logits are
+  updated from a second forward on the same batch after the model step (spec step 5), or with
+  ``balance.next_batch`` from the next batch's forward (ours).
+* ``qp``: Solution 2 (our derivation, ``lic_core.optim.balance.solve_qp``): per-task gradients of
+  ``log D_i``, weights from the equality-constrained QP, the model stepped with their combination.
+
+Every step runs in one order: forward, task losses (averaged over ranks for the weights), skip on a
+non-finite loss, backward, clip, skip on a non-finite gradient norm, optimizer step, logit update.
+A skipped step still consumes its batch, so the data stream does not depend on skips.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lic_core import losses
+from lic_core.config import (TrainConfig, apply_overrides, as_list, from_dict, hpcm_config, load_config,
+                             validate)
+from lic_core.data import load_test_set, train_loader
+from lic_core.errors import ConfigError, LicError
+from lic_core.models.hpcm import HPCM, build, read_checkpoint
+from lic_core.optim import CautiousAdam, TaskWeighting, gamma_schedule, solve_qp
+from lic_core.optim.balance import EPS_D
+from lic_core.train import checkpoint as ckpt
+from lic_core.train import distributed as ddp
+from lic_core.train.finetune import frozen_at, load_init, param_groups, set_frozen
+from lic_core.train.logging import RunLogger, load_history, truncate_history
+
+CKPT_DIR = "checkpoints"
+# Keys that may differ between a checkpoint's config and the config that resumes it.
+RESUMABLE = ("run.steps", "run.resume", "run.out", "run.name", "run.progress", "run.log_every",
+             "run.eval_every", "run.ckpt_every", "run.keep_last", "run.wandb_project", "run.wandb_name",
+             "run.wandb_mode", "data.workers", "data.test", "data.test_patch", "data.test_limit",
+             "speed.compile")
+TRANSFORMS = ("g_a", "g_s", "h_a", "h_s")
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: the run folder, its JSONL records and its checkpoints."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    checkpoint: Path | None
+    best: Path | None
+    step: int
+    skipped: int
+    model: HPCM | None = field(default=None, repr=False)
+
+
+# ------------------------------------------------------------------------------------ schedules
+
+
+class LRSchedule:
+    """Multiplier of the base learning rate at a step (``optim.schedule``, see OptimConfig)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.o, self.total = cfg.optim, cfg.run.steps
+        self.best, self.bad, self.scale = math.inf, 0, 1.0  # plateau state
+
+    def factor(self, step: int) -> float:
+        o, t = self.o, step / self.total
+        if o.schedule == "step":
+            hit = [lr for m, lr in zip(o.milestones, o.step_lrs) if t >= m]
+            return hit[-1] / o.lr if hit else 1.0
+        if o.schedule == "cosine":
+            end = o.min_lr / o.lr
+            return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return self.scale  # constant: 1; plateau: reduced by observe()
+
+    def observe(self, value: float) -> None:
+        """Plateau: one evaluation of the monitored loss."""
+        if self.o.schedule != "plateau" or not math.isfinite(value):
+            return
+        if value < self.best * (1 - 1e-4):
+            self.best, self.bad = value, 0
+            return
+        self.bad += 1
+        if self.bad > self.o.patience:
+            self.scale = max(self.scale * self.o.factor, self.o.min_lr / self.o.lr)
+            self.bad = 0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "bad": self.bad, "scale": self.scale}
+
+    def load_state_dict(self, sd: dict[str, float]) -> None:
+        self.best, self.bad, self.scale = sd["best"], sd["bad"], sd["scale"]
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    """The device of ``speed.device``; GPU-only options on a CPU are a ConfigError."""
+    s = cfg.speed
+    name = s.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"speed.device: {s.device!r} asked for, but CUDA is not available")
+    dev = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    if dev.type != "cuda":
+        for k in ("bf16", "channels_last", "compile"):
+            if getattr(s, k):
+                raise ConfigError(f"speed.{k}: a GPU option, refused on device {dev} "
+                                  "(the CPU path is the float32 reference)")
+    elif s.bf16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"speed.bf16: {torch.cuda.get_device_name(dev)} does not support bfloat16")
+    return dev
+
+
+def bf16_transforms(model: HPCM, device_type: str) -> None:
+    """Run g_a, g_s, h_a, h_s under bfloat16 autocast and hand float32 back, so the context model
+    and the entropy math (likelihoods, rates) stay in float32."""
+    for name in TRANSFORMS:
+        stack: list[torch.autocast] = []
+
+        def enter(mod: nn.Module, args: Any, stack=stack) -> None:
+            stack.append(torch.autocast(device_type, dtype=torch.bfloat16))
+            stack[-1].__enter__()
+
+        def leave(mod: nn.Module, args: Any, out: Tensor, stack=stack) -> Tensor:
+            stack.pop().__exit__(None, None, None)
+            return out.float()
+
+        getattr(model, name).register_forward_pre_hook(enter)
+        getattr(model, name).register_forward_hook(leave)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _floats(names: tuple[str, ...] | list[str], t: Tensor | None, prefix: str) -> dict[str, float]:
+    return {} if t is None else {f"{prefix}_{n}": float(v) for n, v in zip(names, t.tolist())}
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    for k in sorted(set(a) | set(b)):
+        key = prefix + k
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _first_difference(va, vb, key + ".")
+            if found:
+                return found
+        elif va != vb and key not in RESUMABLE:
+            return f"{key} (checkpoint: {va!r}, config: {vb!r})"
+    return None
+
+
+# --------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """One run: builds everything from the config, resumes if the run folder holds a checkpoint,
+    then :meth:`fit` trains to ``run.steps``."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = validate(cfg)
+        self.dev = resolve_device(cfg)
+        self.dist, self.owns_group = ddp.setup(self.dev.type)
+        if self.dev.type == "cuda":
+            self.dev = resolve_device(cfg, self.dist.local_rank)
+            torch.cuda.set_device(self.dev)
+        self.mode = cfg.loss.mode
+        self.tasks = losses.TASKS[self.mode]
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / CKPT_DIR
+        _seed_all(cfg.run.seed + 1_000_003 * self.dist.rank)
+
+        self.model = build(hpcm_config(cfg)).to(self.dev)
+        self.init_format = load_init(self.model, cfg.finetune.init, cfg.finetune.init_format) \
+            if cfg.finetune.init else None
+        self.groups = param_groups(self.model, cfg.finetune)
+        self.frozen = frozen_at(cfg.finetune, 0)
+        set_frozen(self.groups, self.frozen)
+        self.opt = self._optimizer()
+        self.sched = LRSchedule(cfg)
+        self.gammas = [gamma_schedule(cfg.balance.gamma_schedule, g, cfg.run.steps, **self._gamma_kw())
+                       for g in as_list(cfg.balance.gamma)]
+        offsets = as_list(cfg.balance.offset)
+        self.offsets = torch.tensor(offsets * (len(self.tasks) // len(offsets)), device=self.dev)
+        self.weighting = None
+        if self.mode in ("balanced", "hierarchical"):
+            self.weighting = TaskWeighting(len(self.tasks), w_lr=cfg.balance.w_lr, gamma=cfg.balance.gamma,
+                                           offsets=self.offsets, names=self.tasks,
+                                           device=self.dev, on_bad="skip")
+        self.step, self.skipped, self.qp_clipped = 0, 0, 0
+        self.history: list[dict[str, Any]] = []  # evaluation records (also in the checkpoint)
+        self.score_acc = [0.0, 0]  # sum and count of the training R-D loss since the last score
+        self.best_score, self.last_score = math.inf, math.inf
+        self.qp_last: tuple[Tensor, Tensor] | None = None
+        self._resume()
+
+        if cfg.speed.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if cfg.speed.bf16:
+            bf16_transforms(self.model, self.dev.type)
+        if cfg.speed.compile:
+            self.model.compile()
+        self.net = self._wrap()
+        self.tests = load_test_set(cfg.data.test, cfg.data.test_patch, cfg.data.test_limit) \
+            if cfg.data.test and self.dist.main else []
+
+    # -------------------------------------------------------------------------------- setup
+    def _gamma_kw(self) -> dict[str, Any]:
+        b = self.cfg.balance
+        if b.gamma_schedule in ("linear", "cosine"):
+            return {"end": b.gamma_end}
+        if b.gamma_schedule == "step":
+            return {"milestones": b.gamma_milestones, "factor": b.gamma_factor}
+        return {}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        kind = o.optimizer
+        if kind == "auto":
+            kind = "adam" if self.mode == "standard" else "cautious"
+        groups = [{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups]
+        kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        if kind == "adam":
+            return torch.optim.AdamW(groups, **kw) if o.weight_decay else torch.optim.Adam(groups, **kw)
+        return CautiousAdam(groups, **kw)
+
+    def _wrap(self) -> nn.Module:
+        if self.dist.world == 1:
+            return self.model
+        ids = [self.dev.index] if self.dev.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # -------------------------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload (see :mod:`lic_core.train.checkpoint`)."""
+        rngs = ddp.gather(ckpt.rng_state())
+        return {
+            "config": asdict(self.model.cfg),
+            "state_dict": self.model.state_dict(),
+            "train_config": self.cfg.to_dict(),
+            "step": self.step,
+            "skipped": self.skipped,
+            "qp_clipped": self.qp_clipped,
+            "optimizer": self.opt.state_dict(),
+            "weighting": None if self.weighting is None else self.weighting.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": rngs,
+            "data": {"seed": self.cfg.run.seed, "step": self.step, "world": self.dist.world},
+            "history": self.history,
+            "score": {"acc": list(self.score_acc), "best": self.best_score, "last": self.last_score},
+        }
+
+    def load_state(self, sd: dict[str, Any]) -> None:
+        diff = _first_difference(sd["train_config"], self.cfg.to_dict())
+        if diff:
+            raise ConfigError(f"run.resume: the checkpoint was trained with another config: {diff}; "
+                              "use another run.name or run.resume=never")
+        self.model.load_state_dict(sd["state_dict"])
+        self.step, self.skipped, self.qp_clipped = sd["step"], sd["skipped"], sd["qp_clipped"]
+        self.frozen = frozen_at(self.cfg.finetune, self.step)
+        set_frozen(self.groups, self.frozen)
+        self.opt.load_state_dict(sd["optimizer"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(sd["weighting"])
+        self.sched.load_state_dict(sd["scheduler"])
+        self.history = list(sd["history"])
+        sc = sd["score"]
+        self.score_acc, self.best_score, self.last_score = list(sc["acc"]), sc["best"], sc["last"]
+        rngs = sd["rng"]
+        if len(rngs) == self.dist.world:
+            ckpt.set_rng_state(rngs[self.dist.rank])
+        else:  # another world size: the run goes on, not bit-identically
+            _seed_all(self.cfg.run.seed + 1_000_003 * self.dist.rank + self.step)
+
+    def _resume(self) -> None:
+        r = self.cfg.run.resume
+        path = Path(r) if r not in ("auto", "never") else ckpt.latest(self.ckpt_dir)
+        if r == "never" and path is not None:
+            raise ConfigError(f"run.resume: {self.run_dir} already holds checkpoints; resume=auto continues "
+                              "that run, or choose another run.name")
+        if r == "never" or path is None:
+            return
+        if self.dist.main:  # a run killed while writing leaves its temporary file behind
+            for tmp in self.ckpt_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        self.load_state(read_checkpoint(path))  # on the CPU: RNG states must stay CPU tensors
+
+    # -------------------------------------------------------------------------------- steps
+    def _set_lr(self) -> float:
+        f = self.sched.factor(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.optim.lr * g["lr_mult"] * f
+        return self.cfg.optim.lr * f
+
+    def _skip(self, why: str, value: float) -> dict[str, Any]:
+        """A step without update (its batch is consumed all the same)."""
+        self.step += 1
+        self.skipped += 1
+        self.opt.zero_grad(set_to_none=True)
+        return {"kind": "skip", "step": self.step, "reason": why, "value": value, "skipped": self.skipped}
+
+    def train_step(self, x: Tensor) -> dict[str, Any]:
+        """One optimisation step on batch ``x``; returns the step's log record."""
+        t0 = time.perf_counter()
+        cfg, w = self.cfg, self.weighting
+        self._update_frozen()
+        lr = self._set_lr()
+        gammas = [f(self.step) for f in self.gammas]
+        gamma = gammas[0] if len(gammas) == 1 else gammas
+        self.model.train()
+        out = (self.model if self.mode == "qp" else self.net)(x)
+        terms = losses.loss_terms(out, x, cfg.loss)
+        psnr = losses.psnr(out["x_hat"], x)
+        task = ddp.global_value(losses.task_vector(terms, self.mode))
+        if not bool(torch.isfinite(task).all()):
+            return self._skip("loss", float(task.detach().sum()))
+        self.opt.zero_grad(set_to_none=True)
+        if self.mode == "qp":
+            self._qp_backward(task)
+        else:
+            if w is not None and cfg.balance.next_batch:
+                w.update_next_batch(task.detach(), gamma)
+            loss = task.sum() if w is None else w.weighted_loss(task)
+            if loss is None:  # the weighting refused the losses (see TaskWeighting.last_skip)
+                return self._skip("weights", float(task.detach().sum()))
+            loss.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.trainable(), cfg.optim.max_norm))
+        if not math.isfinite(gnorm):
+            return self._skip("grad_norm", gnorm)
+        self.opt.step()
+        if w is not None and not cfg.balance.next_batch:
+            with torch.no_grad():
+                after = ddp.mean(losses.task_losses(self.model(x), x, cfg.loss))
+            w.update(task.detach(), after, gamma)
+        self.step += 1
+        rd = float(task.detach().sum())  # L_D + bpp over the global batch: the same on every rank
+        self.score_acc = [self.score_acc[0] + rd, self.score_acc[1] + 1]
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        rec = {"kind": "train", "step": self.step, "loss": rd, "psnr": psnr, "lr": lr, "grad_norm": gnorm,
+               "step_time": time.perf_counter() - t0, "skipped": self.skipped}
+        return self._record(rec, terms, task, gammas)
+
+    def _qp_backward(self, task: Tensor) -> None:
+        """Solution 2: ``p.grad = sum_i z_i g_i``, ``g_i = grad log D_i`` averaged over ranks."""
+        params = self.trainable()
+        log_d = (task - self.offsets + EPS_D).log()
+        flat = []
+        for i in range(len(self.tasks)):
+            gs = torch.autograd.grad(log_d[i], params, retain_graph=i < len(self.tasks) - 1, allow_unused=True)
+            flat.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                                   for g, p in zip(gs, params)]))
+        g = ddp.mean(torch.stack(flat))
+        res = solve_qp(g.double() @ g.double().T, self.cfg.balance.qp_ridge)
+        self.qp_clipped += int(res.clipped)
+        self.qp_last = (res.z, res.z / (task.detach() - self.offsets + EPS_D))
+        for p, part in zip(params, (res.z.to(g) @ g).split([p.numel() for p in params])):
+            p.grad = part.view_as(p)
+
+    def _update_frozen(self) -> None:
+        frozen = frozen_at(self.cfg.finetune, self.step)
+        if frozen != self.frozen:
+            self.frozen = frozen
+            set_frozen(self.groups, frozen)
+            self.net = self._wrap()  # DDP must see the new set of trainable parameters
+
+    def _record(self, rec: dict[str, Any], terms: dict[str, Tensor], task: Tensor, gamma: list[float]) -> dict[str, Any]:
+        """The step's log record: R-D terms, task losses, weights z and a, delta, mask fraction."""
+        rec.update({k: float(v.detach()) for k, v in terms.items()})
+        rec.update(_floats(self.tasks, task, "task"))
+        if isinstance(self.opt, CautiousAdam):
+            rec["mask_fraction"] = self.opt.last_mask_fraction
+        if self.weighting is not None:
+            w = self.weighting
+            gam = {"gamma": gamma[0]} if len(gamma) == 1 else {f"gamma_{n}": g for n, g in zip(self.tasks, gamma)}
+            rec.update({**gam, "weight_skips": w.skipped, **_floats(self.tasks, w.z, "z"),
+                        **_floats(self.tasks, w.a, "a"), **_floats(self.tasks, w.delta, "delta")})
+        if self.qp_last is not None:
+            rec.update({"qp_clipped": self.qp_clipped, **_floats(self.tasks, self.qp_last[0], "z"),
+                        **_floats(self.tasks, self.qp_last[1], "a")})
+        return rec
+
+    # -------------------------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Mean estimated bpp (per scale), PSNR and R-D loss over the test crops (eval mode, hard
+        rounding); computed on rank 0 and broadcast."""
+        rec: dict[str, Any] = {}
+        if self.dist.main and self.tests:
+            self.model.eval()
+            rows = []
+            for x in self.tests:
+                x = x.to(self.dev)
+                out = self.model(x)
+                t = losses.loss_terms(out, x, self.cfg.loss)
+                rows.append({**{k: float(v) for k, v in t.items()}, "psnr": losses.psnr(out["x_hat"], x)})
+            self.model.train()
+            rec = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+            rec["loss"] = rec["D"] + rec["bpp"]
+        return ddp.broadcast({"kind": "eval", "step": self.step, **rec})
+
+    def _score(self, ev: dict[str, Any] | None) -> None:
+        """Monitored value (test loss, else the mean training loss of the interval) for the plateau
+        schedule and for ``best.pt``."""
+        s, n = self.score_acc
+        value = ev["loss"] if ev and "loss" in ev else (s / n if n else math.inf)
+        self.score_acc = [0.0, 0]
+        self.last_score = value
+        self.sched.observe(value)
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        state = self.state()
+        path = None
+        if self.dist.main:
+            best = self.last_score < self.best_score
+            if best:
+                state["score"]["best"] = self.best_score = self.last_score
+            path = ckpt.save_rotating(state, self.ckpt_dir, self.step, self.cfg.run.keep_last, best)
+        self.best_score = ddp.broadcast(self.best_score)
+        ddp.barrier()
+        return path
+
+    # -------------------------------------------------------------------------------- loop
+    def fit(self, until: int | None = None) -> RunResult:
+        """Train to ``run.steps`` (or stop after step ``until``: the checkpoint/resume tests)."""
+        cfg, r = self.cfg, self.cfg.run
+        end = min(r.steps, until) if until else r.steps
+        main = self.dist.main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(self.run_dir / "config.yaml")
+            truncate_history(self.run_dir, self.step)
+        log = RunLogger(self.run_dir, cfg, r.steps, self.step, active=main)
+        batches = train_loader(cfg.train_dir, cfg.data.patch, cfg.data.batch, r.seed, self.step,
+                               self.dist.rank, self.dist.world, cfg.data.workers, self.dev.type == "cuda")
+        path = None
+        try:
+            while self.step < end:
+                x = next(batches).to(self.dev, non_blocking=True)
+                if cfg.speed.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                rec = self.train_step(x)
+                if rec["kind"] == "skip" or self.step % r.log_every == 0 or self.step == r.steps:
+                    log.log(rec)
+                log.advance(1, {"loss": rec.get("loss", math.nan), "bpp": rec.get("bpp", math.nan)})
+                if self.step % r.eval_every == 0 or self.step == r.steps:
+                    ev = self.evaluate() if cfg.data.test else None
+                    if ev and "loss" in ev:
+                        self.history.append(ev)
+                        log.log(ev)
+                    self._score(ev)
+                if self.step % r.ckpt_every == 0 or self.step == r.steps:
+                    path = self.save()
+        finally:
+            log.close()
+        final = ckpt.latest(self.ckpt_dir)
+        best = self.ckpt_dir / ckpt.BEST
+        return RunResult(self.run_dir, load_history(self.run_dir) if main else [], path or final,
+                         best if best.is_file() else None, self.step, self.skipped, self.model)
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def as_config(cfg: TrainConfig | dict | str | Path | None, overrides: dict | list | None = None) -> TrainConfig:
+    """A validated TrainConfig from a config object, nested dict or YAML path, plus overrides."""
+    if cfg is None or isinstance(cfg, (str, Path)):
+        return load_config(cfg, overrides)
+    if isinstance(cfg, dict):
+        cfg = from_dict(cfg)
+    return validate(apply_overrides(cfg, overrides))
+
+
+def train(cfg: TrainConfig | dict | str | Path | None = None, overrides: dict | list | None = None,
+          until: int | None = None) -> RunResult:
+    """Run (or resume) one training run; returns its folder, history and checkpoints.
+
+    ``train("cfg.yaml", {"loss.lmbda": 0.013, "run.steps": 200})`` from a notebook; the same
+    code runs under ``torchrun`` (one process per GPU).
+    """
+    trainer = Trainer(as_config(cfg, overrides))
+    try:
+        return trainer.fit(until)
+    finally:
+        if trainer.owns_group:
+            ddp.teardown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lic_core train --config FILE [--set k=v ...]``."""
+    ap = argparse.ArgumentParser(prog="python -m lic_core train", description=main.__doc__)
+    ap.add_argument("--config", help="YAML config (defaults: TrainConfig())")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set loss.lmbda=0.013 (repeatable)")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set, check_paths=not args.print_config)
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        res = train(cfg)
+    except LicError as err:
+        print(f"lic_core train: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run {res.run_dir}: step {res.step}, skipped {res.skipped}, checkpoint {res.checkpoint}")
+    return 0

@@ -1,0 +1,112 @@
+"""Typed training config: YAML round trip, --set overrides with types, errors naming the key."""
+from __future__ import annotations
+
+import pytest
+
+from lic_core.config import PRESETS, TrainConfig, apply_overrides, from_dict, load_config, validate
+from lic_core.errors import ConfigError
+from lic_core.train.engine import main
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    return tmp_path / "data"
+
+
+def test_yaml_round_trip(tmp_path, folder):
+    cfg = apply_overrides(TrainConfig(), {**PRESETS["micro"], "data.train": str(folder),
+                                          "loss.mode": "hierarchical", "balance.gamma_milestones": [0.5],
+                                          "finetune.lr_mult": {"context": 0.5}})
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    back = load_config(path)
+    assert back == cfg
+    assert back.model.overrides["widths"] == [16, 24, 32]
+    assert back.finetune.lr_mult == {"context": 0.5}
+
+
+def test_set_overrides_are_typed(folder):
+    cfg = load_config(None, [f"data.train={folder}", "optim.lr=3e-4", "run.steps=20", "run.progress=false",
+                             "optim.milestones=[0.5, 0.9]", "optim.step_lrs=[1e-5, 1e-6]",
+                             "model.overrides={aligned_s2_gather: true}", "loss.lmbda=0.0067"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)  # YAML alone reads "3e-4" as a str
+    assert cfg.run.steps == 20 and cfg.run.progress is False
+    assert cfg.optim.milestones == [0.5, 0.9]
+    assert cfg.model.overrides == {"aligned_s2_gather": True}
+    assert cfg.loss.lmbda == 0.0067
+    per_task = apply_overrides(cfg, ["balance.gamma=[0.003, 0.001]", "balance.offset=-0.5"])
+    assert per_task.balance.gamma == [0.003, 0.001] and per_task.balance.offset == -0.5
+
+
+def test_yaml_scientific_notation_is_a_float(tmp_path, folder):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{train: {folder}}}\noptim: {{lr: 1e-4}}\nloss: {{lmbda: 2e-3}}\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1e-4 and cfg.loss.lmbda == 2e-3
+
+
+@pytest.mark.parametrize("sets, key", [
+    (["optim.lrr=1"], "optim.lrr"),
+    (["nope.x=1"], "nope.x"),
+    (["loss.lmbda=-0.01"], "loss.lmbda"),
+    (["loss.mode=fancy"], "loss.mode"),
+    (["run.steps=ten"], "run.steps"),
+    (["run.steps=2.5"], "run.steps"),
+    (["run.progress=maybe"], "run.progress"),
+    (["model.overrides={colour: 3}"], "model.overrides.colour"),
+    (["data.patch=100"], "data.patch"),
+    (["loss.metric=ms-ssim"], "data.patch"),  # 64 px crops are too small for MS-SSIM
+    (["finetune.freeze=[decoder]"], "finetune.freeze"),
+    (["finetune.unfreeze_at={hyper: 5}"], "finetune.unfreeze_at.hyper"),
+    (["speed.device=tpu"], "speed.device"),
+    (["balance.offset=0.5"], "balance.offset"),
+    (["loss.mode=hierarchical", "balance.gamma=[0.1, 0.2]"], "balance.gamma"),
+    (["balance.gamma=[0.1, -0.2]"], "balance.gamma"),
+    (["lmbda"], "lmbda"),
+])
+def test_bad_values_name_the_key(folder, sets, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*_micro(), f"data.train={folder}", *sets])
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def _micro() -> list[str]:
+    return [f"{k}={v}" for k, v in PRESETS["micro"].items()]
+
+
+def test_unknown_yaml_key_and_missing_folders(tmp_path, folder):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n  milestone: [0.5]\n")
+    with pytest.raises(ConfigError, match=r"^optim\.milestone: unknown key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^data\.train: folder .*absent"):
+        load_config(None, {"data.train": str(tmp_path / "absent")})
+    with pytest.raises(ConfigError, match=r"^data\.test: folder"):
+        load_config(None, {"data.train": str(folder), "data.test": str(tmp_path / "absent")})
+    with pytest.raises(ConfigError, match=r"^finetune\.init: file"):
+        load_config(None, {"data.train": str(folder), "finetune.init": str(tmp_path / "x.pt")})
+    with pytest.raises(ConfigError, match=r"^config: .*does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_gpu_options_refused_on_cpu(folder, monkeypatch):
+    import torch
+
+    from lic_core.train.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for k in ("bf16", "channels_last", "compile"):
+        cfg = validate(from_dict({"data": {"train": str(folder)}, "speed": {k: True}}))
+        with pytest.raises(ConfigError, match=rf"^speed\.{k}: a GPU option"):
+            resolve_device(cfg)
+    with pytest.raises(ConfigError, match=r"^speed\.device: 'cuda'"):
+        resolve_device(validate(from_dict({"data": {"train": str(folder)}, "speed": {"device": "cuda"}})))
+
+
+def test_cli_prints_config_and_reports_errors(capsys, folder):
+    assert main(["--set", "loss.lmbda=0.0483", "--set", "loss.mode=balanced", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "lmbda: 0.0483" in out and "mode: balanced" in out
+    assert main(["--set", f"data.train={folder}", "--set", "loss.lmbda=-1"]) == 2
+    assert "loss.lmbda: must be > 0" in capsys.readouterr().err
