@@ -96,16 +96,20 @@ def load_curve(src: CurveSource, metric: str = "psnr-rgb", name: str | None = No
     return Curve(name, bpp[order], q[order], metric)
 
 
+class CurveError(LicError):
+    """R-D points that exist but cannot enter a BD computation (too few, not increasing, not finite)."""
+
+
 def _check(name: str, key: str, bpp: np.ndarray, q: np.ndarray, min_points: int) -> None:
     if bpp.ndim != 1 or bpp.shape != q.shape:
         raise LicError(f"curve {name!r}: {len(bpp)} bpp values but {len(q)} {key!r} values")
     if len(bpp) < min_points:
-        raise LicError(f"curve {name!r}: needs at least {min_points} points, has {len(bpp)}")
+        raise CurveError(f"curve {name!r}: needs at least {min_points} points, has {len(bpp)}")
     if not (np.isfinite(bpp).all() and np.isfinite(q).all()) or (bpp <= 0).any():
-        raise LicError(f"curve {name!r}: bpp must be finite and > 0 and {key!r} finite")
+        raise CurveError(f"curve {name!r}: bpp must be finite and > 0 and {key!r} finite")
     s = q[np.argsort(bpp)]
     if (np.diff(np.sort(bpp)) <= 0).any() or (np.diff(s) <= 0).any():
-        raise LicError(f"curve {name!r}: {key!r} must increase strictly with bpp "
+        raise CurveError(f"curve {name!r}: {key!r} must increase strictly with bpp "
                        f"(sorted by bpp: {np.round(s, 4).tolist()})")
 
 
@@ -136,24 +140,40 @@ def bd_delta(anchor: CurveSource | Curve, test: CurveSource | Curve, metric: str
     return BDResult(a.name, t.name, a.metric, method, rate, qual, notes)
 
 
+def _curve_or_reason(src: CurveSource, metric: str) -> tuple[Curve | None, str, str]:
+    """(curve, name, "") or (None, name, why it cannot enter a BD computation); a file that cannot
+    be read at all still raises."""
+    name = src.name if isinstance(src, Curve) else read_results(src)[0]
+    try:
+        return load_curve(src, metric), name, ""
+    except CurveError as e:
+        return None, name, str(e)
+
+
 def bd_table(anchor: CurveSource, tests: Sequence[CurveSource], metric: str = "psnr-rgb",
              methods: Sequence[str] = ("cubic",), min_overlap: float = 0.75) -> pd.DataFrame:
     """One row per test curve: ``BD-rate <method> (%)`` and ``BD-<metric> <method>`` columns and
-    a ``warnings`` column joining the distinct overlap warnings of that row."""
-    a = load_curve(anchor, metric)
+    a ``warnings`` column joining the distinct overlap warnings of that row.
+
+    A curve that cannot enter a BD computation (too few points, quality not increasing with rate,
+    as happens for barely trained models) gets NaN and the reason in ``warnings`` instead of
+    stopping the whole table; an unusable anchor makes every row NaN with its reason.
+    """
+    a, a_name, a_why = _curve_or_reason(anchor, metric)
     rows = []
     for src in tests:
-        t = load_curve(src, metric)
-        row: dict[str, Any] = {"curve": t.name}
-        notes: list[str] = []
+        t, name, why = _curve_or_reason(src, metric)
+        row: dict[str, Any] = {"curve": name}
+        notes: list[str] = [f"anchor {a_name}: {a_why}"] if a_why else ([why] if why else [])
         for m in methods:
-            r = bd_delta(a, t, metric, m, min_overlap)
-            row[f"BD-rate {m} (%)"], row[f"BD-{_short(metric)} {m}"] = r.bd_rate, r.bd_quality
-            notes += r.warnings
+            r = bd_delta(a, t, metric, m, min_overlap) if a is not None and t is not None else None
+            row[f"BD-rate {m} (%)"] = r.bd_rate if r else float("nan")
+            row[f"BD-{_short(metric)} {m}"] = r.bd_quality if r else float("nan")
+            notes += r.warnings if r else []
         row["warnings"] = "; ".join(dict.fromkeys(notes))  # overlap does not depend on the method
         rows.append(row)
     df = pd.DataFrame(rows).set_index("curve")
-    df.attrs.update(anchor=a.name, metric=metric)
+    df.attrs.update(anchor=a_name, metric=metric)
     return df
 
 

@@ -3,6 +3,7 @@ published HPCM-Base Kodak points against VTM, overlap warnings, tables and the C
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -142,3 +143,16 @@ def test_cli(reference_dir, tmp_path, capsys):
     bad.write_text(json.dumps({"name": "x", "results": {"bpp": [1]}}))
     assert bdrate.main([str(kodak / "vtm.json"), str(bad)]) == 2
     assert "curve 'x': no 'psnr-rgb'" in capsys.readouterr().err
+
+
+def test_table_keeps_going_past_a_degenerate_curve(reference_dir):
+    kodak = reference_dir / "kodak"
+    flat = {"name": "untrained", "results": {"bpp": [0.1, 0.2], "psnr-rgb": [7.0, 7.0]}}
+    df = bdrate.bd_table(kodak / "vtm.json", [flat, kodak / "hpcm-base-mse-published.json"])
+    assert math.isnan(df.loc["untrained", "BD-rate cubic (%)"])
+    assert "must increase strictly" in df.loc["untrained", "warnings"]
+    assert df.loc["HPCM-Base", "BD-rate cubic (%)"] == pytest.approx(-16.137, abs=0.005)
+    bad_anchor = bdrate.bd_table(flat, [kodak / "vtm.json"])
+    assert math.isnan(bad_anchor.iloc[0, 0]) and "anchor untrained" in bad_anchor.iloc[0]["warnings"]
+    with pytest.raises(LicError, match="no such R-D curve file"):
+        bdrate.bd_table(kodak / "missing.json", [flat])

@@ -1,0 +1,108 @@
+"""Every phase notebook executes through papermill with tiny parameters, and leaves what it promises
+(metrics.json, figures as PDF + PNG, tables) in its run folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lic_core.paths import REPO
+
+pm = pytest.importorskip("papermill")
+
+NOTEBOOKS = REPO / "notebooks"
+TINY = {"steps": 3, "batch": 2, "patch": 128}
+
+
+def run(name: str, out: Path, **params) -> nbformat.NotebookNode:
+    """Execute notebook ``name`` into ``out`` (raises on any cell error) and return it."""
+    out.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"), parameters=params,
+                        cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
+    return nbformat.read(out / f"{name}.ipynb", as_version=4)
+
+
+def images(nb: nbformat.NotebookNode) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def figures(folder: Path) -> set[str]:
+    pdf = {p.stem for p in folder.glob("*.pdf")}
+    png = {p.stem for p in folder.glob("*.png")}
+    assert pdf == png, f"every figure is exported as PDF and PNG in {folder}"
+    return pdf
+
+
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory, kodak_dir, wikiphotos_dir) -> Path:
+    """Runs at two λ trained once by notebook 05 (train_if_missing) and reused by notebook 06."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def test_notebooks_are_committed_clean():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert "parameters" in nb.cells[0].metadata.get("tags", []), f"{path.name}: first cell is not tagged parameters"
+        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), \
+            f"{path.name} is committed with outputs"
+
+
+def test_01_train(tmp_path, kodak_dir, wikiphotos_dir):
+    run_dir = tmp_path / "01"
+    nb = run("01_train", tmp_path, run_dir=str(run_dir), **TINY)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["runs"]) == {"standard", "balanced"}
+    assert all(r["step"] == TINY["steps"] and Path(r["checkpoint"]).is_file() for r in metrics["runs"].values())
+    assert figures(run_dir / "figures") == {"training_curves", "task_weights", "scale_bpp"}
+    assert images(nb) == 3
+
+
+def test_02_hyperparameters(tmp_path, kodak_dir, wikiphotos_dir):
+    run_dir = tmp_path / "02"
+    nb = run("02_hyperparameters", tmp_path, run_dir=str(run_dir), gammas=[0.001, 0.01], w_lrs=[0.025], **TINY)
+    best = json.loads((run_dir / "metrics.json").read_text())
+    assert best["best_gamma"] in (0.001, 0.01) and best["best_w_lr"] == 0.025
+    manifest = json.loads((run_dir / "sweep" / "manifest.json").read_text())
+    assert sorted(r["state"] for r in manifest["jobs"].values()) == ["done", "done"]
+    assert figures(run_dir / "figures") == {"gamma_wlr_grid"} and images(nb) == 1
+
+
+def test_03_hierarchical(tmp_path, kodak_dir, wikiphotos_dir):
+    run_dir = tmp_path / "03"
+    run("03_hierarchical", tmp_path, run_dir=str(run_dir), **TINY)
+    hist = [json.loads(x) for x in (run_dir / "hierarchical-l0.013-s0" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in hist if r["kind"] == "train"]
+    assert {"z_D", "z_R_z", "z_R_s1", "z_R_s2", "z_R_s3"} <= set(train[-1])
+    assert figures(run_dir / "figures") == {"hierarchical_weights", "scale_bpp"}
+
+
+def test_04_finetuning(tmp_path, kodak_dir, wikiphotos_dir):
+    run_dir = tmp_path / "04"
+    run("04_finetuning", tmp_path, run_dir=str(run_dir), pretrain_steps=2, **TINY)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert Path(metrics["init"]).is_file() and set(metrics["runs"]) == {"qp", "balanced", "standard"}
+    assert figures(run_dir / "figures") == {"finetune_curves", "finetune_weights"}
+
+
+def test_05_evaluation(tmp_path, shared_runs):
+    out = tmp_path / "05"
+    nb = run("05_evaluation", tmp_path, run_root=str(shared_runs), train_if_missing=True,
+             lambdas=[0.0067, 0.025], steps=2, dataset="kodak", limit=1, crop=128, codecs=["jpeg"],
+             out_dir=str(out), figures_dir=str(out / "figures"))
+    for mode in ("standard", "balanced"):
+        curve = json.loads((out / f"{mode}.json").read_text())
+        assert len(curve["results"]["bpp"]) == 2 and all(b > 0 for b in curve["results"]["bpp"])
+    assert (out / "figures" / "bd_rate.tex").read_text().count("\\toprule") == 1
+    assert figures(out / "figures") == {"rd_psnr", "bd_rate_bars", "scale_bpp_images"}
+    assert "balanced" in json.loads((out / "metrics.json").read_text())["bd"]["BD-rate cubic (%)"]
+    assert images(nb) == 3
+
+
+def test_06_lambda_explorer(tmp_path, shared_runs):
+    nb = run("06_lambda_explorer", tmp_path, run_root=str(shared_runs), lambdas=[0.0067, 0.025], steps=2,
+             limit=1, crop=128)
+    views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the explorer cell displays a widget"
