@@ -7,7 +7,11 @@ The public API, imported lazily so ``import lic_core`` stays cheap (torch loads 
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
+
+# compressai 1.2.8 calls torch.jit.script at import; torch 2.14 deprecates it. Not ours to fix.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 __version__ = "0.1.0"
 
