@@ -78,7 +78,7 @@ def read_results(src: CurveSource) -> tuple[str, dict[str, list[float]]]:
 
 
 def load_curve(src: CurveSource, metric: str = "psnr-rgb", name: str | None = None,
-               min_points: int = 2) -> Curve:
+               min_points: int = 2, monotonic: bool = True) -> Curve:
     """A checked curve; ``ms-ssim-db`` is -10 log10(1 - MS-SSIM) computed from ``ms-ssim-rgb``.
     BD needs 2 points; a plot takes ``min_points=1`` (one checkpoint evaluated)."""
     if metric not in METRICS:
@@ -91,7 +91,7 @@ def load_curve(src: CurveSource, metric: str = "psnr-rgb", name: str | None = No
     bpp, q = np.asarray(results["bpp"], float), np.asarray(results[key], float)
     if metric == "ms-ssim-db":
         q = -10 * np.log10(np.clip(1 - q, 1e-12, None))
-    _check(name, key, bpp, q, min_points)
+    _check(name, key, bpp, q, min_points, monotonic)
     order = np.argsort(bpp)
     return Curve(name, bpp[order], q[order], metric)
 
@@ -100,7 +100,8 @@ class CurveError(LicError):
     """R-D points that exist but cannot enter a BD computation (too few, not increasing, not finite)."""
 
 
-def _check(name: str, key: str, bpp: np.ndarray, q: np.ndarray, min_points: int) -> None:
+def _check(name: str, key: str, bpp: np.ndarray, q: np.ndarray, min_points: int,
+           monotonic: bool = True) -> None:
     if bpp.ndim != 1 or bpp.shape != q.shape:
         raise LicError(f"curve {name!r}: {len(bpp)} bpp values but {len(q)} {key!r} values")
     if len(bpp) < min_points:
@@ -108,7 +109,7 @@ def _check(name: str, key: str, bpp: np.ndarray, q: np.ndarray, min_points: int)
     if not (np.isfinite(bpp).all() and np.isfinite(q).all()) or (bpp <= 0).any():
         raise CurveError(f"curve {name!r}: bpp must be finite and > 0 and {key!r} finite")
     s = q[np.argsort(bpp)]
-    if (np.diff(np.sort(bpp)) <= 0).any() or (np.diff(s) <= 0).any():
+    if monotonic and ((np.diff(np.sort(bpp)) <= 0).any() or (np.diff(s) <= 0).any()):
         raise CurveError(f"curve {name!r}: {key!r} must increase strictly with bpp "
                        f"(sorted by bpp: {np.round(s, 4).tolist()})")
 

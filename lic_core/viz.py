@@ -137,10 +137,10 @@ def rd_curves(curves: Sequence[Source], anchors: Sequence[Source] = (), metric: 
     fig, ax = _figure(size)
     grey = sns.color_palette("Greys", len(anchors) + 2)[2:]
     for src, color in zip(anchors, grey):
-        c = load_curve(src, metric, min_points=1)
+        c = load_curve(src, metric, min_points=1, monotonic=False)
         ax.plot(c.bpp, c.quality, "--", marker=".", color=color, label=c.name)
     for src in curves:
-        c = load_curve(src, metric, min_points=1)
+        c = load_curve(src, metric, min_points=1, monotonic=False)
         ax.plot(c.bpp, c.quality, "-o", label=c.name)
     ax.set(xlabel=METRIC_LABELS["bpp"], ylabel=METRIC_LABELS[metric], title=title)
     ax.legend(fontsize="small")

@@ -281,11 +281,16 @@ def published_curves(names: Iterable[str], dataset: str = "kodak") -> dict[str, 
     return {p.stem: p for p in published(dataset, names)}
 
 
-def per_image_file(out: str | Path, name: str) -> Path:
-    """The per-image result file :func:`evaluate_modes` wrote for curve ``name``."""
-    path = Path(out) / f"{name}.images.json"
+def per_image_file(out: str | Path, curve: Mapping[str, Any], point: int = -1) -> Path:
+    """The per-image result file behind one point (default: the highest rate) of an evaluated
+    curve (a dict :func:`evaluate_modes` returned)."""
+    from lic_core.evaluate import model_names
+
+    ckpts = curve["results"]["checkpoint"]
+    order = sorted(range(len(ckpts)), key=lambda i: curve["results"]["bpp"][i])
+    path = Path(out) / f"{model_names([ckpts[order[point]]])[0]}.images.json"
     if not path.is_file():
-        raise LicError(f"{path} does not exist (evaluate {name!r} first)")
+        raise LicError(f"{path} does not exist (evaluate {ckpts[order[point]]} first)")
     return path
 
 
