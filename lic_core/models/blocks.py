@@ -1,0 +1,126 @@
+"""Building blocks of HPCM (Li, Zhang, Li, Liu, "Learned Image Compression with Hierarchical
+Progressive Context Modeling", ICCV 2025): partial / depthwise convolution residual blocks, the
+strided (de)convolutions of the transforms and the window cross-attention of the progressive context.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from compressai.layers import conv1x1
+from torch import Tensor, nn
+
+
+def down(cin: int, cout: int, first: bool = False) -> nn.Conv2d:
+    """Strided down-sampling: conv 2x2 stride 2 (the first layer of g_a: conv 4x4 stride 2 pad 1)."""
+    if first:
+        return nn.Conv2d(cin, cout, 4, stride=2, padding=1)
+    return nn.Conv2d(cin, cout, 2, stride=2)
+
+
+def up(cin: int, cout: int, last: bool = False) -> nn.ConvTranspose2d:
+    """Up-sampling: transposed conv 2x2 stride 2 (the last layer of g_s: 4x4 stride 2 pad 1)."""
+    if last:
+        return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    return nn.ConvTranspose2d(cin, cout, 2, stride=2)
+
+
+def _residual(x: Tensor, fc2: nn.Module, h: Tensor) -> Tensor:
+    """``x + fc2(LeakyReLU(h))`` with the activation and the sum in place: ``h`` and fc2's output
+    are fresh conv outputs that autograd does not keep, and skipping two allocations of the
+    widest tensors matters on CPU."""
+    out = fc2(F.leaky_relu(h, inplace=True))
+    return out.add_(x)
+
+
+class PConvRB(nn.Module):
+    """Partial-convolution residual block:
+    ``x + fc2(LeakyReLU(fc1(pconv(x))))``, ``pconv`` a 3x3 conv on the first C/4 channels."""
+
+    def __init__(self, ch: int, partial: int = 4, ratio: int = 4):
+        super().__init__()
+        self.split = ch // partial
+        self.pconv = nn.Conv2d(self.split, self.split, 3, padding=1)
+        self.fc1 = conv1x1(ch, ch * ratio)
+        self.fc2 = conv1x1(ch * ratio, ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        head, tail = x.split([self.split, x.shape[1] - self.split], dim=1)
+        h = torch.cat((self.pconv(head), tail), dim=1)
+        return _residual(x, self.fc2, self.fc1(h))
+
+
+class DWConvRB(nn.Module):
+    """Depthwise-convolution residual block: ``x + fc2(LeakyReLU(fc1(dw3x3(x))))``."""
+
+    def __init__(self, ch: int, ratio: int = 2):
+        super().__init__()
+        self.dw = nn.Conv2d(ch, ch, 3, padding=1, groups=ch)
+        self.fc1 = conv1x1(ch, ch * ratio)
+        self.fc2 = conv1x1(ch * ratio, ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _residual(x, self.fc2, self.fc1(self.dw(x)))
+
+
+def transform(widths: list[int], depths: list[int], synthesis: bool = False) -> nn.Sequential:
+    """g_a (or, with ``synthesis``, the mirrored g_s): widths ``[3, c1, c2, c3, M]``, ``depths[i]``
+    PConvRB blocks at width ``c_{i+1}``."""
+    layers: list[nn.Module] = []
+    if not synthesis:
+        for i, n in enumerate(depths):
+            layers.append(down(widths[i], widths[i + 1], first=i == 0))
+            layers += [PConvRB(widths[i + 1]) for _ in range(n)]
+        layers.append(down(widths[-2], widths[-1]))
+        return nn.Sequential(*layers)
+    rw, rd = widths[::-1], depths[::-1]
+    for i, n in enumerate(rd):
+        layers.append(up(rw[i], rw[i + 1]))
+        layers += [PConvRB(rw[i + 1]) for _ in range(n)]
+    layers.append(up(rw[-2], rw[-1], last=True))
+    return nn.Sequential(*layers)
+
+
+class SpatialPrior(nn.Module):
+    """The step prior ``psi = branch_2(branch_1(x) * q)``: DWConvRB(3M) stacks, ``branch_2`` ending
+    in conv1x1(3M -> 2M); ``q`` is the step's learnable vector (1, 3M, 1, 1)."""
+
+    def __init__(self, ch: int, out: int, n1: int, n2: int):
+        super().__init__()
+        self.branch_1 = nn.Sequential(*[DWConvRB(ch) for _ in range(n1)])
+        self.branch_2 = nn.Sequential(*[DWConvRB(ch) for _ in range(n2)], conv1x1(ch, out))
+
+    def forward(self, x: Tensor, q: Tensor) -> Tensor:
+        return self.branch_2(self.branch_1(x) * q)
+
+
+class WindowCrossAttention(nn.Module):
+    """Progressive context cell of HPCM (cross-attention between coding steps): ``softmax(q k^T / sqrt(d)) v`` within
+    non-overlapping ``window`` x ``window`` windows, q from the new parameters ``psi``, k and v from
+    the previous context, plus ``out(psi)``. No norm, no positional encoding."""
+
+    def __init__(self, ch: int, heads: int, window: int):
+        super().__init__()
+        self.heads, self.window = heads, window
+        self.q, self.k, self.v, self.out = (conv1x1(ch, ch) for _ in range(4))
+
+    def _windows(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        s, d = self.window, c // self.heads
+        x = x.view(b, self.heads, d, h // s, s, w // s, s)
+        return x.permute(0, 3, 5, 1, 4, 6, 2).reshape(b * (h // s) * (w // s), self.heads, s * s, d)
+
+    def _merge(self, x: Tensor, shape: torch.Size) -> Tensor:
+        b, c, h, w = shape
+        s, d = self.window, c // self.heads
+        x = x.view(b, h // s, w // s, self.heads, s, s, d)
+        return x.permute(0, 3, 6, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def forward(self, psi: Tensor, ctx: Tensor) -> Tensor:
+        q, k, v = (self._windows(t) for t in (self.q(psi), self.k(ctx), self.v(ctx)))
+        att = F.scaled_dot_product_attention(q, k, v)
+        return self._merge(att, psi.shape) + self.out(psi)
+
+    def attention_macs(self, shape: torch.Size) -> int:
+        """Multiply-accumulates of the two attention matmuls (not the 1x1 convs) for ``shape``."""
+        b, c, h, w = shape
+        return 2 * b * h * w * self.window**2 * c
