@@ -58,7 +58,7 @@ def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str
 
     def plain(opt_cls) -> Step:
         m = copy.deepcopy(model)
-        opt = opt_cls(m.parameters(), lr=lr)
+        opt = opt_cls(m.parameters(), lr=lr, foreach=True)  # as the training engine builds both
 
         def step(x):
             opt.zero_grad(set_to_none=True)

@@ -37,8 +37,9 @@ class CautiousAdam(torch.optim.Optimizer):
         lr, betas, eps: as in :class:`torch.optim.Adam`.
         weight_decay: decoupled (AdamW-style) decay ``p *= 1 - lr*wd`` applied before the moments.
         scale_cap: upper bound of the mask rescaling ``1/mean(mask)`` (10 in the reference).
-        foreach: multi-tensor path (``torch._foreach_*``); ``None`` picks it when every parameter
-            of a group is on a CUDA device, where it saves kernel launches. Both paths give
+        foreach: multi-tensor path (``torch._foreach_*``, the default: it halves the optimizer's
+            time on CPU too, measured 43 -> 21 ms per step for the tiny HPCM's 172 tensors, and
+            saves kernel launches on GPUs) or the per-tensor loop (``False``). Both paths give
             identical results.
 
     After every :meth:`step`, :attr:`last_mask_fraction` is the fraction of entries the mask kept,
@@ -104,10 +105,7 @@ class CautiousAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 buckets[(p.device, p.dtype, float(state["step"]))].append(p)
             for (device, _, t), ps in buckets.items():
-                foreach = group["foreach"]
-                if foreach is None:
-                    foreach = device.type == "cuda"
-                update = self._foreach_update if foreach else self._single_update
+                update = self._single_update if group["foreach"] is False else self._foreach_update
                 self._last.append(update(ps, group, int(t)))
         return loss
 

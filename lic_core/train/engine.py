@@ -236,7 +236,8 @@ class Trainer:
         if kind == "auto":
             kind = "adam" if self.mode == "standard" else "cautious"
         groups = [{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups]
-        kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        # multi-tensor updates for both optimizers (faster on CPU and GPU; same results)
+        kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, foreach=True)
         if kind == "adam":
             return torch.optim.AdamW(groups, **kw) if o.weight_decay else torch.optim.Adam(groups, **kw)
         return CautiousAdam(groups, **kw)
