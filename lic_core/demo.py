@@ -55,7 +55,7 @@ def summary(out: Path, seconds: float) -> str:
     for mode in ("standard", "balanced"):
         res = json.loads((out / "evaluation" / f"{mode}.json").read_text())["results"]
         for i, ck in enumerate(res["checkpoint"]):
-            rows.append({"mode": mode, "λ": Path(ck).parts[-4].split("-l")[1].split("-s")[0],
+            rows.append({"mode": mode, "λ": Path(ck).parent.parent.name.split("-l")[1].split("-s")[0],
                          "bpp (file)": res["bpp"][i], "PSNR dB": res["psnr-rgb"][i],
                          "MS-SSIM": res["ms-ssim-rgb"][i], "enc s": res["encoding_time"][i],
                          "dec s": res["decoding_time"][i]})
@@ -63,6 +63,8 @@ def summary(out: Path, seconds: float) -> str:
     metrics = json.loads((out / "evaluation" / workbook.METRICS_FILE).read_text())
     lines.append(f"BD vs {metrics['anchor']} (negative BD-rate = fewer bits at equal PSNR):")
     lines.append(pd.DataFrame(metrics["bd"]).to_string(float_format="%.2f"))
+    why = {k: v for k, v in metrics.get("bd_warnings", {}).items() if v}
+    lines += [f"  {k}: {v[:160]}" for k, v in why.items()]
     lines += ["", f"figures: {out / 'figures'}", f"notebooks: {out / 'runs'}/*/notebook.ipynb, "
               f"{out / '05_evaluation.ipynb'}", f"wall time: {seconds / 60:.1f} min"]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from lic_core.errors import ConfigError, LicError
 from lic_core.paths import REPO, datasets_root, reference_root
 
 METRICS_FILE = "metrics.json"
+os.environ.setdefault("WANDB_SILENT", "true")  # wandb's banners would fill every notebook
 # Color photos shipped inside scikit-image's wheel (no download): training and held-out test set.
 BUNDLED_TRAIN = ("astronaut.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
                  "hubble_deep_field.jpg", "coffee.png")
