@@ -140,7 +140,8 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core anchors --codec jpeg --dataset kodak --out DIR [--qualities 10,50]``."""
-    from lic_core.datasets import resolve, write_atomic
+    from lic_core.atomic import write_file
+    from lic_core.datasets import resolve
 
     p = argparse.ArgumentParser(prog="python -m lic_core anchors", description=__doc__.split("\n")[0])
     p.add_argument("--codec", action="append", choices=sorted(CODECS),
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in runnable:
             data = sweep(key, images, qualities, args.crop)
             path = args.out / f"{key}.json"
-            write_atomic(path, json.dumps(data, indent=2) + "\n")
+            write_file(path, json.dumps(data, indent=2) + "\n")
             print(f"{CODECS[key].name}: {len(data['results']['bpp'])} points on {name} -> {path}")
     except (LicError, ValueError) as e:
         print(f"anchors: {e}", file=sys.stderr)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from lic_core.atomic import write_file as write_atomic  # noqa: F401  (callers import it from here)
 from lic_core.data import list_images
 from lic_core.errors import DatasetError
 from lic_core.paths import datasets_root
@@ -182,19 +181,6 @@ def _verified(path: Path, sha: str, size: str) -> bool:
         return False
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to a temp file beside ``path`` and rename it onto ``path``: a killed process
-    leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    data = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

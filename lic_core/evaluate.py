@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from lic_core import metrics
 from lic_core.anchors import center_crop, read_rgb
-from lic_core.datasets import resolve, write_atomic
+from lic_core.atomic import write_file
+from lic_core.datasets import resolve
 from lic_core.errors import LicError
 from lic_core.losses import RATES, rate_terms
 
@@ -130,7 +131,7 @@ def evaluate_model(spec: str, images: Sequence[Path], out: Path, crop: int = 0,
             x = metrics.image_tensor(center_crop(read_rgb(p), crop))
             rec = {"image": key, **code_image(model, x), **estimate(model, x)}
             records.append(rec)
-            write_atomic(path, json.dumps({**meta, "images": records}, indent=1) + "\n")
+            write_file(path, json.dumps({**meta, "images": records}, indent=1) + "\n")
             bar.set_postfix(bpp=f"{rec['bpp']:.3f}", psnr=f"{rec['psnr-rgb']:.2f}")
     order = {k: i for i, k in enumerate(keys)}
     records = sorted((r for r in records if r["image"] in order), key=lambda r: order[r["image"]])
@@ -161,7 +162,7 @@ def evaluate(specs: Sequence[str], dataset: str | Path, out: str | Path, limit: 
     desc = (f"lic_core real-bitstream evaluation on {ds_name} ({len(images)} images"
             + (f", center crops {crop}px" if crop else "") + ")")
     data = aggregate(runs, name, desc)
-    write_atomic(out / f"{name}.json", json.dumps(data, indent=2) + "\n")
+    write_file(out / f"{name}.json", json.dumps(data, indent=2) + "\n")
     return data
 
 

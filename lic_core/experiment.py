@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from lic_core.datasets import write_atomic
+from lic_core.atomic import write_file
 from lic_core.errors import ConfigError, LicError
 from lic_core.paths import REPO
 from lic_core.sweep import SweepSpec, load_sweep, run_sweep, spec_from_dict, summarize, sweep_results
@@ -113,7 +113,7 @@ def launch(spec: SweepSpec, executor: str = "local", jobs: int | None = None,
     """Run the jobs of ``spec`` not yet done (a re-run resumes); raises when some did not finish."""
     spec.output.mkdir(parents=True, exist_ok=True)
     if any(r["state"] != "done" for r in run_sweep(spec, dry_run=True).values()):
-        write_atomic(spec.output / MACHINE_FILE, json.dumps(machine_info(), indent=1) + "\n")
+        write_file(spec.output / MACHINE_FILE, json.dumps(machine_info(), indent=1) + "\n")
     records = run_sweep(spec, executor=executor, jobs=jobs, progress=progress)
     if any(r["state"] != "done" for r in records.values()):
         raise LicError(f"sweep {spec.name} is not complete:\n{summarize(records, spec.output)}")
@@ -512,7 +512,7 @@ def write_results(path: str | Path, name: str, body: str) -> Path:
         raise LicError(f"{path} holds the block {begin} more than once; fix the file by hand")
     text = pattern.sub(lambda _: block, text) if begin in text else f"{text.rstrip()}\n\n{block}\n".lstrip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, text if text.endswith("\n") else text + "\n")
+    return write_file(path, text if text.endswith("\n") else text + "\n")
 
 
 def _bd_table_md(summary: pd.DataFrame) -> str:

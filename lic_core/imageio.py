@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .atomic import write_atomic, write_file as write_bytes_atomic  # noqa: F401  (part of this API)
 from .errors import ImageError
 
 # Pillow modes converted to RGB, and the note that says so.
@@ -105,25 +104,3 @@ def save_png(x: Tensor, path: str | os.PathLike) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`write_atomic`)."""
-    return write_atomic(path, lambda f: f.write(data))
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Run ``write(file)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it
-    onto ``path``: readers see the old file or the whole new one, never a partial write, and a
-    failure leaves an existing file as it was (e.g. ``write=lambda f: torch.save(obj, f)``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

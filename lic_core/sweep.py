@@ -48,6 +48,7 @@ from typing import Any, Iterator
 import yaml
 from filelock import FileLock, Timeout
 
+from lic_core.atomic import write_file
 from lic_core.errors import ConfigError, LicError
 from lic_core.paths import REPO
 
@@ -218,13 +219,7 @@ def _now() -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic write: a temporary file in the same folder, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file(path, json.dumps(obj, indent=2, default=str))
 
 
 def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:

@@ -9,9 +9,7 @@ task-weighted modes, ``z_<task>`` (softmax weights) and ``a_<task>`` (gradient c
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
 
@@ -21,7 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lic_core.datasets import write_atomic  # noqa: E402
+from lic_core.atomic import write_atomic, write_file  # noqa: E402
 from lic_core.errors import LicError  # noqa: E402
 
 # Widths of a two-column paper (IEEE / CVPR): one column 3.5 in, full page 7.16 in.
@@ -70,22 +68,10 @@ def save_figure(fig: Figure, name: str, folder: str | Path = "figures",
     folder.mkdir(parents=True, exist_ok=True)
     if size is not None:
         fig.set_size_inches(*_size(size))
-    paths = [_atomic(folder / f"{name}.{ext}", lambda f, e=ext: fig.savefig(f, format=e, dpi=dpi))
+    paths = [write_atomic(folder / f"{name}.{ext}", lambda f, e=ext: fig.savefig(f, format=e, dpi=dpi))
              for ext in formats]
     plt.close(fig)
     return paths
-
-
-def _atomic(path: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 # --------------------------------------------------------------------------- data helpers
@@ -313,4 +299,4 @@ def save_table(df: pd.DataFrame, name: str, folder: str | Path = "figures", digi
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {".tex": table_latex(df, digits, caption, f"tab:{name}"), ".md": table_markdown(df, digits)}
-    return [write_atomic(folder / f"{name}{ext}", text) for ext, text in out.items()]
+    return [write_file(folder / f"{name}{ext}", text) for ext, text in out.items()]

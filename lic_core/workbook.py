@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from lic_core.datasets import write_atomic
+from lic_core.atomic import write_file
 from lic_core.errors import ConfigError, LicError
 from lic_core.paths import REPO, datasets_root, reference_root
 
@@ -159,7 +159,7 @@ def final_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     """``<run_dir>/metrics.json`` (what a sweep's manifest and ``sweep_results`` read)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return write_atomic(Path(run_dir) / METRICS_FILE, json.dumps(metrics, indent=1, default=str) + "\n")
+    return write_file(Path(run_dir) / METRICS_FILE, json.dumps(metrics, indent=1, default=str) + "\n")
 
 
 def history_frame(results: Mapping[str, Any], kind: str = "train") -> pd.DataFrame:
@@ -272,7 +272,7 @@ def classical_anchors(codecs: Sequence[str], dataset: str | Path, out: str | Pat
             print(f"skipping {key}: {why}")
             continue
         data = sweep(key, images, crop=crop, progress=False)
-        write_atomic(Path(out) / f"{key}.json", json.dumps(data, indent=2) + "\n")
+        write_file(Path(out) / f"{key}.json", json.dumps(data, indent=2) + "\n")
         found[data["name"]] = data
     return found
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..entropy import GeneralizedGaussian, round_ste, uniform_noise
 from ..errors import CheckpointError, ConfigError
-from ..imageio import write_atomic
+from ..atomic import write_atomic
 from .blocks import PConvRB, SpatialPrior, WindowCrossAttention, down, transform, up
 from .schedule import N_ADAPTORS, N_QUANT, SCALE_OF_STEP, STEPS, Geometry, geometry
 
@@ -340,7 +340,7 @@ def save_checkpoint(model: HPCM, path: str | os.PathLike, **extra: Any) -> Path:
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` that never leaves a half-written file (``lic_core.imageio.write_atomic``)."""
+    """``torch.save`` that never leaves a half-written file (``lic_core.atomic.write_atomic``)."""
     return write_atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lic_core.atomic import write_file
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -49,9 +51,7 @@ def truncate_history(run_dir: str | Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_file(path, "".join(ln + "\n" for ln in keep))
 
 
 class RunLogger:
