@@ -55,7 +55,7 @@ def summary(out: Path, seconds: float) -> str:
     for mode in ("standard", "balanced"):
         res = json.loads((out / "evaluation" / f"{mode}.json").read_text())["results"]
         for i, ck in enumerate(res["checkpoint"]):
-            rows.append({"mode": mode, "λ": Path(ck).parent.parent.name.split("-l")[1].split("-s")[0],
+            rows.append({"mode": mode, "λ": workbook.run_lambda(ck),
                          "bpp (file)": res["bpp"][i], "PSNR dB": res["psnr-rgb"][i],
                          "MS-SSIM": res["ms-ssim-rgb"][i], "enc s": res["encoding_time"][i],
                          "dec s": res["decoding_time"][i]})

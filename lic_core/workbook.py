@@ -212,6 +212,14 @@ def best_setting(grid: pd.DataFrame) -> tuple[Any, Any, float]:
 # ------------------------------------------------------------------------------------ evaluation
 
 
+def run_lambda(run: str | Path) -> float:
+    """λ of a workbook run folder (named ``<mode>-l<λ>-s<seed>`` by :func:`run_config`) or of a
+    checkpoint inside its ``checkpoints/``."""
+    run = Path(run)
+    name = run.parent.parent.name if run.parent.name == "checkpoints" else run.name
+    return float(name.split("-l")[1].split("-s")[0])
+
+
 def checkpoints_of(run_root: str | Path, mode: str) -> dict[float, Path]:
     """``{λ: final checkpoint}`` of the runs of one mode under ``run_root`` (recursive)."""
     from lic_core.train.checkpoint import latest
@@ -223,7 +231,7 @@ def checkpoints_of(run_root: str | Path, mode: str) -> dict[float, Path]:
             continue
         ckpt = latest(run / "checkpoints")
         if ckpt is not None:
-            found[float(run.name.split("-l")[1].split("-s")[0])] = ckpt
+            found[run_lambda(run)] = ckpt
     return dict(sorted(found.items()))
 
 
@@ -277,7 +285,7 @@ def classical_anchors(codecs: Sequence[str], dataset: str | Path, out: str | Pat
     return found
 
 
-def published_curves(names: Iterable[str], dataset: str = "kodak") -> dict[str, Path]:
+def published_curves(names: Iterable[str], dataset: str | Path = "kodak") -> dict[str, Path]:
     """``{file stem: path}`` of the published R-D files that exist for ``dataset``."""
     return {p.stem: p for p in published(dataset, names)}
 
@@ -317,8 +325,9 @@ def bd_against(anchor: str, curves: Mapping[str, Any], metric: str = "psnr-rgb",
     return bd_table(curves[anchor], tests, metric=metric, methods=methods)
 
 
-def published(dataset: str = "kodak", names: Iterable[str] = ("vtm", "hpcm-base-mse-published")) -> list[Path]:
-    """Published R-D points shipped in the reference folder (CompressAI JSON)."""
-    folder = reference_root() / dataset
+def published(dataset: str | Path = "kodak", names: Iterable[str] = ("vtm", "hpcm-base-mse-published")) -> list[Path]:
+    """Published R-D points shipped in the reference folder (CompressAI JSON) for a dataset name
+    or a dataset folder of that name (``.../kodak``)."""
+    folder = reference_root() / Path(str(dataset)).name
     paths = [folder / f"{n}.json" for n in names]
     return [p for p in paths if p.is_file()]
