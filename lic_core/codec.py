@@ -7,7 +7,7 @@ and quantized to 8 bits.
 
 File layout (big-endian)::
 
-    magic "HPCM\\x89"  | version u8 | config length u16 | config (compact JSON) |
+    magic "HPCM\\x89"  | version u8 (1: y tables picked next-up, 2: nearest) | config length u16 | config (compact JSON) |
     height u32 | width u32 | stream lengths 4 x u32 (z, s1, s2, s3) | CRC-32 u32 | streams
 
 The CRC covers every other byte of the file, so corruption is reported before any decoding.
@@ -34,7 +34,10 @@ from .errors import BitstreamError, ConfigError
 from .models.hpcm import CONFIGS, HPCM, HPCMConfig, build
 
 MAGIC = b"HPCM\x89"
-VERSION = 1
+# Format version -> how a y scale picks its coding table (entropy.scale_indexes). Version 1 is the
+# spec's CompressAI rule; version 2 (written by default) the nearest table in log scale.
+INDEX_RULES = {1: "next-up", 2: "nearest"}
+VERSION = 2
 STREAMS = ("z", "s1", "s2", "s3")
 _FIXED = struct.Struct(">II4II")  # height, width, 4 stream lengths, CRC-32
 _PREFIX = struct.Struct(f">{len(MAGIC)}sBH")  # magic, version, config length
@@ -52,6 +55,7 @@ class Header:
     width: int
     stream_bytes: dict[str, int]
     header_bytes: int
+    index_rule: str = INDEX_RULES[VERSION]
 
 
 @dataclass
@@ -100,12 +104,13 @@ def parse_config(raw: bytes) -> HPCMConfig:
         raise BitstreamError(f"bad model config in header: {e}") from None
 
 
-def pack(cfg: HPCMConfig, height: int, width: int, streams: dict[str, bytes]) -> tuple[bytes, int]:
+def pack(cfg: HPCMConfig, height: int, width: int, streams: dict[str, bytes],
+         version: int = VERSION) -> tuple[bytes, int]:
     """The file bytes and the header size."""
     raw = config_json(cfg)
     lengths = [len(streams[k]) for k in STREAMS]
     body = b"".join(streams[k] for k in STREAMS)
-    prefix = _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw + _FIXED.pack(height, width, *lengths, 0)[:-4]
+    prefix = _PREFIX.pack(MAGIC, version, len(raw)) + raw + _FIXED.pack(height, width, *lengths, 0)[:-4]
     crc = zlib.crc32(body, zlib.crc32(prefix))
     return prefix + struct.pack(">I", crc) + body, len(prefix) + 4
 
@@ -120,8 +125,9 @@ def read_header(data: bytes) -> Header:
     magic, version, n_cfg = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise BitstreamError(f"not an HPCM bitstream (starts with {magic!r}, expected {MAGIC!r})")
-    if version != VERSION:
-        raise BitstreamError(f"unsupported format version {version} (this build reads version {VERSION})")
+    if version not in INDEX_RULES:
+        raise BitstreamError(f"unsupported format version {version} (this build reads versions "
+                             f"{', '.join(map(str, INDEX_RULES))})")
     size = _PREFIX.size + n_cfg + _FIXED.size
     if len(data) < size:
         raise BitstreamError(f"truncated: {len(data)} bytes, the header alone needs {size}")
@@ -135,7 +141,7 @@ def read_header(data: bytes) -> Header:
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
         raise BitstreamError(f"image size {height}x{width} out of range 1..{MAX_SIDE}")
     cfg = parse_config(data[_PREFIX.size : _PREFIX.size + n_cfg])
-    return Header(cfg, height, width, dict(zip(STREAMS, lengths)), size)
+    return Header(cfg, height, width, dict(zip(STREAMS, lengths)), size, INDEX_RULES[version])
 
 
 def split_streams(data: bytes, header: Header) -> dict[str, bytes]:
@@ -194,9 +200,12 @@ def _check_image(x: Tensor) -> Tensor:
     return x.float()
 
 
-def encode(model: HPCM, x: Tensor, progress: Progress | None = None) -> Encoded:
+def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: int = VERSION) -> Encoded:
     """Compress ``x`` (1, 3, H, W) in [0, 1], any H, W >= 1, with ``model`` (run in eval mode).
-    ``progress(k)`` is called after each coding step k."""
+    ``progress(k)`` is called after each coding step k; ``version`` 1 picks y tables by the spec's
+    next-up rule, 2 (default) by the nearest scale (see :data:`INDEX_RULES`)."""
+    if version not in INDEX_RULES:
+        raise ValueError(f"format version must be one of {sorted(INDEX_RULES)}, got {version}")
     x = _check_image(x)
     height, width = x.shape[2:]
     with _eval(model):
@@ -214,7 +223,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None) -> Encoded:
         def code_step(k: int, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             q = torch.round(y - means)  # what forward's eval quantizer computes
             s, sym = model.scale_of_step[k], q[:, mask]
-            encoders[s].add(sym, ytab.indexes(scales[:, mask]))
+            encoders[s].add(sym, ytab.indexes(scales[:, mask], INDEX_RULES[version]))
             scale_bits[s] += _bits(model, sym, scales[:, mask])
             if progress:
                 progress(k)
@@ -224,7 +233,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None) -> Encoded:
     for s, enc in enumerate(encoders):
         streams[f"s{s + 1}"] = enc.flush()
         bits[f"s{s + 1}"] = scale_bits[s]
-    data, header_bytes = pack(model.cfg, height, width, streams)
+    data, header_bytes = pack(model.cfg, height, width, streams, version)
     sizes = {k: len(v) for k, v in streams.items()}
     return Encoded(data, sizes, header_bytes, height, width, bits)
 
@@ -260,7 +269,8 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
 
         def code_step(k: int, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             q = torch.zeros_like(means)
-            q[:, mask] = decoders[model.scale_of_step[k]].next(ytab.indexes(scales[:, mask])).float()
+            idx = ytab.indexes(scales[:, mask], header.index_rule)
+            q[:, mask] = decoders[model.scale_of_step[k]].next(idx).float()
             if progress:
                 progress(k)
             return q + means

@@ -213,3 +213,17 @@ def test_corrupted_streams_behind_a_valid_crc_never_crash(tiny, stream):
 @pytest.mark.slow
 def test_base_round_trip_256():
     check_round_trip(synthetic_weights(hpcm("base")), image(256, 256, seed=256))
+
+
+@pytest.mark.parametrize("version", sorted(codec.INDEX_RULES))
+def test_both_format_versions_round_trip(version):
+    """Version 1 (the spec's next-up table rule) still decodes; version 2 (nearest) is written by
+    default; the decoder takes the rule from the header."""
+    model = hpcm("tiny").eval()
+    x = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(version))
+    enc = codec.encode(model, x, version=version)
+    assert enc.data[len(codec.MAGIC)] == version
+    assert codec.read_header(enc.data).index_rule == codec.INDEX_RULES[version]
+    assert torch.equal(codec.decompress(enc.data, model), codec.reconstruct(model, x))
+    with pytest.raises(ValueError, match="format version"):
+        codec.encode(model, x, version=9)

@@ -146,3 +146,13 @@ def test_bad_tables_and_symbols():
     with pytest.raises(ValueError, match="beyond"):
         tables.encode(torch.tensor([MAX_SYMBOL + 1]), torch.tensor([0]))
     assert tables.encode(torch.zeros(0), torch.zeros(0)) == b""
+
+
+def test_nearest_index_rule_picks_the_closest_table_in_log_scale():
+    table = y_scale_table()
+    mid = np.sqrt(table[4] * table[5])
+    s = torch.tensor([0.05, 0.12, table[4] * 1.01, mid * 0.999, mid * 1.001, table[5], 100.0], dtype=torch.float64)
+    assert scale_indexes(s, table, "nearest").tolist() == [0, 0, 4, 4, 5, 5, 59]
+    assert scale_indexes(s, table, "next-up").tolist() == [0, 0, 5, 5, 5, 5, 59]
+    with pytest.raises(ValueError, match="unknown table-index rule"):
+        scale_indexes(s, table, "floor")
