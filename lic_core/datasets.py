@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lic_core.atomic import write_file as write_atomic  # noqa: F401  (callers import it from here)
+from lic_core.atomic import write_file
 from lic_core.data import list_images
 from lic_core.errors import DatasetError
 from lic_core.paths import datasets_root
@@ -169,7 +169,7 @@ def download_kodak(dest: str | Path | None = None, base_url: str = KODAK_URL,
             if got != (sha, size):
                 raise DatasetError(f"{url}: pixel sha256 {got[0]} ({got[1]}) does not match the "
                                    f"expected {sha} ({size}); {path} not written")
-            write_atomic(path, data)
+            write_file(path, data)
         out.append(path)
     return out
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .atomic import write_atomic, write_file as write_bytes_atomic  # noqa: F401  (part of this API)
+from .atomic import write_file as write_bytes_atomic
 from .errors import ImageError
 
 # Pillow modes converted to RGB, and the note that says so.
