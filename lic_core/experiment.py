@@ -191,7 +191,8 @@ def _sweep_of(like: SweepSpec, name: str, notebook: Path, output: Path, paramete
     run like ``like`` (kernel, timeout, jobs at a time, Slurm parameters)."""
     first, rest = dict(jobs[0]), [dict(j) for j in jobs[1:]]
     return spec_from_dict({"name": name, "notebook": str(notebook), "output": str(output),
-                           "kernel": like.kernel, "timeout": like.timeout, "jobs": like.jobs, "slurm": like.slurm,
+                           "kernel": like.kernel, "timeout": like.timeout, "jobs": like.jobs,
+                           "threads": like.threads, "slurm": like.slurm,
                            "parameters": parameters, "grid": {k: [v] for k, v in first.items()}, "include": rest},
                           base=REPO, source=f"sweep {name}")
 
@@ -239,18 +240,45 @@ def curve_name(stage: str, mode: str, seed: int) -> str:
     return f"{label(stage, mode)}-s{seed}"
 
 
-def evaluate_runs(runs: pd.DataFrame, out: str | Path, dataset: str | Path = "kodak", limit: int = 0,
-                  crop: int = 0, progress: bool = True) -> dict[tuple[str, str, int], dict]:
-    """Real-bitstream evaluation (:func:`lic_core.evaluate.evaluate`) of every run's checkpoint,
-    one curve per (stage, mode, seed) over its λ, written to ``out/<stage>/<curve>.json``;
-    per-image results resume where an interrupted evaluation stopped."""
+def _evaluate_curve(ckpts: list[str], dataset: str, out: str, limit: int, crop: int, name: str,
+                    progress: bool, threads: int) -> dict:
+    """One curve (a worker process's unit of work when curves are evaluated side by side)."""
     from lic_core.evaluate import evaluate
 
-    curves = {}
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    return evaluate(ckpts, dataset, out, limit=limit, crop=crop, name=name, progress=progress)
+
+
+def evaluate_runs(runs: pd.DataFrame, out: str | Path, dataset: str | Path = "kodak", limit: int = 0,
+                  crop: int = 0, progress: bool = True, jobs: int = 1,
+                  threads: int = 0) -> dict[tuple[str, str, int], dict]:
+    """Real-bitstream evaluation (:func:`lic_core.evaluate.evaluate`) of every run's checkpoint,
+    one curve per (stage, mode, seed) over its λ, written to ``out/<stage>/<curve>.json``;
+    per-image results resume where an interrupted evaluation stopped. ``jobs`` > 1 evaluates that
+    many curves side by side in worker processes with ``threads`` torch threads each."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    work = {}
     for (stage, mode, seed), g in runs.groupby(["stage", "mode", "seed"], sort=True):
         ckpts = [str(c) for c in g.sort_values("lmbda")["checkpoint"]]
-        curves[(stage, mode, int(seed))] = evaluate(ckpts, dataset, Path(out) / stage, limit=limit, crop=crop,
-                                                    name=curve_name(stage, mode, seed), progress=progress)
+        work[(stage, mode, int(seed))] = (ckpts, str(dataset), str(Path(out) / stage), limit, crop,
+                                          curve_name(stage, mode, seed))
+    if jobs <= 1:
+        return {k: _evaluate_curve(*w, progress, threads) for k, w in work.items()}
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
+            tqdm(total=len(work), disable=not progress, desc="evaluate", unit="curve") as bar:
+        futures = {k: pool.submit(_evaluate_curve, *w, False, threads) for k, w in work.items()}
+        curves = {}
+        for k, fut in futures.items():
+            curves[k] = fut.result()
+            bar.update()
     return curves
 
 
@@ -287,12 +315,15 @@ def points(curves: Mapping[tuple[str, str, int], dict], runs: pd.DataFrame) -> p
 
 
 def evaluate_experiment(spec: SweepSpec, dataset: str | Path = "kodak", limit: int = 0, crop: int = 0,
-                        settings: Finetune = Finetune(), progress: bool = True) -> dict:
-    """Stage 3: evaluate every final checkpoint of both stages (what exists)."""
+                        settings: Finetune = Finetune(), progress: bool = True,
+                        jobs: int | None = None) -> dict:
+    """Stage 3: evaluate every final checkpoint of both stages (what exists), ``jobs`` curves
+    (default: the sweep's) at a time with the sweep's ``threads``."""
     runs = experiment_runs(spec, settings)
     if runs.empty:
         raise LicError(f"{spec.output}: no finished runs to evaluate; run the train stage first")
-    return evaluate_runs(runs, stage_dirs(spec)["eval"], dataset, limit, crop, progress)
+    return evaluate_runs(runs, stage_dirs(spec)["eval"], dataset, limit, crop, progress,
+                         jobs or spec.jobs, spec.threads)
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -638,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         ft = Finetune(tuple(m for m in a.ft_modes.split(",") if m), a.ft_fraction, a.ft_lr)
         run = {"train": lambda: train(spec, a.executor, a.jobs),
                "finetune": lambda: finetune(spec, ft, a.executor, a.jobs, a.partial),
-               "evaluate": lambda: evaluate_experiment(spec, a.dataset, a.limit, a.crop, ft),
+               "evaluate": lambda: evaluate_experiment(spec, a.dataset, a.limit, a.crop, ft, jobs=a.jobs),
                "report": lambda: print(report(spec, a.results, a.figures, ft))}
         for stage in run if a.stage == "all" else (a.stage,):
             run[stage]()

@@ -54,7 +54,7 @@ from lic_core.paths import REPO
 
 STATES = ("pending", "running", "done", "failed")
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
-KEYS = {"name", "notebook", "output", "kernel", "timeout", "jobs", "parameters", "grid",
+KEYS = {"name", "notebook", "output", "kernel", "timeout", "jobs", "threads", "parameters", "grid",
         "exclude", "include", "slurm"}
 RESERVED = ("run_dir",)
 MANIFEST, SPEC_FILE = "manifest.json", "sweep.json"
@@ -81,6 +81,7 @@ class SweepSpec:
     kernel: str = "python3"
     timeout: float | None = None
     jobs: int = 1
+    threads: int = 0  # torch/OpenMP threads per job's kernel (0: the library default)
     parameters: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
     exclude: list[dict[str, Any]] = field(default_factory=list)
@@ -167,6 +168,7 @@ def spec_from_dict(raw: dict[str, Any], base: str | Path | None = None,
         kernel=_typed(raw, "kernel", str, "python3", source),
         timeout=_positive(raw, "timeout", float, source),
         jobs=_positive(raw, "jobs", int, source) or 1,
+        threads=_positive(raw, "threads", int, source) or 0,
         parameters=_typed(raw, "parameters", dict, {}, source),
         grid=_typed(raw, "grid", dict, {}, source),
         exclude=_dict_list(raw, "exclude", source),
@@ -325,7 +327,7 @@ def run_job(sweep_dir: str | Path, name: str) -> str:
         log.write(f"=== attempt started {_now()} on {socket.gethostname()} pid {os.getpid()}\n")
         log.flush()
         try:
-            with _alarm(spec["timeout"]), _lic_core_importable():
+            with _alarm(spec["timeout"]), _kernel_env(spec.get("threads", 0)):
                 _execute(Path(spec["notebook"]), job_dir / "notebook.ipynb", params,
                          spec["kernel"], spec["timeout"], log)
             fields = {"state": "done", "error": None}
@@ -350,17 +352,22 @@ def _execute(notebook: Path, out: Path, params: dict, kernel: str, timeout: floa
 
 
 @contextlib.contextmanager
-def _lic_core_importable() -> Iterator[None]:
-    """Put this checkout first on the kernel's PYTHONPATH (a notebook may sit in any folder)."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([old] if old else [])])
+def _kernel_env(threads: int = 0) -> Iterator[None]:
+    """Environment of a job's kernel: this checkout first on ``PYTHONPATH`` (a notebook may sit in
+    any folder) and, when ``threads`` > 0, that many OpenMP/MKL threads (several small jobs side
+    by side, one thread each, beat one job on all cores when per-op overhead dominates)."""
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([old["PYTHONPATH"]] if old["PYTHONPATH"] else [])])
+    if threads > 0:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class JobTimeout(Exception):

@@ -251,6 +251,15 @@ def test_submitit_local_executor(tmp_path):
     assert list((tmp_path / "out" / "submitit").glob("*_result.pkl"))
 
 
+def test_threads_reach_the_job_kernel_and_leave_this_process_alone(tmp_path):
+    before = os.environ.get("OMP_NUM_THREADS")
+    path = _yaml(tmp_path, grid={"a": [1, 2]}, jobs=2, threads=1)
+    recs = run_sweep(load_sweep(path), progress=False)
+    assert [r["state"] for r in recs.values()] == ["done", "done"]
+    assert [_metrics(tmp_path / "out", n)["omp_threads"] for n in recs] == ["1", "1"]
+    assert os.environ.get("OMP_NUM_THREADS") == before
+
+
 def test_job_past_timeout_fails_with_its_reason(tmp_path):
     path = _yaml(tmp_path, grid={"a": [1]}, parameters={"wait_for": str(tmp_path / "never")},
                  timeout=4)
