@@ -1,6 +1,7 @@
 """Data-parallel parity under torchrun: two CPU processes (gloo) train the same runs; afterwards
 the replicas' parameters are identical (max difference exactly 0) and so are the task weights on
-every rank (losses, and QP gradients, are averaged over ranks before the weights are computed)."""
+every rank (losses, and QP gradients, are averaged over ranks before the weights are computed);
+a run stopped and resumed under DDP ends bit-identical to an uninterrupted one."""
 from __future__ import annotations
 
 import os
@@ -34,6 +35,17 @@ for mode in {modes!r}:
     weights = tr.weighting.logits if tr.weighting else tr.qp_last[0] if tr.qp_last else None
     torch.save({{"params": res.model.state_dict(), "history": res.history, "weights": weights}},
                tmp / f"{{mode}}-rank{{rank}}.pt")
+# resume under DDP: "cut" stops after step 3 (last checkpoint: step 2), a new Trainer resumes it
+for name, until in (("full", None), ("cut", 3)):
+    cfg = micro_config(tmp, images, run__name=f"resume-{{name}}", loss__mode="balanced", run__steps=5,
+                       run__ckpt_every=2, data__batch=1)
+    if until:
+        Trainer(cfg).fit(until=until)
+    tr = Trainer(cfg)
+    start = tr.step
+    res = tr.fit()
+    torch.save({{"params": res.model.state_dict(), "weights": tr.weighting.logits, "start": start}},
+               tmp / f"resume-{{name}}-rank{{rank}}.pt")
 distributed.teardown()
 """
 
@@ -78,3 +90,13 @@ def test_task_weights_identical_on_every_rank(ranks, mode):
         assert torch.equal(sd["weighting"]["w"], r0["weights"]) and r0["weights"].abs().max() > 0
     else:
         assert float(z[0]) == pytest.approx(last["z_D"])
+
+
+def test_resume_under_ddp_is_bit_identical(ranks):
+    """Each rank restores its own RNG state: the resumed run equals the uninterrupted one on both ranks."""
+    for rank in (0, 1):
+        full, cut = (torch.load(ranks / f"resume-{n}-rank{rank}.pt", weights_only=True) for n in ("full", "cut"))
+        assert full["start"] == 0 and cut["start"] == 2
+        assert torch.equal(full["weights"], cut["weights"])
+        for k, v in full["params"].items():
+            assert torch.equal(v, cut["params"][k]), (rank, k)
