@@ -9,6 +9,12 @@ large float32 matmul measured in the same run.
     python benchmarks/bench_model.py                 # base, large, tiny; 3 Kodak images
     python benchmarks/bench_model.py --quick         # smoke test: tiny only, small sizes
     python benchmarks/bench_model.py --models base --kodak 24 --checkpoint base=ckpt.pth.tar
+    python benchmarks/bench_model.py --models base --kodak 0 --authors ~/LIC-HPCM   # + their code
+
+``--authors PATH`` takes a checkout of the authors' repository (lyq133/LIC-HPCM, not shipped here)
+and times its ``src/models/HPCM_{Base,Large}.HPCM`` interleaved with ours, in this process, with
+the same weights (ours, renamed to theirs), the same inputs and the same loss, so the printed
+ratio is like-for-like on whatever machine runs it.
 
 Without a checkpoint, weights follow the conformance rule (codec.synthetic_weights) so that the
 entropy coder sees non-trivial symbols; timings do not depend on the weight values.
@@ -16,6 +22,7 @@ entropy coder sees non-trivial symbols; timings do not depend on the weight valu
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import statistics
 import sys
@@ -29,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lic_core import codec  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
-from lic_core.losses import distortion, rate_terms  # noqa: E402
+from lic_core.losses import distortion  # noqa: E402
+from lic_core.models.authors import authors_name  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel, load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
 
@@ -57,7 +65,23 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / timed(lambda: a @ b, repeat) / 1e9
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds of each of ``fns``, run in rounds (A B A B ...) after one warm-up each, so a
+    machine that gets busier slows all of them alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def train_step_fn(model, batch: int, size: int, lmbda: float = 0.0067) -> Callable[[], None]:
+    """Forward, R-D loss (bits of every likelihood tensor, so any HPCM implementation fits),
+    backward and an Adam step."""
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -65,7 +89,8 @@ def train_step_fn(model, batch: int, size: int, lmbda: float = 0.0067) -> Callab
         model.train()
         opt.zero_grad(set_to_none=True)
         out = model(x)
-        loss = distortion(out["x_hat"], x, "mse", lmbda) + rate_terms(out, x.numel() // 3)["bpp"]
+        bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+        loss = distortion(out["x_hat"], x, "mse", lmbda) + bits / (x.numel() // 3)
         loss.backward()
         opt.step()
 
@@ -124,6 +149,44 @@ def build(name: str, checkpoints: dict[str, str]):
     return codec.synthetic_weights(hpcm(name))
 
 
+def check_authors(checkout: Path, names: list[str]) -> None:
+    """Refuse, before any timing, a folder that lacks the authors' model files for ``names``."""
+    for name in names:
+        rel = Path("src", "models", f"HPCM_{name.title()}.py")
+        if name not in AUTHORS or not (checkout / rel).is_file():
+            raise SystemExit(f"--authors {checkout}: no {rel} there for model {name!r} (a checkout of "
+                             "lyq133/LIC-HPCM has src/models/HPCM_Base.py and HPCM_Large.py; models: base, large)")
+
+
+def authors_model(checkout: Path, name: str, ours: torch.nn.Module) -> torch.nn.Module:
+    """The authors' ``HPCM`` of size ``name`` from a checkout of their repository, carrying the
+    weights of ``ours`` (renamed with :func:`lic_core.models.authors.authors_name`)."""
+    check_authors(checkout, [name])
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    theirs = importlib.import_module(f"src.models.HPCM_{name.title()}").HPCM()
+    own = {authors_name(k): v for k, v in ours.named_parameters()}
+    missing = [k for k, _ in theirs.named_parameters() if k not in own]
+    if missing:
+        raise SystemExit(f"--authors: their {name} has parameters we do not map: {missing[:5]} ...")
+    theirs.load_state_dict(own, strict=False)
+    return theirs
+
+
+def side_by_side(ours: torch.nn.Module, theirs: torch.nn.Module, batch: int, size: int, eh: int, ew: int,
+                 repeat: int) -> dict[str, float]:
+    """Train step and eval forward of both implementations, interleaved; ours / theirs ratios
+    and the largest eval ``x_hat`` difference (the same weights should give the same image)."""
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # before the train steps, which move the two copies of the weights apart
+        diff = (ours.eval()(x)["x_hat"] - theirs.eval()(x)["x_hat"]).abs().max().item()
+    fwd = interleaved({"ours": eval_forward_fn(ours, eh, ew), "theirs": eval_forward_fn(theirs, eh, ew)}, repeat)
+    train = interleaved({"ours": train_step_fn(ours, batch, size), "theirs": train_step_fn(theirs, batch, size)},
+                        repeat)
+    return {"train ours": train["ours"], "train theirs": train["theirs"], "eval ours": fwd["ours"],
+            "eval theirs": fwd["theirs"], "x_hat max diff": diff}
+
+
 def ratio(ours: float, name: str, col: int) -> str:
     ref = AUTHORS.get(name)
     return f"{ours:.2f} s" + (f" ({ours / ref[col]:.2f}x)" if ref else "")
@@ -137,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny only, small sizes, 1 run")
+    ap.add_argument("--authors", type=Path, metavar="CHECKOUT",
+                    help="a checkout of lyq133/LIC-HPCM: time its base/large side by side with ours")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     names = ["tiny"] if a.quick else a.models.split(",")
@@ -144,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     repeat, crop = (1, 128) if a.quick else (a.repeat, 0)
     kodak = sorted((datasets_root() / "kodak").glob("kodim*.png"))[: 1 if a.quick else a.kodak]
     checkpoints = dict(c.split("=", 1) for c in a.checkpoint)
+    if a.authors:
+        a.authors = a.authors.expanduser().resolve()
+        check_authors(a.authors, names)
 
     peak = matmul_gflops(1024 if a.quick else 2048)
     rows = []
@@ -171,6 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         extra = [f"{c['bpp']:.4f}", f"{100 * c['stream_vs_est']:+.2f}%", f"{c['header']:.0f}"] if c else ["-"] * 3
         util = f"{gmacs:.1f} ({100 * gmacs / (peak / 2):.0f}%)"
         print(f"| {name} | {params / 1e6:.2f} M | {kmacs:.1f} | " + " | ".join(cells) + f" | {util} | " + " | ".join(extra) + " |")
+    if a.authors:
+        print(f"\nSide by side with the authors' code in {a.authors} (same weights, inputs and loss; "
+              f"interleaved rounds, median of {repeat}):\n")
+        print("| model | train step ours | theirs | ours/theirs | eval forward ours | theirs | ours/theirs "
+              "| eval x_hat max diff |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name in names:
+            ours = build(name, checkpoints)
+            r = side_by_side(ours, authors_model(a.authors, name, ours), batch, size, eh, ew, repeat)
+            print(f"| {name} | {r['train ours']:.2f} s | {r['train theirs']:.2f} s | "
+                  f"{r['train ours'] / r['train theirs']:.3f} | {r['eval ours']:.2f} s | {r['eval theirs']:.2f} s | "
+                  f"{r['eval ours'] / r['eval theirs']:.3f} | {r['x_hat max diff']:.2e} |")
     if not a.quick:
         print("\nAuthors' reference: " + "; ".join(
             f"{n}: " + ", ".join(f"{c} {v} s" for c, v in zip(COLUMNS, ref)) for n, ref in AUTHORS.items()))
