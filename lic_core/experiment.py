@@ -10,8 +10,9 @@ The experiment is two papermill sweeps and an analysis:
    Its sweep over notebook 04 is *built from the first sweep's results*: for every finished
    train job, ``init`` = that job's ``standard`` checkpoint (found from the run's own
    ``config.yaml`` and ``checkpoints/``, see :func:`collect_runs`); model, batch, patch and data
-   are the train sweep's; steps = ``fraction`` x train steps; modes ``qp`` and, as the control,
-   ``standard`` Adam for the same steps. Output: ``<train output>-finetune``.
+   are the train sweep's; steps = ``fraction`` x train steps; modes ``qp``, ``balanced``
+   (Solution 1 from the same warm start: separates "FAMO from scratch" from "FAMO at all") and,
+   as the control, ``standard`` Adam for the same steps. Output: ``<train output>-finetune``.
 3. ``evaluate``: every final checkpoint on all images of the test set with real bitstreams
    (:func:`lic_core.evaluate.evaluate`), one R-D curve per (stage, mode, seed), into
    ``<train output>-eval/<stage>/``.
@@ -59,7 +60,8 @@ MACHINE_FILE = "machine.json"
 class Finetune:
     """Stage 2 settings (Solution 2), relative to the train sweep so one YAML sets both scales."""
 
-    modes: tuple[str, ...] = ("qp", "standard")  # standard = plain Adam control, same steps
+    # qp = Solution 2; balanced = Solution 1 from the same warm start; standard = the Adam control
+    modes: tuple[str, ...] = ("qp", "balanced", "standard")
     fraction: float = 0.25  # fine-tune steps = fraction x train steps
     lr: float = 3e-5
 
