@@ -442,6 +442,28 @@ def step_times(runs: pd.DataFrame) -> pd.DataFrame:
               .set_index("mode").drop(columns="stage")
 
 
+def distortion_share(runs: pd.DataFrame, tail: float = 0.1) -> pd.DataFrame:
+    """Where the weighted modes put the distortion: its task weight ``z_D`` and its gradient
+    coefficient ``a_D`` (the ``a`` sum to 1; the standard loss D + R is ``a_D`` = 0.5), averaged
+    over the last ``tail`` of each run's logged train steps, then over seeds, per (mode, λ)."""
+    from lic_core.train.logging import load_history
+
+    rows = []
+    for r in runs.itertuples():
+        hist = [h for h in load_history(r.run_dir, "train") if "a_D" in h]
+        if hist:
+            last = hist[-max(1, int(len(hist) * tail)):]
+            rows.append({"mode": label(r.stage, r.mode), "λ": r.lmbda,
+                         "z_D": float(np.mean([h["z_D"] for h in last])),
+                         "a_D": float(np.mean([h["a_D"] for h in last]))})
+    if not rows:
+        return pd.DataFrame(columns=["z_D", "a_D", "seeds"])
+    df = pd.DataFrame(rows)
+    out = df.groupby(["mode", "λ"], sort=False)[["z_D", "a_D"]].mean()
+    out["seeds"] = df.groupby(["mode", "λ"], sort=False).size()
+    return out
+
+
 def mean_points(pts: pd.DataFrame) -> pd.DataFrame:
     """R-D points and per-scale actual rates averaged over seeds, per (label, λ)."""
     keys = [k for k in ("bpp", "psnr-rgb", "ms-ssim-rgb", *SCALE_KEYS, "bpp_est") if k in pts.columns]
@@ -600,6 +622,11 @@ def report_markdown(spec: SweepSpec, runs: pd.DataFrame, curves: Mapping, per_se
                                  digits=4),
               "#### Wall time per training step (median of each run's median)", "",
               viz.table_markdown(times, digits=3)]
+    share = distortion_share(runs)
+    if not share.empty:
+        lines += ["#### Distortion's task weight z_D and gradient share a_D at the end of training", "",
+                  "(mean of the last 10 % of logged steps, then over seeds; the standard loss D + R has "
+                  "a_D = 0.5)", "", viz.table_markdown(share.reset_index(level="λ"), digits=4)]
     if figures:
         lines += ["#### Figures", ""]
         lines += [f"- `{n}`: ![{n}]({os.path.relpath(f, results_path.parent)})" for n, f in figures.items()]

@@ -122,5 +122,6 @@ def test_07_experiment(tmp_path, kodak_dir, wikiphotos_dir):
     block = (out / "RESULTS.md").read_text()
     assert "<!-- BEGIN experiment:experiment_cpu -->" in block
     assert all(f"**{t} vs " in block for t in ("balanced", "hierarchical", "ft-qp", "ft-balanced"))
+    assert "gradient share a_D" in block and "| ft-balanced |" in block
     assert {"rd_train", "rd_finetune", "task_weights_train"} <= figures(out / "figures")
     assert images(nb) >= 3
