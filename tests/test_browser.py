@@ -163,6 +163,9 @@ def test_figures_in_browser(browser: Browser, lab: JupyterLab, prefix: str,
                             request: pytest.FixtureRequest) -> None:
     src = _notebook(prefix)
     params = dict(PARAMETERS[prefix])
+    for key in ("run_dir", "out_dir"):  # a fresh run: an earlier one (other data) is not resumed
+        if key in params:
+            shutil.rmtree(params[key], ignore_errors=True)
     if "run_dir" not in params:
         params["run_root"] = str(request.getfixturevalue("tiny_runs"))
     with _run(browser, lab, src, params) as page:
