@@ -266,19 +266,32 @@ def test_write_results_replaces_only_its_block(tmp_path):
         ex.write_results(path, "a", "third")
 
 
-def test_evaluate_runs_codes_real_bitstreams(tmp_path, kodak_dir):
-    """Two (untrained) micro checkpoints as one curve: one Kodak crop coded to bytes per point."""
+MICRO = {"M": 32, "N": 32, "widths": (16, 24, 32), "heads": 4, "windows": (1, 2, 4)}
+
+
+def _micro_run(tmp_path: Path, lmbda: float, seed: int, perturb: bool = False) -> dict:
+    """A train-stage run row whose checkpoint is an untrained micro HPCM (``perturb``: weights
+    scaled by a seed-dependent noise, since the init itself is seeded)."""
+    import torch
+
     from lic_core.models.hpcm import hpcm, save_checkpoint
 
-    micro = {"M": 32, "N": 32, "widths": (16, 24, 32), "heads": 4, "windows": (1, 2, 4)}
-    rows = []
-    for lmbda in (0.0067, 0.025):
-        ckpt = tmp_path / "runs" / f"standard-l{lmbda}-s0" / "checkpoints" / "step_00000001.pt"
-        ckpt.parent.mkdir(parents=True)
-        save_checkpoint(hpcm("tiny", **micro), ckpt)
-        rows.append({"stage": "train", "mode": "standard", "lmbda": lmbda, "seed": 0, "checkpoint": ckpt})
+    ckpt = tmp_path / "runs" / f"standard-l{lmbda}-s{seed}" / "checkpoints" / "step_00000001.pt"
+    ckpt.parent.mkdir(parents=True)
+    model, gen = hpcm("tiny", **MICRO), torch.Generator().manual_seed(seed)
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+    save_checkpoint(model, ckpt)
+    return {"stage": "train", "mode": "standard", "lmbda": lmbda, "seed": seed, "checkpoint": ckpt}
+
+
+def test_evaluate_runs_codes_real_bitstreams(tmp_path, kodak_dir):
+    """Two (untrained) micro checkpoints as one curve: one Kodak crop coded to bytes per point."""
     import pandas as pd
 
+    rows = [_micro_run(tmp_path, lmbda, 0) for lmbda in (0.0067, 0.025)]
     runs = pd.DataFrame(rows)
     curves = ex.evaluate_runs(runs, tmp_path / "eval", kodak_dir, limit=1, crop=64, progress=False)
     res = curves[("train", "standard", 0)]["results"]
@@ -291,21 +304,8 @@ def test_evaluate_runs_codes_real_bitstreams(tmp_path, kodak_dir):
 def test_evaluate_runs_side_by_side_matches_serial(tmp_path, kodak_dir):
     """Curves evaluated in two worker processes (one thread each) give the serial bytes and PSNR."""
     import pandas as pd
-    import torch
 
-    from lic_core.models.hpcm import hpcm, save_checkpoint
-
-    micro = {"M": 32, "N": 32, "widths": (16, 24, 32), "heads": 4, "windows": (1, 2, 4)}
-    rows = []
-    for seed in (0, 1):
-        ckpt = tmp_path / "runs" / f"standard-l0.013-s{seed}" / "checkpoints" / "step_00000001.pt"
-        ckpt.parent.mkdir(parents=True)
-        model, gen = hpcm("tiny", **micro), torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # the init is seeded: perturb it so the two curves differ
-            for p in model.parameters():
-                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-        save_checkpoint(model, ckpt)
-        rows.append({"stage": "train", "mode": "standard", "lmbda": 0.013, "seed": seed, "checkpoint": ckpt})
+    rows = [_micro_run(tmp_path, 0.013, seed, perturb=True) for seed in (0, 1)]
     runs = pd.DataFrame(rows)
     serial = ex.evaluate_runs(runs, tmp_path / "serial", kodak_dir, limit=1, crop=64, progress=False)
     side = ex.evaluate_runs(runs, tmp_path / "side", kodak_dir, limit=1, crop=64, progress=False,
