@@ -1,0 +1,393 @@
+"""Trunk-and-branch study (issue 13): does Balanced R-D help a *trained* HPCM?
+
+Stages, each a set of independent training runs that resume where they stopped:
+
+1. **trunk** (one per seed): standard HPCM (Adam) at the middle λ, trained in chunks of
+   ``check_every`` steps until the measured distortion term on Kodak crops falls to the gate,
+   ``L_D = λ·255²·MSE <= gate_ld`` (the point where Balanced R-D's log-scaled objective starts to
+   depend on λ; BALANCED.md), or ``max_steps``. Gated on measurement, not on a step count.
+2. **branch** (seed × λ): each trunk continued at every λ of the grid with Adam and a decaying lr;
+   these are the base models every comparison starts from.
+3. **compare** (seed × λ × fine-tune seed × arm): each base fine-tuned by every objective with
+   identical crops (the fine-tune seed), steps and lr schedule.
+
+Finished trunks and bases are exported weights-only (float16 tensors, ``torch.load(weights_only=True)``)
+to the ``store`` folder with a SHA-256 manifest, so that a new machine continues from them.
+Run folders (training state, ``metrics.jsonl``) live under ``out``. Every run records the commit of
+the code that trained it (``study.json``).
+
+    python -m lic_core.study run --study sweeps/study_tiny.yaml --stage trunk --jobs 2
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from lic_core.atomic import write_file
+from lic_core.config import _coerce
+from lic_core.errors import ConfigError, LicError
+from lic_core.models.hpcm import read_checkpoint, torch_save_atomic
+from lic_core.paths import REPO
+from lic_core.train import checkpoint as ckpt
+from lic_core.train.logging import load_history
+
+MANIFEST = "SHA256SUMS"
+INDEX = "index.json"
+STAGES = ("trunk", "branch", "compare")
+
+
+# ------------------------------------------------------------------------------------ protocol
+
+
+@dataclass
+class TrunkSpec:
+    lmbda: float = 0.0067
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    lr: float = 5e-4
+    gate_ld: float = 1.0  # stop once the Kodak-crop L_D is at or below this
+    check_every: int = 1000  # steps between gate measurements
+    max_steps: int = 20000
+
+
+@dataclass
+class BranchSpec:
+    lambdas: list[float] = field(default_factory=lambda: [0.0035, 0.0067, 0.013, 0.025])
+    steps: int = 3000
+    lr: float = 2e-4
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
+    step_lrs: list[float] = field(default_factory=lambda: [5e-5, 1e-5])
+
+
+@dataclass
+class CompareSpec:
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm name -> config overrides
+    seeds: list[int] = field(default_factory=lambda: [100, 101])  # fine-tune crop orders
+    steps: int = 1000
+    lr: float = 5e-5
+    milestones: list[float] = field(default_factory=lambda: [0.8])
+    step_lrs: list[float] = field(default_factory=lambda: [1e-5])
+
+
+@dataclass
+class Study:
+    """One study, read from YAML (``sweeps/study_tiny.yaml``); paths are relative to ``root``."""
+
+    name: str = "study"
+    out: str = "papermill_runs/study"
+    store: str = "checkpoints/study"
+    model: str = "tiny"
+    batch: int = 8
+    patch: int = 128
+    train_dir: str = ""
+    test_dir: str = ""
+    test_patch: int = 256
+    test_limit: int = 0
+    jobs: int = 2
+    threads: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)  # config keys given to every run
+    trunk: TrunkSpec = field(default_factory=TrunkSpec)
+    branch: BranchSpec = field(default_factory=BranchSpec)
+    compare: CompareSpec = field(default_factory=CompareSpec)
+    root: str = "."
+
+    def path(self, p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() else Path(self.root) / q
+
+    @property
+    def out_dir(self) -> Path:
+        return self.path(self.out)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.path(self.store)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    import typing
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'study'}: expected a mapping, got {raw!r}")
+    hints, names = typing.get_type_hints(cls), {f.name for f in fields(cls)}
+    kw = {}
+    for k, v in raw.items():
+        if k not in names:
+            raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(names))})")
+        tp = hints[k]
+        kw[k] = _build(tp, v, f"{prefix}{k}.") if is_dataclass(tp) else _coerce(v, tp, prefix + k)
+    return cls(**kw)
+
+
+def load_study(path: str | Path, root: str | Path = ".") -> Study:
+    """The study of a YAML file; ``root`` anchors its relative paths (default: the current folder)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"study: {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"study: {p} is not valid YAML ({err})") from err
+    st = _build(Study, {**raw, "root": str(Path(root).resolve())}, "")
+    if st.trunk.lmbda not in st.branch.lambdas:
+        raise ConfigError(f"trunk.lmbda: {st.trunk.lmbda} is not in branch.lambdas {st.branch.lambdas}")
+    return st
+
+
+# ------------------------------------------------------------------------------------- runs
+
+
+def commit() -> str:
+    """The commit of the code that runs (``+dirty`` when it has uncommitted changes)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run_overrides(st: Study, name: str, lmbda: float, seed: int, steps: int, lr: float,
+                  milestones: list[float] | None = None, step_lrs: list[float] | None = None,
+                  init: Path | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Config overrides of one run of the study (the engine's dotted keys)."""
+    ov = {"model.name": st.model, "data.batch": st.batch, "data.patch": st.patch,
+          "data.train": str(st.path(st.train_dir)) if st.train_dir else "",
+          "data.test": str(st.path(st.test_dir)) if st.test_dir else "",
+          "data.test_patch": st.test_patch, "data.test_limit": st.test_limit,
+          "loss.lmbda": lmbda, "run.seed": seed, "run.steps": steps, "optim.lr": lr,
+          "optim.schedule": "step" if milestones else "constant",
+          "optim.milestones": milestones or [], "optim.step_lrs": step_lrs or [],
+          "run.out": str(st.out_dir), "run.name": name, "run.progress": False, "run.wandb_mode": "disabled",
+          "finetune.init": str(init) if init else "", **st.overrides, **(extra or {})}
+    return ov
+
+
+def _record(run_dir: Path, **info: Any) -> None:
+    """``study.json`` of a run: what trained it (commit, machine), appended to on every (re)start."""
+    path = run_dir / "study.json"
+    rec = json.loads(path.read_text()) if path.is_file() else {"sessions": []}
+    rec["sessions"].append({"commit": commit(), "code": str(REPO), "host": os.uname().nodename, "cpus": os.cpu_count(),
+                            "torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info})
+    write_file(path, json.dumps(rec, indent=1))
+
+
+def _train(ov: dict[str, Any]) -> Path:
+    from lic_core.train.engine import train
+
+    run_dir = Path(ov["run.out"]) / ov["run.name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _record(run_dir, steps=ov["run.steps"])
+    res = train(None, ov)
+    return Path(res.checkpoint)
+
+
+def last_eval(run_dir: Path) -> dict[str, Any] | None:
+    ev = load_history(run_dir, "eval")
+    return ev[-1] if ev else None
+
+
+def current_step(run_dir: Path) -> int:
+    found = ckpt.step_checkpoints(run_dir / "checkpoints")
+    return found[-1][0] if found else 0
+
+
+# ------------------------------------------------------------------------------------ exports
+
+
+def export(run_ckpt: Path, dest: Path, meta: dict[str, Any]) -> Path:
+    """Weights-only copy of a training checkpoint: model config, float16 state_dict, ``meta``;
+    then the store's manifest is rewritten."""
+    obj = read_checkpoint(run_ckpt)
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
+    torch_save_atomic({"config": obj["config"], "state_dict": sd, "meta": meta}, dest)
+    write_manifest(dest.parent)
+    return dest
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> Path:
+    """``SHA256SUMS`` (``sha256sum -c`` format) and ``index.json`` (each file's meta) of ``folder``."""
+    files = sorted(folder.glob("*.pt"))
+    write_file(folder / MANIFEST, "".join(f"{sha256(p)}  {p.name}\n" for p in files))
+    index = {p.name: read_checkpoint(p).get("meta", {}) for p in files}
+    return write_file(folder / INDEX, json.dumps(index, indent=1))
+
+
+def verify_store(folder: str | Path) -> dict[str, str]:
+    """Files of the store whose SHA-256 does not match the manifest (name -> problem)."""
+    folder = Path(folder)
+    bad = {}
+    listed = {}
+    for line in (folder / MANIFEST).read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name] = digest
+    for name, digest in listed.items():
+        p = folder / name
+        if not p.is_file():
+            bad[name] = "missing"
+        elif sha256(p) != digest:
+            bad[name] = "SHA-256 differs from the manifest"
+    for p in folder.glob("*.pt"):
+        if p.name not in listed:
+            bad[p.name] = "not in the manifest"
+    return bad
+
+
+# -------------------------------------------------------------------------------------- stages
+
+
+def trunk_name(seed: int) -> str:
+    return f"trunk-s{seed}"
+
+
+def base_name(lmbda: float, seed: int) -> str:
+    return f"base-l{lmbda:g}-s{seed}"
+
+
+def compare_name(arm: str, lmbda: float, seed: int, ft_seed: int) -> str:
+    return f"{arm}-l{lmbda:g}-s{seed}-f{ft_seed}"
+
+
+def run_trunk(st: Study, seed: int) -> Path:
+    """Train one trunk chunk by chunk until the gate (or ``max_steps``); export it."""
+    t = st.trunk
+    dest = st.store_dir / f"{trunk_name(seed)}.pt"
+    if dest.is_file():
+        return dest
+    run_dir = st.out_dir / trunk_name(seed)
+    while True:
+        step, ev = current_step(run_dir), last_eval(run_dir)
+        gate = ev is not None and ev["step"] == step and ev["D"] <= t.gate_ld
+        if gate or step >= t.max_steps:
+            break
+        target = min(step + t.check_every, t.max_steps)
+        _train(run_overrides(st, trunk_name(seed), t.lmbda, seed, target, t.lr,
+                             extra={"run.eval_every": t.check_every, "run.ckpt_every": t.check_every,
+                                    "run.log_every": 50}))
+    ev = last_eval(run_dir)
+    meta = {"stage": "trunk", "seed": seed, "lmbda": t.lmbda, "step": step, "gate_ld": t.gate_ld,
+            "gate_met": bool(gate), "eval": ev, "commit": commit()}
+    return export(run_dir / "checkpoints" / f"step_{step:08d}.pt", dest, meta)
+
+
+def run_branch(st: Study, seed: int, lmbda: float) -> Path:
+    """Continue trunk ``seed`` at ``lmbda`` (Adam, decaying lr); export the base model."""
+    b = st.branch
+    dest = st.store_dir / f"{base_name(lmbda, seed)}.pt"
+    if dest.is_file():
+        return dest
+    init = st.store_dir / f"{trunk_name(seed)}.pt"
+    if not init.is_file():
+        raise LicError(f"branch {base_name(lmbda, seed)}: trunk {init} is not trained yet")
+    last = _train(run_overrides(st, base_name(lmbda, seed), lmbda, seed, b.steps, b.lr, b.milestones,
+                                b.step_lrs, init=init,
+                                extra={"run.eval_every": 500, "run.ckpt_every": 500, "run.log_every": 50}))
+    ev = last_eval(st.out_dir / base_name(lmbda, seed))
+    meta = {"stage": "base", "seed": seed, "lmbda": lmbda, "step": b.steps, "init": init.name,
+            "eval": ev, "commit": commit()}
+    return export(last, dest, meta)
+
+
+@dataclass
+class Task:
+    name: str
+    fn: Callable[..., Any]
+    args: tuple
+    needs: tuple[str, ...] = ()
+
+
+def tasks(st: Study, stage: str) -> list[Task]:
+    """The runs of ``stage`` (and, for later stages, of the stages they need), in order."""
+    out = [Task(trunk_name(s), run_trunk, (st, s)) for s in st.trunk.seeds]
+    if stage in ("branch", "compare"):
+        out += [Task(base_name(lam, s), run_branch, (st, s, lam), (trunk_name(s),))
+                for s in st.trunk.seeds for lam in st.branch.lambdas]
+    return out
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_stage(st: Study, stage: str, jobs: int | None = None) -> dict[str, str]:
+    """Run every task of ``stage`` (and those it needs) with ``jobs`` processes of ``threads``
+    torch threads each; a task starts once the tasks it needs are done. Returns name -> state."""
+    todo = {t.name: t for t in tasks(st, stage)}
+    state = {n: "pending" for n in todo}
+    n = jobs or st.jobs
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(st.threads,)) as pool:
+        running: dict[Future, str] = {}
+        while True:
+            for name, t in todo.items():
+                if state[name] == "pending" and len(running) < n:
+                    if any(state[d] == "failed" for d in t.needs):
+                        state[name] = "failed"
+                    elif all(state[d] == "done" for d in t.needs):
+                        running[pool.submit(t.fn, *t.args)] = name
+                        state[name] = "running"
+                        print(f"[study] {name}: started", flush=True)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                name = running.pop(fut)
+                err = fut.exception()
+                state[name] = "failed" if err else "done"
+                print(f"[study] {name}: {state[name]}" + (f" ({type(err).__name__}: {err})" if err else ""),
+                      flush=True)
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lic_core.study", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train a stage (and what it needs); resumes")
+    r.add_argument("--study", required=True)
+    r.add_argument("--stage", choices=STAGES, default="branch")
+    r.add_argument("--jobs", type=int, default=None)
+    r.add_argument("--root", default=".", help="folder the study's relative paths start at")
+    v = sub.add_parser("verify", help="check a store folder against its SHA-256 manifest")
+    v.add_argument("folder")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "verify":
+            bad = verify_store(args.folder)
+            for name, why in bad.items():
+                print(f"{name}: {why}")
+            print("ok" if not bad else f"{len(bad)} problem(s)")
+            return 1 if bad else 0
+        st = load_study(args.study, args.root)
+        t0 = time.time()
+        states = run_stage(st, args.stage, args.jobs)
+        print(f"[study] {args.stage}: {sum(s == 'done' for s in states.values())}/{len(states)} done "
+              f"in {(time.time() - t0) / 60:.1f} min")
+        return 0 if all(s == "done" for s in states.values()) else 1
+    except (LicError, OSError) as err:
+        print(f"lic_core.study: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
