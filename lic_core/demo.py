@@ -21,31 +21,37 @@ from lic_core.errors import LicError
 from lic_core.paths import REPO
 
 
+def _stage(k: int, text: str) -> None:
+    print(f"[demo {k}/3] {text}", flush=True)
+
+
 def run_demo(out: Path, steps: int | None, limit: int, crop: int, jobs: int) -> dict:
     """Training sweep + evaluation notebook; returns the evaluation notebook's metrics."""
-    import papermill as pm
-
+    from lic_core.notebooks import execute
     from lic_core.sweep import load_sweep, run_sweep
 
     train, test, note = workbook.default_data(out)
+    _stage(1, f"data: {note}")
     spec = load_sweep(REPO / "sweeps" / "demo.yaml", base=REPO)
     params = {**spec.parameters, "train_dir": str(train), "test_dir": str(test),
               **({"steps": steps} if steps is not None else {})}
     spec = dataclasses.replace(spec, output=out / "runs", parameters=params)
-    print(f"[demo] data: {note}")
-    print(f"[demo] training: {len(spec.expand())} jobs of notebook 01 x {spec.parameters['modes']} "
-          f"({spec.parameters['steps']} steps each) -> {spec.output}")
-    records = run_sweep(spec, executor="local", jobs=jobs)
+    _stage(2, f"training: notebook 01 x {len(spec.expand())} λ, modes {', '.join(params['modes'])}, "
+              f"{params['steps']} steps each -> {spec.output}")
+    t0 = time.perf_counter()
+    records = run_sweep(spec, executor="local", jobs=jobs, progress=False)
     failed = [k for k, r in records.items() if r.get("state") != "done"]
     if failed:
         raise LicError(f"demo training jobs failed: {', '.join(failed)}; see {spec.output}/<job>/error.txt")
-    print("[demo] evaluation: notebook 05 (real bitstreams, anchors, BD-rate)")
+    print(f"  trained {len(records)} jobs in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    _stage(3, f"evaluation: notebook 05 (real bitstreams of {limit or 'all'} test images, JPEG / WebP, "
+              "BD-rate)")
+    t0 = time.perf_counter()
     eval_dir = out / "evaluation"
-    pm.execute_notebook(str(REPO / "notebooks" / "05_evaluation.ipynb"), str(out / "05_evaluation.ipynb"),
-                        parameters={"run_root": str(spec.output), "dataset": str(test), "limit": limit,
-                                    "crop": crop, "out_dir": str(eval_dir),
-                                    "figures_dir": str(out / "figures")},
-                        cwd=str(REPO / "notebooks"), progress_bar=False)
+    execute(REPO / "notebooks" / "05_evaluation.ipynb", out / "05_evaluation.ipynb",
+            {"run_root": str(spec.output), "dataset": str(test), "limit": limit, "crop": crop,
+             "out_dir": str(eval_dir), "figures_dir": str(out / "figures")})
+    print(f"  evaluated in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return json.loads((eval_dir / workbook.METRICS_FILE).read_text())
 
 
@@ -65,8 +71,13 @@ def summary(out: Path, seconds: float) -> str:
     lines.append(pd.DataFrame(metrics["bd"]).to_string(float_format="%.2f"))
     why = {k: v for k, v in metrics.get("bd_warnings", {}).items() if v}
     lines += [f"  {k}: {v[:160]}" for k, v in why.items()]
-    lines += ["", f"figures: {out / 'figures'}", f"notebooks: {out / 'runs'}/*/notebook.ipynb, "
-              f"{out / '05_evaluation.ipynb'}", f"wall time: {seconds / 60:.1f} min"]
+    figs = sorted((out / "figures").glob("*.pdf"))
+    lines += ["", "made:",
+              f"  figures ({len(figs)}, PDF + PNG): {out / 'figures'}",
+              f"  R-D results (CompressAI JSON, per image): {out / 'evaluation'}",
+              f"  executed notebooks: {out / 'runs'}/<job>/notebook.ipynb, {out / '05_evaluation.ipynb'}",
+              f"  checkpoints: {out / 'runs'}/<job>/run/<mode>-l<λ>-s<seed>/checkpoints/",
+              f"wall time: {seconds / 60:.1f} min"]
     return "\n".join(lines)
 
 
@@ -82,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     try:
         run_demo(out, args.steps, args.limit, args.crop, args.jobs)
-    except LicError as err:
+    except (LicError, OSError) as err:
         print(f"lic_core demo: {err}")
         return 1
     print(summary(out, time.perf_counter() - t0))

@@ -16,7 +16,7 @@ to the ``store`` folder with a SHA-256 manifest, so that a new machine continues
 Run folders (training state, ``metrics.jsonl``) live under ``out``. Every run records the commit of
 the code that trained it (``study.json``).
 
-    python -m lic_core.study run --study sweeps/study_tiny.yaml --stage trunk --jobs 2
+    python -m lic_core.study run --study sweeps/studies/tiny.yaml --stage trunk --jobs 2
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class CompareSpec:
 
 @dataclass
 class Study:
-    """One study, read from YAML (``sweeps/study_tiny.yaml``); paths are relative to ``root``."""
+    """One study, read from YAML (``sweeps/studies/tiny.yaml``); paths are relative to ``root``."""
 
     name: str = "study"
     out: str = "papermill_runs/study"

@@ -343,12 +343,10 @@ def run_job(sweep_dir: str | Path, name: str) -> str:
 
 def _execute(notebook: Path, out: Path, params: dict, kernel: str, timeout: float | None,
              log) -> None:
-    import papermill
+    from lic_core.notebooks import execute
 
-    papermill.execute_notebook(
-        str(notebook), str(out), parameters=params, kernel_name=kernel, cwd=str(notebook.parent),
-        progress_bar=False, log_output=True, stdout_file=log, stderr_file=log,
-        execution_timeout=int(timeout) if timeout else None)
+    execute(notebook, out, params, kernel=kernel, log_output=True, stdout_file=log, stderr_file=log,
+            execution_timeout=int(timeout) if timeout else None)
 
 
 @contextlib.contextmanager
@@ -478,17 +476,25 @@ def _dry_run(spec: SweepSpec, jobs: list[Job]) -> dict[str, dict[str, Any]]:
             for j in jobs}
 
 
-def _tqdm(total: int, progress: bool, name: str):
-    from tqdm.auto import tqdm
+class _Progress:
+    """One line per finished job (readable in a terminal, a log file and CI alike)."""
 
-    return tqdm(total=total, disable=not progress, desc=f"sweep {name}", unit="job")
+    def __init__(self, spec: SweepSpec, total: int, active: bool):
+        self.spec, self.total, self.active, self.done, self.t0 = spec, total, active, 0, time.monotonic()
+
+    def finished(self, name: str, state: str) -> None:
+        self.done += 1
+        if self.active:
+            rec = read_manifest(self.spec.output)["jobs"].get(name, {})
+            took = f", {rec['duration_s'] / 60:.1f} min" if rec.get("duration_s") is not None else ""
+            print(f"  sweep {self.spec.name} [{self.done}/{self.total}] {name}: {state}{took}", flush=True)
 
 
 def _run_local(spec: SweepSpec, names: list[str], n: int, progress: bool) -> None:
     """``n`` worker processes, each running jobs one after another (papermill imported once)."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
-    with _tqdm(len(names), progress, spec.name) as bar, \
-            ProcessPoolExecutor(n, mp_context=ctx) as pool:
+    bar = _Progress(spec, len(names), progress)
+    with ProcessPoolExecutor(n, mp_context=ctx) as pool:
         futures = {pool.submit(run_job, str(spec.output), name): name for name in names}
         for fut in as_completed(futures):
             name = futures[fut]
@@ -496,8 +502,7 @@ def _run_local(spec: SweepSpec, names: list[str], n: int, progress: bool) -> Non
                 state = fut.result()
             except BaseException as e:  # noqa: BLE001 -- a dead worker fails its job only
                 state = _settle(spec.output, name, f"worker process died: {type(e).__name__}: {e}")
-            bar.update()
-            bar.set_postfix_str(f"{name}: {state}", refresh=True)
+            bar.finished(name, state)
 
 
 def _settle(sweep_dir: Path, name: str, why: str) -> str:
@@ -530,14 +535,13 @@ def _run_submitit(spec: SweepSpec, names: list[str], n: int, cluster: str,
     if cluster == "slurm":
         for name, job in pending:
             _update_job(spec.output, name, slurm_job_id=job.job_id)
-    with _tqdm(len(names), progress, spec.name) as bar:
-        for name, job in pending:
-            try:
-                state = job.result()
-            except Exception as e:  # noqa: BLE001 -- node failure, timeout, preemption
-                state = _settle(spec.output, name, f"{type(e).__name__}: {str(e)[:500]}")
-            bar.update()
-            bar.set_postfix_str(f"{name}: {state}", refresh=True)
+    bar = _Progress(spec, len(names), progress)
+    for name, job in pending:
+        try:
+            state = job.result()
+        except Exception as e:  # noqa: BLE001 -- node failure, timeout, preemption
+            state = _settle(spec.output, name, f"{type(e).__name__}: {str(e)[:500]}")
+        bar.finished(name, state)
 
 
 # --------------------------------------------------------------------------- results

@@ -8,9 +8,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from lic_core.notebooks import execute
 from lic_core.paths import REPO
 
-pm = pytest.importorskip("papermill")
+
 
 NOTEBOOKS = REPO / "notebooks"
 TINY = {"steps": 3, "batch": 2, "patch": 128}
@@ -19,8 +20,7 @@ TINY = {"steps": 3, "batch": 2, "patch": 128}
 def run(name: str, out: Path, **params) -> nbformat.NotebookNode:
     """Execute notebook ``name`` into ``out`` (raises on any cell error) and return it."""
     out.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"), parameters=params,
-                        cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
+    execute(NOTEBOOKS / f"{name}.ipynb", out / f"{name}.ipynb", params)
     return nbformat.read(out / f"{name}.ipynb", as_version=4)
 
 

@@ -1,0 +1,25 @@
+"""Executing a notebook headless, as the sweeps, the demo and the tests do (papermill).
+
+Kernels are started with jupyter_client's CurveZMQ transport encryption where the installed ZeroMQ
+supports it (``transport_encryption="auto"``; plain TCP otherwise), so the traffic on localhost is
+encrypted and ipykernel has no reason to warn, at every kernel start, that it is not.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ENCRYPTION = "auto"  # jupyter_client's KernelManager.transport_encryption
+
+
+def execute(src: str | Path, dst: str | Path, parameters: dict[str, Any] | None = None,
+            cwd: str | Path | None = None, kernel: str = "python3", **kw: Any) -> Any:
+    """``papermill.execute_notebook(src, dst, parameters)`` in ``cwd`` (default: the notebook's
+    folder, as JupyterLab starts kernels), without a progress bar; extra keywords go to papermill."""
+    import papermill
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport_encryption = ENCRYPTION
+    return papermill.execute_notebook(str(src), str(dst), parameters=parameters or {}, kernel_name=kernel,
+                                      cwd=str(cwd or Path(src).parent), progress_bar=False, config=config, **kw)
