@@ -122,11 +122,13 @@ def _captured(fn, *args, **kw) -> tuple[float, list[str]]:
 
 
 def bd_delta(anchor: CurveSource | Curve, test: CurveSource | Curve, metric: str = "psnr-rgb",
-             method: str = "cubic", min_overlap: float = 0.75) -> BDResult:
+             method: str = "cubic", min_overlap: float = 0.75, strict: bool = True) -> BDResult:
     """BD-rate and BD-quality of ``test`` against ``anchor``; negative BD-rate = fewer bits.
 
     Curves may have different numbers of points. Warnings of ``bjontegaard`` (insufficient or
     no overlap) are returned in ``BDResult.warnings``, prefixed with which axis they concern.
+    ``strict``: a value whose axis overlaps less than ``min_overlap`` is undefined (NaN, the
+    warning says why) instead of an extrapolated number.
     """
     if method not in METHODS:
         raise LicError(f"unknown BD method {method!r}; choose from {', '.join(METHODS)}")
@@ -138,6 +140,8 @@ def bd_delta(anchor: CurveSource | Curve, test: CurveSource | Curve, metric: str
     qual, w_qual = _captured(bd.bd_psnr, *args, **kw)
     notes = [f"BD-rate ({a.metric} axis): {m}" for m in w_rate]
     notes += [f"BD-{a.metric} (rate axis): {m}" for m in w_qual]
+    if strict:
+        rate, qual = (float("nan") if w else v for v, w in ((rate, w_rate), (qual, w_qual)))
     return BDResult(a.name, t.name, a.metric, method, rate, qual, notes)
 
 
@@ -152,7 +156,7 @@ def _curve_or_reason(src: CurveSource, metric: str) -> tuple[Curve | None, str, 
 
 
 def bd_table(anchor: CurveSource, tests: Sequence[CurveSource], metric: str = "psnr-rgb",
-             methods: Sequence[str] = ("cubic",), min_overlap: float = 0.75) -> pd.DataFrame:
+             methods: Sequence[str] = ("cubic",), min_overlap: float = 0.75, strict: bool = True) -> pd.DataFrame:
     """One row per test curve: ``BD-rate <method> (%)`` and ``BD-<metric> <method>`` columns and
     a ``warnings`` column joining the distinct overlap warnings of that row.
 
@@ -167,7 +171,7 @@ def bd_table(anchor: CurveSource, tests: Sequence[CurveSource], metric: str = "p
         row: dict[str, Any] = {"curve": name}
         notes: list[str] = [f"anchor {a_name}: {a_why}"] if a_why else ([why] if why else [])
         for m in methods:
-            r = bd_delta(a, t, metric, m, min_overlap) if a is not None and t is not None else None
+            r = bd_delta(a, t, metric, m, min_overlap, strict) if a is not None and t is not None else None
             row[f"BD-rate {m} (%)"] = r.bd_rate if r else float("nan")
             row[f"BD-{_short(metric)} {m}"] = r.bd_quality if r else float("nan")
             notes += r.warnings if r else []
@@ -207,11 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="interpolation (repeatable; default cubic)")
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
     p.add_argument("--min-overlap", type=float, default=0.75,
-                   help="warn when the curves overlap less than this fraction (bjontegaard default)")
+                   help="a value whose curves overlap less than this fraction is undefined (NaN)")
+    p.add_argument("--lenient", action="store_true",
+                   help="print the extrapolated value of a low-overlap pair (with its warning) instead of NaN")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
     try:
-        df = bd_table(args.anchor, args.curves, args.metric, args.method or ["cubic"], args.min_overlap)
+        df = bd_table(args.anchor, args.curves, args.metric, args.method or ["cubic"], args.min_overlap,
+                      strict=not args.lenient)
     except LicError as e:
         print(f"bdrate: {e}", file=sys.stderr)
         return 2
@@ -224,3 +231,72 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return 0 if all(math.isfinite(v) for v in df.drop(columns="warnings").to_numpy().ravel()) else 1
+
+
+# ------------------------------------------------------------------------------ paired bootstrap
+
+
+@dataclass
+class ImageCurve:
+    """A curve kept per image: ``bpp`` and ``quality`` of shape (points, images), the same images
+    in the same order at every point (what a paired bootstrap resamples)."""
+
+    name: str
+    bpp: np.ndarray
+    quality: np.ndarray
+    metric: str = "psnr-rgb"
+
+    def mean(self, idx: np.ndarray | None = None) -> Curve:
+        """The curve of the mean over the images (``idx``: a resample of image indices)."""
+        sel = slice(None) if idx is None else idx
+        return Curve(self.name, self.bpp[:, sel].mean(1), self.quality[:, sel].mean(1), self.metric)
+
+
+def image_curve(points: Sequence[Sequence[Mapping[str, Any]]], name: str,
+                metric: str = "psnr-rgb") -> ImageCurve:
+    """An :class:`ImageCurve` from per-image records (``lic_core.evaluate`` files' ``images``), one
+    list per point; every point must hold the same images."""
+    keys = [[r["image"] for r in recs] for recs in points]
+    if any(k != keys[0] for k in keys):
+        raise LicError(f"curve {name!r}: its points were evaluated on different images")
+    return ImageCurve(name, np.array([[r["bpp"] for r in recs] for recs in points], float),
+                      np.array([[r[metric] for r in recs] for recs in points], float), metric)
+
+
+def bd_rate_or_nan(anchor: Curve, test: Curve, method: str = "pchip", min_overlap: float = 0.75) -> tuple[float, str]:
+    """Strict BD-rate (%) of ``test`` against ``anchor`` and, when undefined (NaN), the reason:
+    a curve whose quality does not rise with rate, or quality ranges overlapping < ``min_overlap``."""
+    for c in (anchor, test):
+        try:
+            _check(c.name, c.metric, c.bpp, c.quality, 2)
+        except CurveError as e:
+            return float("nan"), str(e)
+    order_a, order_t = np.argsort(anchor.bpp), np.argsort(test.bpp)
+    a = Curve(anchor.name, anchor.bpp[order_a], anchor.quality[order_a], anchor.metric)
+    t = Curve(test.name, test.bpp[order_t], test.quality[order_t], test.metric)
+    r = bd_delta(a, t, a.metric, method, min_overlap, strict=True)
+    return r.bd_rate, "; ".join(w for w in r.warnings if w.startswith("BD-rate"))
+
+
+def paired_bootstrap(pairs: Sequence[tuple[ImageCurve, ImageCurve]], method: str = "pchip",
+                     samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Percentile interval of the mean BD-rate over ``pairs`` (anchor, test) when the test images
+    are resampled with replacement: one draw of image indices per sample, shared by every curve
+    (paired), so the interval shows how much the answer depends on which images were tested.
+    Samples where any pair's BD-rate is undefined are dropped and counted."""
+    n = pairs[0][0].bpp.shape[1]
+    if any(c.bpp.shape[1] != n for p in pairs for c in p):
+        raise LicError("paired bootstrap: every curve must hold the same images")
+    rng = np.random.default_rng(seed)
+    means, dropped = [], 0
+    for _ in range(samples):
+        idx = rng.integers(0, n, n)
+        vals = [bd_rate_or_nan(a.mean(idx), t.mean(idx), method)[0] for a, t in pairs]
+        if all(math.isfinite(v) for v in vals):
+            means.append(float(np.mean(vals)))
+        else:
+            dropped += 1
+    if not means:
+        return {"low": float("nan"), "high": float("nan"), "samples": 0, "dropped": dropped}
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return {"low": float(lo), "high": float(hi), "samples": len(means), "dropped": dropped}

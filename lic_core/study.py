@@ -47,7 +47,7 @@ from lic_core.train.logging import load_history
 
 MANIFEST = "SHA256SUMS"
 INDEX = "index.json"
-STAGES = ("trunk", "branch", "compare")
+STAGES = ("trunk", "branch", "compare", "evaluate")
 
 
 # ------------------------------------------------------------------------------------ protocol
@@ -308,6 +308,43 @@ def run_branch(st: Study, seed: int, lmbda: float) -> Path:
     return export(last, dest, meta)
 
 
+def run_compare(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> Path:
+    """Fine-tune base (``seed``, ``lmbda``) with ``arm``'s objective; crops from ``ft_seed``."""
+    c = st.compare
+    init = st.store_dir / f"{base_name(lmbda, seed)}.pt"
+    name = compare_name(arm, lmbda, seed, ft_seed)
+    done = st.out_dir / name / "checkpoints" / f"step_{c.steps:08d}.pt"
+    if done.is_file():
+        return done
+    every = max(1, c.steps // 4)
+    return _train(run_overrides(st, name, lmbda, ft_seed, c.steps, c.lr, c.milestones, c.step_lrs, init=init,
+                                extra={**c.arms[arm], "run.eval_every": every, "run.ckpt_every": every,
+                                       "run.keep_last": 1, "run.log_every": 10}))
+
+
+def curve_checkpoints(st: Study, arm: str, seed: int, ft_seed: int | None) -> list[Path]:
+    """The checkpoints of one R-D curve over ``branch.lambdas``: a base curve (``arm`` "base") or
+    one arm's fine-tuned models."""
+    if arm == "base":
+        return [st.store_dir / f"{base_name(lam, seed)}.pt" for lam in st.branch.lambdas]
+    return [st.out_dir / compare_name(arm, lam, seed, ft_seed) / "checkpoints" / f"step_{st.compare.steps:08d}.pt"
+            for lam in st.branch.lambdas]
+
+
+def curve_name(arm: str, seed: int, ft_seed: int | None) -> str:
+    return f"{arm}-s{seed}" + ("" if ft_seed is None else f"-f{ft_seed}")
+
+
+def run_evaluate(st: Study, arm: str, seed: int, ft_seed: int | None) -> Path:
+    """Real-bitstream evaluation of one curve on the full test images (per-image files resume)."""
+    from lic_core.evaluate import evaluate
+
+    name = curve_name(arm, seed, ft_seed)
+    evaluate([str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)], st.path(st.test_dir),
+             st.out_dir / "eval", name=name, progress=False)
+    return st.out_dir / "eval" / f"{name}.json"
+
+
 @dataclass
 class Task:
     name: str
@@ -317,11 +354,20 @@ class Task:
 
 
 def tasks(st: Study, stage: str) -> list[Task]:
-    """The runs of ``stage`` (and, for later stages, of the stages they need), in order."""
-    out = [Task(trunk_name(s), run_trunk, (st, s)) for s in st.trunk.seeds]
-    if stage in ("branch", "compare"):
-        out += [Task(base_name(lam, s), run_branch, (st, s, lam), (trunk_name(s),))
-                for s in st.trunk.seeds for lam in st.branch.lambdas]
+    """The runs of ``stage`` and of the stages before it, each with the runs it needs."""
+    k = STAGES.index(stage)
+    seeds, lams, arms, fts = st.trunk.seeds, st.branch.lambdas, list(st.compare.arms), st.compare.seeds
+    out = [Task(trunk_name(s), run_trunk, (st, s)) for s in seeds]
+    if k >= 1:
+        out += [Task(base_name(lam, s), run_branch, (st, s, lam), (trunk_name(s),)) for s in seeds for lam in lams]
+    if k >= 2:
+        out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f), (base_name(lam, s),))
+                for s in seeds for f in fts for lam in lams for a in arms]
+    if k >= 3:
+        out += [Task(f"eval-{curve_name('base', s, None)}", run_evaluate, (st, "base", s, None),
+                     tuple(base_name(lam, s) for lam in lams)) for s in seeds]
+        out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
+                     tuple(compare_name(a, lam, s, f) for lam in lams)) for s in seeds for f in fts for a in arms]
     return out
 
 
@@ -358,6 +404,87 @@ def run_stage(st: Study, stage: str, jobs: int | None = None) -> dict[str, str]:
                 print(f"[study] {name}: {state[name]}" + (f" ({type(err).__name__}: {err})" if err else ""),
                       flush=True)
     return state
+
+
+# -------------------------------------------------------------------------------------- analysis
+
+
+def load_image_curve(st: Study, arm: str, seed: int, ft_seed: int | None) -> Any:
+    """Per-image R-D points of one evaluated curve (:class:`lic_core.bdrate.ImageCurve`)."""
+    from lic_core.bdrate import image_curve
+    from lic_core.evaluate import model_names
+
+    ckpts = [str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)]
+    files = [st.out_dir / "eval" / f"{n}.images.json" for n in model_names(ckpts)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise LicError(f"curve {curve_name(arm, seed, ft_seed)} is not evaluated: {', '.join(missing)}")
+    return image_curve([json.loads(f.read_text())["images"] for f in files], curve_name(arm, seed, ft_seed))
+
+
+def comparisons(st: Study) -> list[tuple[str, str]]:
+    """(test arm, anchor arm): every arm against the Adam control, and the task weighting alone
+    (balanced against Cautious Adam on the standard loss) where both arms exist."""
+    arms = list(st.compare.arms)
+    anchor = arms[0]
+    pairs = [(a, anchor) for a in arms[1:]]
+    if {"balanced", "cautious"} <= set(arms):
+        pairs.append(("balanced", "cautious"))
+    return pairs
+
+
+def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic")) -> list[dict[str, Any]]:
+    """One row per (comparison, trunk seed, fine-tune seed, method): strict BD-rate or NaN + reason."""
+    from lic_core.bdrate import bd_rate_or_nan
+
+    rows = []
+    for test, anchor in comparisons(st):
+        for s in st.trunk.seeds:
+            for f in st.compare.seeds:
+                a, t = load_image_curve(st, anchor, s, f), load_image_curve(st, test, s, f)
+                for m in methods:
+                    v, why = bd_rate_or_nan(a.mean(), t.mean(), m)
+                    rows.append({"test": test, "anchor": anchor, "seed": s, "ft_seed": f, "method": m,
+                                 "bd_rate": v, "note": why})
+    return rows
+
+
+def summarize(st: Study, rows: list[dict[str, Any]], samples: int = 1000) -> list[dict[str, Any]]:
+    """Per (comparison, method): mean and 95 % t-interval over the defined values, and the paired
+    image bootstrap of the mean (over the pairs whose value is defined)."""
+    from lic_core.bdrate import paired_bootstrap
+    from lic_core.experiment import mean_ci
+
+    out = []
+    for test, anchor in comparisons(st):
+        for m in dict.fromkeys(r["method"] for r in rows):
+            sel = [r for r in rows if (r["test"], r["anchor"], r["method"]) == (test, anchor, m)]
+            ci = mean_ci([r["bd_rate"] for r in sel])
+            ok = [r for r in sel if r["bd_rate"] == r["bd_rate"]]
+            boot = paired_bootstrap([(load_image_curve(st, anchor, r["seed"], r["ft_seed"]),
+                                      load_image_curve(st, test, r["seed"], r["ft_seed"])) for r in ok],
+                                    m, samples) if ok else {"low": float("nan"), "high": float("nan"),
+                                                            "samples": 0, "dropped": 0}
+            out.append({"test": test, "anchor": anchor, "method": m, "n": ci.n, "of": len(sel),
+                        "mean": ci.mean, "t_low": ci.low, "t_high": ci.high,
+                        "boot_low": boot["low"], "boot_high": boot["high"], "boot_samples": boot["samples"],
+                        "values": [r["bd_rate"] for r in sel],
+                        "notes": sorted({r["note"] for r in sel if r["note"]})})
+    return out
+
+
+def base_points(st: Study) -> list[dict[str, Any]]:
+    """Every base model on the full test images: bpp, PSNR and ``L_D = λ·255²·mean MSE``."""
+    import numpy as np
+
+    rows = []
+    for s in st.trunk.seeds:
+        c = load_image_curve(st, "base", s, None)
+        for lam, bpp, q in zip(st.branch.lambdas, c.bpp, c.quality):
+            mse = float(np.mean(10 ** (-q / 10)))
+            rows.append({"seed": s, "lmbda": lam, "bpp": float(bpp.mean()), "psnr": float(q.mean()),
+                         "L_D": lam * 255**2 * mse})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

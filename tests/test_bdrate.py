@@ -73,11 +73,15 @@ def test_exact_shifts(method):
 
 def test_hpcm_base_against_vtm(reference_dir):
     kodak = reference_dir / "kodak"
+    # VTM spans 0.05..3.6 bpp, HPCM 0.12..0.82: the quality ranges overlap on 40.8 %, below the 75 %
+    # rule, so the strict default leaves the value undefined and says why.
     r = bdrate.bd_delta(kodak / "vtm.json", kodak / "hpcm-base-mse-published.json", method="cubic")
-    # The paper reports about -16.1 % for HPCM-Base vs VTM on Kodak; bjontegaard 1.3.0 gives -16.137.
-    assert r.bd_rate == pytest.approx(-16.137, abs=0.005)
+    assert math.isnan(r.bd_rate) and any("Insufficient curve overlap" in w for w in r.warnings)
     assert (r.anchor, r.test) == ("VTM", "HPCM-Base")
-    # VTM spans 0.05..3.6 bpp, HPCM 0.12..0.82: the package warns and the warning is surfaced.
+    # Lenient: bjontegaard 1.3.0's extrapolated value over these points is -16.137 (the paper's
+    # -15.31 % is against VTM-22 points that reference/ does not hold).
+    r = bdrate.bd_delta(kodak / "vtm.json", kodak / "hpcm-base-mse-published.json", method="cubic", strict=False)
+    assert r.bd_rate == pytest.approx(-16.137, abs=0.005)
     assert any("Insufficient curve overlap" in w for w in r.warnings)
 
 
@@ -91,7 +95,7 @@ def test_table_many_curves(reference_dir, tmp_path):
     df = bdrate.bd_table(kodak / "vtm.json",
                          [kodak / "hpcm-base-mse-published.json", kodak / "hpcm-large-mse-published.json",
                           _curve([0.1, 0.3, 0.6, 1.0], [27.0, 30.5, 33.5, 36.0], "mine")],
-                         methods=("cubic", "akima"))
+                         methods=("cubic", "akima"), strict=False)
     assert list(df.index) == ["HPCM-Base", "HPCM-Large", "mine"]
     assert list(df.columns) == ["BD-rate cubic (%)", "BD-PSNR (dB) cubic", "BD-rate akima (%)",
                                 "BD-PSNR (dB) akima", "warnings"]
@@ -106,8 +110,9 @@ def test_table_many_curves(reference_dir, tmp_path):
 
 def test_ms_ssim_metrics(reference_dir):
     kodak = reference_dir / "kodak"
-    raw = bdrate.bd_delta(kodak / "vtm.json", kodak / "jpeg.json", metric="ms-ssim-rgb")
-    db = bdrate.bd_delta(kodak / "vtm.json", kodak / "jpeg.json", metric="ms-ssim-db")
+    # the published curves overlap less than 75 % on these axes: lenient values, with the warning
+    raw = bdrate.bd_delta(kodak / "vtm.json", kodak / "jpeg.json", metric="ms-ssim-rgb", strict=False)
+    db = bdrate.bd_delta(kodak / "vtm.json", kodak / "jpeg.json", metric="ms-ssim-db", strict=False)
     assert raw.bd_rate > 0 and db.bd_rate > 0  # JPEG needs more bits than VTM
     assert db.metric == "ms-ssim-db"
 
@@ -134,13 +139,16 @@ def test_cli(reference_dir, tmp_path, capsys):
     kodak = reference_dir / "kodak"
     out = tmp_path / "t.tex"
     rc = bdrate.main([str(kodak / "vtm.json"), str(kodak / "hpcm-base-mse-published.json"),
-                      "--method", "cubic", "--method", "pchip", "--format", "latex", "--out", str(out)])
+                      "--method", "cubic", "--method", "pchip", "--format", "latex", "--out", str(out), "--lenient"])
     cap = capsys.readouterr()
     assert rc == 0 and "-16.14" in cap.out and "BD-rate pchip" in cap.out
     assert out.read_text() in cap.out
     assert "Insufficient curve overlap" in cap.err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "x", "results": {"bpp": [1]}}))
+    # strict (the default): the 40.8 % overlap leaves the value undefined, exit 1
+    assert bdrate.main([str(kodak / "vtm.json"), str(kodak / "hpcm-base-mse-published.json")]) == 1
+    assert "nan" in capsys.readouterr().out.lower()
     assert bdrate.main([str(kodak / "vtm.json"), str(bad)]) == 2
     assert "curve 'x': no 'psnr-rgb'" in capsys.readouterr().err
 
@@ -148,7 +156,7 @@ def test_cli(reference_dir, tmp_path, capsys):
 def test_table_keeps_going_past_a_degenerate_curve(reference_dir):
     kodak = reference_dir / "kodak"
     flat = {"name": "untrained", "results": {"bpp": [0.1, 0.2], "psnr-rgb": [7.0, 7.0]}}
-    df = bdrate.bd_table(kodak / "vtm.json", [flat, kodak / "hpcm-base-mse-published.json"])
+    df = bdrate.bd_table(kodak / "vtm.json", [flat, kodak / "hpcm-base-mse-published.json"], strict=False)
     assert math.isnan(df.loc["untrained", "BD-rate cubic (%)"])
     assert "must increase strictly" in df.loc["untrained", "warnings"]
     assert df.loc["HPCM-Base", "BD-rate cubic (%)"] == pytest.approx(-16.137, abs=0.005)

@@ -1,0 +1,131 @@
+"""The trunk-and-branch study (issue 13) end to end at micro size: trunks gated on a measured L_D,
+branches, every comparison arm, real-bitstream evaluation, strict BD-rates with reasons; the
+weights-only store and its SHA-256 manifest; resume of a finished stage."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lic_core import study
+from lic_core.bdrate import ImageCurve, bd_rate_or_nan, paired_bootstrap
+from lic_core.config import PRESETS
+from lic_core.errors import ConfigError
+from lic_core.models.hpcm import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory, kodak_dir, wikiphotos_dir) -> study.Study:
+    root = tmp_path_factory.mktemp("study")
+    test = root / "test"
+    test.mkdir()
+    for p in sorted(kodak_dir.glob("*.png"))[:2]:  # two small test images keep evaluation quick
+        Image.open(p).convert("RGB").crop((0, 0, 64, 64)).save(test / p.name)
+    raw = {"name": "micro", "out": "runs", "store": "store", "batch": 2, "patch": 64,
+           "train_dir": str(wikiphotos_dir), "test_dir": "test", "test_patch": 64, "jobs": 2,
+           "overrides": {"model.overrides": PRESETS["micro"]["model.overrides"]},
+           "trunk": {"lmbda": 0.0067, "seeds": [0], "gate_ld": 1e-6, "check_every": 2, "max_steps": 4},
+           "branch": {"lambdas": [0.0067, 0.025], "steps": 2},
+           "compare": {"seeds": [100], "steps": 2,
+                       "arms": {"adam": {"loss.mode": "standard", "optim.optimizer": "adam"},
+                                "balanced": {"loss.mode": "balanced"}}}}
+    (root / "study.yaml").write_text(yaml.safe_dump(raw))
+    st = study.load_study(root / "study.yaml", root)
+    states = study.run_stage(st, "evaluate")
+    assert set(states.values()) == {"done"}, states
+    return st
+
+
+def test_trunk_stops_at_max_steps_when_the_gate_is_not_met(micro):
+    meta = json.loads((micro.store_dir / study.INDEX).read_text())["trunk-s0.pt"]
+    assert meta["step"] == 4 and meta["gate_met"] is False and meta["eval"]["step"] == 4
+    evals = [json.loads(line) for line in (micro.out_dir / "trunk-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if r["kind"] == "eval"] == [2, 4]  # measured every check_every steps
+    runs = json.loads((micro.out_dir / "trunk-s0" / "study.json").read_text())["sessions"]
+    assert [r["steps"] for r in runs] == [2, 4] and all(len(r["commit"]) >= 40 for r in runs)
+
+
+def test_store_is_weights_only_float16_with_a_manifest(micro):
+    files = sorted(p.name for p in micro.store_dir.glob("*.pt"))
+    assert files == ["base-l0.0067-s0.pt", "base-l0.025-s0.pt", "trunk-s0.pt"]
+    assert study.verify_store(micro.store_dir) == {}
+    obj = torch.load(micro.store_dir / "base-l0.025-s0.pt", weights_only=True)
+    assert set(obj) == {"config", "state_dict", "meta"}
+    assert {v.dtype for v in obj["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    model = load_checkpoint(micro.store_dir / "base-l0.025-s0.pt")  # loads as float32
+    assert next(model.parameters()).dtype == torch.float32
+    (micro.store_dir / "trunk-s0.pt").write_bytes(b"corrupt")
+    try:
+        assert study.verify_store(micro.store_dir) == {"trunk-s0.pt": "SHA-256 differs from the manifest"}
+    finally:
+        study.write_manifest(micro.store_dir)
+
+
+def test_branches_start_from_the_trunk_and_comparisons_from_the_base(micro):
+    cfg = yaml.safe_load((micro.out_dir / "base-l0.025-s0" / "config.yaml").read_text())
+    assert cfg["finetune"]["init"].endswith("trunk-s0.pt") and cfg["loss"]["lmbda"] == 0.025
+    for arm, mode in (("adam", "standard"), ("balanced", "balanced")):
+        cfg = yaml.safe_load((micro.out_dir / f"{arm}-l0.025-s0-f100" / "config.yaml").read_text())
+        assert cfg["finetune"]["init"].endswith("base-l0.025-s0.pt")
+        assert (cfg["loss"]["mode"], cfg["run"]["seed"], cfg["run"]["steps"]) == (mode, 100, 2)
+
+
+def test_finished_stage_is_not_run_again(micro):
+    before = {p: p.stat().st_mtime_ns for p in micro.store_dir.glob("*.pt")}
+    assert set(study.run_stage(micro, "evaluate").values()) == {"done"}
+    assert {p: p.stat().st_mtime_ns for p in micro.store_dir.glob("*.pt")} == before
+
+
+def test_bd_rows_are_strict(micro):
+    rows = study.bd_rows(micro)
+    assert {(r["test"], r["anchor"]) for r in rows} == {("balanced", "adam")}
+    for r in rows:  # barely trained models: a number only where both curves are usable
+        assert math.isfinite(r["bd_rate"]) or r["note"]
+    points = study.base_points(micro)
+    assert [p["lmbda"] for p in points] == [0.0067, 0.025]
+    assert all(p["L_D"] == pytest.approx(p["lmbda"] * 255**2 * 10 ** (-p["psnr"] / 10), rel=0.5) for p in points)
+
+
+def _curve(shift: float, n: int = 24, seed: int = 0) -> ImageCurve:
+    rng = np.random.default_rng(seed)
+    bpp = np.array([0.1, 0.2, 0.4, 0.8])[:, None] * rng.uniform(0.7, 1.3, n)[None]
+    q = 25 + 4 * np.log2(bpp / 0.1) + rng.normal(0, 0.2, (4, n))
+    return ImageCurve(f"c{shift}", bpp * (1 - shift), q)
+
+
+def test_strict_bd_rate_and_paired_bootstrap():
+    a, t = _curve(0.0), _curve(0.05)  # the test spends 5 % fewer bits on every image
+    v, why = bd_rate_or_nan(a.mean(), t.mean())
+    assert v == pytest.approx(-5.0, abs=1e-6) and why == ""
+    boot = paired_bootstrap([(a, t), (a, t)], samples=200)
+    assert boot["low"] == pytest.approx(-5.0, abs=1e-6) and boot["high"] == pytest.approx(-5.0, abs=1e-6)
+    far = ImageCurve("far", a.bpp * 8, a.quality + 12)  # quality ranges barely overlap
+    v, why = bd_rate_or_nan(a.mean(), far.mean())
+    assert math.isnan(v) and "overlap" in why
+    flat = ImageCurve("flat", a.bpp, np.full_like(a.quality, 20.0))
+    v, why = bd_rate_or_nan(a.mean(), flat.mean())
+    assert math.isnan(v) and "increase strictly" in why
+
+
+def test_bad_study_files(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("trunk: {lmbda: 0.01}\nbranch: {lambdas: [0.0067]}\n")
+    with pytest.raises(ConfigError, match="trunk.lmbda"):
+        study.load_study(bad)
+    bad.write_text("trunk: {gate: 1}\n")
+    with pytest.raises(ConfigError, match="trunk.gate: unknown key"):
+        study.load_study(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        study.load_study(tmp_path / "missing.yaml")
+
+
+def test_shipped_study_files_load():
+    for path in sorted((Path(study.REPO) / "sweeps" / "studies").glob("*.yaml")):
+        st = study.load_study(path)
+        assert st.trunk.lmbda in st.branch.lambdas and len(st.branch.lambdas) >= 4, path
