@@ -60,11 +60,14 @@ def test_store_is_weights_only_float16_with_a_manifest(micro):
     assert {v.dtype for v in obj["state_dict"].values() if v.is_floating_point()} == {torch.float16}
     model = load_checkpoint(micro.store_dir / "base-l0.025-s0.pt")  # loads as float32
     assert next(model.parameters()).dtype == torch.float32
-    (micro.store_dir / "trunk-s0.pt").write_bytes(b"corrupt")
+    trunk = micro.store_dir / "trunk-s0.pt"
+    good = trunk.read_bytes()
+    trunk.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     try:
         assert study.verify_store(micro.store_dir) == {"trunk-s0.pt": "SHA-256 differs from the manifest"}
     finally:
-        study.write_manifest(micro.store_dir)
+        trunk.write_bytes(good)
+    assert study.verify_store(micro.store_dir) == {}
 
 
 def test_branches_start_from_the_trunk_and_comparisons_from_the_base(micro):
