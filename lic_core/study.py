@@ -487,6 +487,35 @@ def base_points(st: Study) -> list[dict[str, Any]]:
     return rows
 
 
+def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
+    """One row per task of ``stage`` (and those before it): done / partial / pending, the step its
+    run folder reached and its last measured Kodak-crop PSNR and ``L_D``."""
+    rows = []
+    for t in tasks(st, stage):
+        name = t.name.removeprefix("eval-")
+        if t.name.startswith("eval-"):
+            f = st.out_dir / "eval" / f"{name}.json"
+            rows.append({"task": t.name, "state": "done" if f.is_file() else "pending"})
+            continue
+        stored = (st.store_dir / f"{name}.pt").is_file()
+        run_dir = st.out_dir / name
+        step, ev = current_step(run_dir), last_eval(run_dir)
+        final = t.fn is run_compare and step == st.compare.steps
+        rows.append({"task": t.name, "state": "done" if stored or final else ("partial" if step else "pending"),
+                     "step": step, "psnr": ev and round(ev["psnr"], 2), "L_D": ev and round(ev["D"], 3)})
+    return rows
+
+
+def committable(st: Study) -> list[Path]:
+    """The compact outputs worth committing: the store (weights, manifest, index) and, of every
+    run folder, ``config.yaml``, ``metrics.jsonl`` and ``study.json``; evaluation files."""
+    keep = [p for p in st.store_dir.glob("*") if p.is_file() and not p.name.startswith(".")]
+    for run in sorted(p for p in st.out_dir.glob("*") if (p / "study.json").is_file()):
+        keep += [run / f for f in ("config.yaml", "metrics.jsonl", "study.json") if (run / f).is_file()]
+    keep += sorted((st.out_dir / "eval").glob("*.json"))
+    return keep
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lic_core.study", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -495,10 +524,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--stage", choices=STAGES, default="branch")
     r.add_argument("--jobs", type=int, default=None)
     r.add_argument("--root", default=".", help="folder the study's relative paths start at")
+    for name, text in (("status", "state of every run of a stage"),
+                       ("files", "the compact outputs to commit, one path a line")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--study", required=True)
+        c.add_argument("--stage", choices=STAGES, default="evaluate")
+        c.add_argument("--root", default=".")
     v = sub.add_parser("verify", help="check a store folder against its SHA-256 manifest")
     v.add_argument("folder")
     args = ap.parse_args(argv)
     try:
+        if args.cmd in ("status", "files"):
+            st = load_study(args.study, args.root)
+            if args.cmd == "files":
+                print("\n".join(str(p) for p in committable(st)))
+                return 0
+            import pandas as pd
+
+            print(pd.DataFrame(status(st, args.stage)).to_string(index=False))
+            return 0
         if args.cmd == "verify":
             bad = verify_store(args.folder)
             for name, why in bad.items():
