@@ -491,14 +491,15 @@ def bd_bars_ci(summary: pd.DataFrame, method: str = "pchip", xlabel: str = "BD-r
 
     from lic_core import viz
 
-    rows = summary[summary["method"] == method].reset_index(drop=True)
+    rows = summary[summary["method"] == method]
+    rows = rows[rows["mean"].notna()].reset_index(drop=True)  # an undefined value gets no bar
     if rows.empty:
-        raise LicError(f"bd_bars_ci: no rows for method {method!r}")
+        raise LicError(f"bd_bars_ci: no defined BD-rate for method {method!r}")
     viz.house_style()
     fig, ax = plt.subplots(figsize=viz.SIZES["column"])
     y = np.arange(len(rows))
     err = np.array([rows["mean"] - rows["low"], rows["high"] - rows["mean"]])
-    ax.barh(y, rows["mean"].fillna(0), xerr=np.nan_to_num(err), capsize=3, color="C0", alpha=0.7)
+    ax.barh(y, rows["mean"], xerr=np.nan_to_num(err), capsize=3, color="C0", alpha=0.7)
     for i, r in rows.iterrows():
         vals = [r[c] for c in rows.columns if str(c).startswith("seed ")]
         ax.plot(vals, [i] * len(vals), "k.", markersize=4)

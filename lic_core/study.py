@@ -34,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import yaml
 
@@ -475,8 +476,6 @@ def summarize(st: Study, rows: list[dict[str, Any]], samples: int = 1000) -> lis
 
 def base_points(st: Study) -> list[dict[str, Any]]:
     """Every base model on the full test images: bpp, PSNR and ``L_D = λ·255²·mean MSE``."""
-    import numpy as np
-
     rows = []
     for s in st.trunk.seeds:
         c = load_image_curve(st, "base", s, None)
@@ -485,6 +484,74 @@ def base_points(st: Study) -> list[dict[str, Any]]:
             rows.append({"seed": s, "lmbda": lam, "bpp": float(bpp.mean()), "psnr": float(q.mean()),
                          "L_D": lam * 255**2 * mse})
     return rows
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "undefined" if v is None or v != v else f"{v:+.{digits}f}"
+
+
+def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The RESULTS.md block of the study, from its files only; also its summary and base rows."""
+    trunks = json.loads((st.store_dir / INDEX).read_text())
+    lines = [f"### `{st.name}`: reported {datetime.now(timezone.utc).date()}", ""]
+    commits = sorted({sess["commit"] for run in st.out_dir.glob("*/study.json")
+                      for sess in json.loads(run.read_text())["sessions"]})
+    lines += [f"- model `{st.model}`, batch {st.batch}, patch {st.patch}; code: {', '.join(c[:10] for c in commits)}",
+              f"- trunks: λ {st.trunk.lmbda}, seeds {st.trunk.seeds}, lr {st.trunk.lr}, gate L_D <= {st.trunk.gate_ld} "
+              f"on {st.test_patch}-px test crops every {st.trunk.check_every} steps, cap {st.trunk.max_steps}",
+              f"- bases: λ {st.branch.lambdas}, {st.branch.steps} steps from each trunk",
+              f"- comparisons: arms {list(st.compare.arms)}, fine-tune seeds {st.compare.seeds}, "
+              f"{st.compare.steps} steps, lr {st.compare.lr} -> {st.compare.step_lrs} at {st.compare.milestones}", ""]
+    lines += ["| trunk | steps | gate met | crop PSNR | crop L_D |", "|---|---:|---|---:|---:|"]
+    for s in st.trunk.seeds:
+        m = trunks.get(f"{trunk_name(s)}.pt")
+        if m:
+            lines.append(f"| {s} | {m['step']} | {'yes' if m['gate_met'] else 'no'} | {m['eval']['psnr']:.2f} | "
+                         f"{m['eval']['D']:.3f} |")
+    bases = base_points(st)
+    lines += ["", "| base (seed, λ) | bpp | PSNR (24 Kodak) | L_D | in [0.3, 3] |", "|---|---:|---:|---:|---|"]
+    lines += [f"| {b['seed']}, {b['lmbda']} | {b['bpp']:.4f} | {b['psnr']:.2f} | {b['L_D']:.2f} | "
+              f"{'yes' if 0.3 <= b['L_D'] <= 3 else 'no'} |" for b in bases]
+    summary = summarize(st, bd_rows(st), samples)
+    lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
+              "|---|---|---:|---:|---|---|---|"]
+    for r in summary:
+        t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 values)"
+        b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "undefined"
+        lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | {r['n']}/{r['of']} | {_fmt(r['mean'])} | "
+                     f"{t_ci} | {b_ci} | {', '.join(_fmt(v) for v in r['values'])} |")
+    notes = sorted({n for r in summary for n in r["notes"]})
+    if notes:
+        lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n", summary, bases
+
+
+def report(st: Study, results: Path, figures: Path | None = None, samples: int = 1000) -> Path:
+    """Write the study's block into ``results`` (RESULTS.md) and its figures."""
+    from lic_core import viz
+    from lic_core.experiment import bd_bars_ci, write_results
+
+    body, summary, _ = report_markdown(st, samples)
+    if figures is not None:
+        import pandas as pd
+
+        curves = [load_image_curve(st, "base", s, None) for s in st.trunk.seeds]
+        rd = [{"name": f"base s{s}", "results": {"bpp": c.bpp.mean(1).tolist(), "psnr-rgb": c.quality.mean(1).tolist()}}
+              for s, c in zip(st.trunk.seeds, curves)]
+        for arm in st.compare.arms:
+            cs = [load_image_curve(st, arm, s, f) for s in st.trunk.seeds for f in st.compare.seeds]
+            rd.append({"name": arm, "results": {"bpp": np.mean([c.bpp.mean(1) for c in cs], 0).tolist(),
+                                                "psnr-rgb": np.mean([c.quality.mean(1) for c in cs], 0).tolist()}})
+        viz.save_figure(viz.rd_curves(rd, title=f"{st.name}: Kodak (24 images)"), "rd_curves", figures)
+        table = pd.DataFrame([{**r, "low": r["t_low"], "high": r["t_high"],
+                               **{f"seed {i}": v for i, v in enumerate(r["values"])}} for r in summary])
+        if table["mean"].notna().any():
+            viz.save_figure(bd_bars_ci(table, "pchip"), "bd_rate_ci", figures)
+        body += f"\nFigures: `{figures}` (R-D curves: the mean over trunks and fine-tune seeds; BD bars: defined values only).\n"
+    return write_results(results, st.name, body)
 
 
 def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
@@ -530,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--study", required=True)
         c.add_argument("--stage", choices=STAGES, default="evaluate")
         c.add_argument("--root", default=".")
+    rp = sub.add_parser("report", help="write the study's block of RESULTS.md and its figures")
+    rp.add_argument("--study", required=True)
+    rp.add_argument("--root", default=".")
+    rp.add_argument("--results", default="RESULTS.md")
+    rp.add_argument("--figures", default="", help="folder for the figures (default: figures/<study name>)")
+    rp.add_argument("--samples", type=int, default=1000, help="paired bootstrap samples")
     v = sub.add_parser("verify", help="check a store folder against its SHA-256 manifest")
     v.add_argument("folder")
     args = ap.parse_args(argv)
@@ -542,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
             import pandas as pd
 
             print(pd.DataFrame(status(st, args.stage)).to_string(index=False))
+            return 0
+        if args.cmd == "report":
+            st = load_study(args.study, args.root)
+            path = report(st, st.path(args.results), st.path(args.figures or f"figures/{st.name}"), args.samples)
+            print(f"wrote {path}")
             return 0
         if args.cmd == "verify":
             bad = verify_store(args.folder)

@@ -132,3 +132,16 @@ def test_shipped_study_files_load():
     for path in sorted((Path(study.REPO) / "sweeps" / "studies").glob("*.yaml")):
         st = study.load_study(path)
         assert st.trunk.lmbda in st.branch.lambdas and len(st.branch.lambdas) >= 4, path
+
+
+def test_report_block_and_figures(micro, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nprose kept\n")
+    study.report(micro, results, tmp_path / "fig", samples=20)
+    text = results.read_text()
+    assert text.startswith("# Results\n\nprose kept") and "<!-- BEGIN experiment:micro -->" in text
+    assert "| balanced vs adam | pchip |" in text and "| 0, 0.025 |" in text
+    assert (tmp_path / "fig" / "rd_curves.png").is_file()
+    for line in text.splitlines():  # an undefined value is never printed as a number
+        if line.startswith("| balanced vs adam") and "| 0/" in line:
+            assert "undefined" in line
