@@ -22,13 +22,16 @@ entropy coder sees non-trivial symbols; timings do not depend on the weight valu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import importlib
 import platform
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -50,24 +53,24 @@ COLUMNS = ("train step", "eval forward", "encode", "decode")
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
     """Median seconds of ``repeat`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(rounds({"f": fn}, repeat)["f"])
 
 
-def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
-    """float32 GFLOP/s of an n x n matmul: the practical arithmetic limit of this CPU."""
+def matmul_fn(n: int = 2048) -> Callable[[], object]:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / timed(lambda: a @ b, repeat) / 1e9
+    return lambda: a @ b
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median seconds of each of ``fns``, run in rounds (A B A B ...) after one warm-up each, so a
-    machine that gets busier slows all of them alike."""
+def gflops(seconds: float, n: int = 2048) -> float:
+    """float32 GFLOP/s of an n x n matmul that took ``seconds``: the practical limit of this CPU."""
+    return 2 * n**3 / seconds / 1e9
+
+
+def rounds(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` in each of ``repeat`` rounds (A B C, A B C, ...), after one
+    warm-up each: round ``i`` of every variant ran at nearly the same moment, so a ratio within a
+    round is what this noisy, shared machine can measure; a burst of load spoils one round, not
+    the whole comparison."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -76,7 +79,18 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, 
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def per_round(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over rounds of ``num[i] / den[i]``."""
+    r = [a / b for a, b in zip(num, den)]
+    return statistics.median(r), min(r), max(r)
+
+
+def spread(stats: tuple[float, float, float], digits: int = 2) -> str:
+    med, lo, hi = stats
+    return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
 def train_step_fn(model, batch: int, size: int, lmbda: float = 0.0067) -> Callable[[], None]:
@@ -158,13 +172,58 @@ def check_authors(checkout: Path, names: list[str]) -> None:
                              "lyq133/LIC-HPCM has src/models/HPCM_Base.py and HPCM_Large.py; models: base, large)")
 
 
+def _stub(name: str, *attrs: str) -> types.ModuleType:
+    mod = types.ModuleType(name)
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise RuntimeError(f"{name} is a stub put in by bench_model.py (their compiled coder is built for "
+                           "Python 3.8 only): the authors' models are timed forward and backward, never coded")
+
+    for attr in attrs:
+        setattr(mod, attr, refuse)
+    return mod
+
+
+# Their compiled extensions (``.so`` files for CPython 3.8) and what their package imports of them.
+STUBS = {"src.entropy_models._CXX": ("pmf_to_quantized_cdf",),
+         "src.entropy_models.unbounded_ans": ("ubransEncoder", "ubransDecoder")}
+FACTORIES = ("ones", "zeros", "empty", "full", "rand", "randn", "tensor", "arange")
+
+
+@contextlib.contextmanager
+def authors_shims() -> Iterator[None]:
+    """In-process shims only, their files untouched: stub modules for their compiled coder, and,
+    without CUDA, tensor factories that turn their hard-coded ``device='cuda'`` into the CPU."""
+    saved_mods = {k: sys.modules.get(k) for k in STUBS}
+    saved_fns = {n: getattr(torch, n) for n in FACTORIES}
+
+    def on_cpu(fn: Callable) -> Callable:
+        def call(*a: object, **kw: object) -> object:
+            if not torch.cuda.is_available() and str(kw.get("device", "")).startswith("cuda"):
+                kw["device"] = "cpu"
+            return fn(*a, **kw)
+        return call
+
+    try:
+        for name, attrs in STUBS.items():
+            if saved_mods[name] is None:
+                sys.modules[name] = _stub(name, *attrs)
+        for n in FACTORIES:
+            setattr(torch, n, on_cpu(saved_fns[n]))
+        yield
+    finally:
+        for n, fn in saved_fns.items():
+            setattr(torch, n, fn)
+
+
 def authors_model(checkout: Path, name: str, ours: torch.nn.Module) -> torch.nn.Module:
-    """The authors' ``HPCM`` of size ``name`` from a checkout of their repository, carrying the
-    weights of ``ours`` (renamed with :func:`lic_core.models.authors.authors_name`)."""
+    """The authors' ``HPCM`` of size ``name`` from an unmodified checkout of their repository,
+    carrying the weights of ``ours`` (renamed with :func:`lic_core.models.authors.authors_name`)."""
     check_authors(checkout, [name])
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
-    theirs = importlib.import_module(f"src.models.HPCM_{name.title()}").HPCM()
+    with authors_shims():
+        theirs = importlib.import_module(f"src.models.HPCM_{name.title()}").HPCM()
     own = {authors_name(k): v for k, v in ours.named_parameters()}
     missing = [k for k, _ in theirs.named_parameters() if k not in own]
     if missing:
@@ -174,17 +233,19 @@ def authors_model(checkout: Path, name: str, ours: torch.nn.Module) -> torch.nn.
 
 
 def side_by_side(ours: torch.nn.Module, theirs: torch.nn.Module, batch: int, size: int, eh: int, ew: int,
-                 repeat: int) -> dict[str, float]:
-    """Train step and eval forward of both implementations, interleaved; ours / theirs ratios
-    and the largest eval ``x_hat`` difference (the same weights should give the same image)."""
+                 repeat: int) -> dict[str, object]:
+    """Train step and eval forward of both implementations in interleaved rounds: per-round
+    ours/theirs ratios (median, min, max), median seconds, and the largest eval ``x_hat``
+    difference (the same weights should give the same image)."""
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # before the train steps, which move the two copies of the weights apart
         diff = (ours.eval()(x)["x_hat"] - theirs.eval()(x)["x_hat"]).abs().max().item()
-    fwd = interleaved({"ours": eval_forward_fn(ours, eh, ew), "theirs": eval_forward_fn(theirs, eh, ew)}, repeat)
-    train = interleaved({"ours": train_step_fn(ours, batch, size), "theirs": train_step_fn(theirs, batch, size)},
-                        repeat)
-    return {"train ours": train["ours"], "train theirs": train["theirs"], "eval ours": fwd["ours"],
-            "eval theirs": fwd["theirs"], "x_hat max diff": diff}
+    t = rounds({"eval ours": eval_forward_fn(ours, eh, ew), "eval theirs": eval_forward_fn(theirs, eh, ew),
+                "train ours": train_step_fn(ours, batch, size), "train theirs": train_step_fn(theirs, batch, size)},
+               repeat)
+    return {**{k: statistics.median(v) for k, v in t.items()}, "x_hat max diff": diff,
+            "train ratio": per_round(t["train ours"], t["train theirs"]),
+            "eval ratio": per_round(t["eval ours"], t["eval theirs"])}
 
 
 def ratio(ours: float, name: str, col: int) -> str:
@@ -204,53 +265,62 @@ def main(argv: list[str] | None = None) -> int:
                     help="a checkout of lyq133/LIC-HPCM: time its base/large side by side with ours")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    names = ["tiny"] if a.quick else a.models.split(",")
-    batch, size, (eh, ew) = (1, 128, (128, 256)) if a.quick else (4, 256, (512, 768))
-    repeat, crop = (1, 128) if a.quick else (a.repeat, 0)
+    names = ["tiny"] if a.quick and not a.authors else a.models.split(",")
+    big = any(n != "tiny" for n in names)  # Base / Large pad to multiples of 256
+    batch, size, (eh, ew) = ((1, 256, (256, 256)) if big else (1, 128, (128, 256))) if a.quick else (4, 256, (512, 768))
+    # their code needs sides that are multiples of 256
+    a_batch, a_size, a_eh, a_ew = (1, 256, 256, 256) if a.quick else (batch, size, eh, ew)
+    repeat, crop = (1, size) if a.quick else (a.repeat, 0)
     kodak = sorted((datasets_root() / "kodak").glob("kodim*.png"))[: 1 if a.quick else a.kodak]
     checkpoints = dict(c.split("=", 1) for c in a.checkpoint)
     if a.authors:
         a.authors = a.authors.expanduser().resolve()
         check_authors(a.authors, names)
 
-    peak = matmul_gflops(1024 if a.quick else 2048)
-    rows = []
+    n_mm = 1024 if a.quick else 2048
+    rows, peaks = [], []
     for name in names:
         model = build(name, checkpoints)
-        train = timed(train_step_fn(model, batch, size), repeat)
-        fwd = timed(eval_forward_fn(model, eh, ew), repeat)
+        t = rounds({"train": train_step_fn(model, batch, size), "forward": eval_forward_fn(model, eh, ew),
+                    "matmul": matmul_fn(n_mm)}, repeat)
         kmacs = kmacs_per_pixel(model, eh, ew)
-        gmacs = kmacs * 1e3 * eh * ew / fwd / 1e9
+        peak = [gflops(s, n_mm) for s in t["matmul"]]  # measured in every round, beside the model
+        peaks += peak
+        util = per_round([kmacs * 1e3 * eh * ew / f / 1e9 for f in t["forward"]], [p / 2 for p in peak])
+        train, fwd = statistics.median(t["train"]), statistics.median(t["forward"])
         c = coding(model, kodak, crop) if kodak else {}
-        rows.append((name, count_parameters(model), kmacs, train, fwd, gmacs, c))
+        rows.append((name, count_parameters(model), kmacs, train, fwd, kmacs * 1e3 * eh * ew / fwd / 1e9, util, c))
         print(f"[{name}] train {train:.2f} s, forward {fwd:.2f} s, {c}", file=sys.stderr, flush=True)
-
-    print(f"\n**Machine:** {machine()}; float32 matmul {peak:.1f} GFLOP/s ({peak / 2:.1f} GMAC/s)")
+    peak = statistics.median(peaks)
+    load = os.getloadavg()[0]
+    print(f"\n**Machine:** {machine()}; float32 matmul {peak:.1f} GFLOP/s ({peak / 2:.1f} GMAC/s; median of "
+          f"every round, {min(peaks):.1f}-{max(peaks):.1f}); load average at the end {load:.2f}")
     print(f"Train step: batch {batch} x {size}^2, forward + loss + backward + Adam; eval forward 1x3x{eh}x{ew}; "
           f"median of {repeat} after a warm-up. Coding: mean over {len(kodak)} Kodak image(s)"
           + (f" cropped to {crop}x{crop}" if crop else "") + ". Ratios are ours / the authors' reference times, which were measured on the "
           "conformance machine (2-core Intel Xeon with AVX-512, torch 2.14.1, 2 threads): compare "
           "the matmul peak above before reading them as like-for-like.\n")
-    print("| model | params | kMACs/px | " + " | ".join(COLUMNS) + " | forward GMAC/s (% of matmul) | bpp | streams vs est. | header B |")
+    print("| model | params | kMACs/px | " + " | ".join(COLUMNS) + " | forward GMAC/s (% of that round's matmul: median, min-max) | bpp | streams vs est. | header B |")
     print("|---|---:|---:|" + "---:|" * (len(COLUMNS) + 4))
-    for name, params, kmacs, train, fwd, gmacs, c in rows:
+    for name, params, kmacs, train, fwd, gmacs, util, c in rows:
         cells = [ratio(train, name, 0), ratio(fwd, name, 1)]
         cells += [ratio(c[k], name, i) for i, k in ((2, "encode"), (3, "decode"))] if c else ["-", "-"]
         extra = [f"{c['bpp']:.4f}", f"{100 * c['stream_vs_est']:+.2f}%", f"{c['header']:.0f}"] if c else ["-"] * 3
-        util = f"{gmacs:.1f} ({100 * gmacs / (peak / 2):.0f}%)"
+        util = f"{gmacs:.1f} ({spread(tuple(100 * u for u in util), 0)}%)"
         print(f"| {name} | {params / 1e6:.2f} M | {kmacs:.1f} | " + " | ".join(cells) + f" | {util} | " + " | ".join(extra) + " |")
     if a.authors:
-        print(f"\nSide by side with the authors' code in {a.authors} (same weights, inputs and loss; "
-              f"interleaved rounds, median of {repeat}):\n")
+        print(f"\nSide by side with the authors' code in {a.authors} (unmodified; their compiled coder stubbed "
+              f"and, without CUDA, their device='cuda' mapped to the CPU, in this process only). Same weights, inputs "
+              f"and loss; {repeat} interleaved rounds; ours/theirs is the median of the per-round ratios (min-max):\n")
         print("| model | train step ours | theirs | ours/theirs | eval forward ours | theirs | ours/theirs "
               "| eval x_hat max diff |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             ours = build(name, checkpoints)
-            r = side_by_side(ours, authors_model(a.authors, name, ours), batch, size, eh, ew, repeat)
-            print(f"| {name} | {r['train ours']:.2f} s | {r['train theirs']:.2f} s | "
-                  f"{r['train ours'] / r['train theirs']:.3f} | {r['eval ours']:.2f} s | {r['eval theirs']:.2f} s | "
-                  f"{r['eval ours'] / r['eval theirs']:.3f} | {r['x_hat max diff']:.2e} |")
+            r = side_by_side(ours, authors_model(a.authors, name, ours), a_batch, a_size, a_eh, a_ew, repeat)
+            print(f"| {name} | {r['train ours']:.2f} s | {r['train theirs']:.2f} s | {spread(r['train ratio'], 3)} | "
+                  f"{r['eval ours']:.2f} s | {r['eval theirs']:.2f} s | {spread(r['eval ratio'], 3)} | "
+                  f"{r['x_hat max diff']:.2e} |")
     if not a.quick:
         print("\nAuthors' reference: " + "; ".join(
             f"{n}: " + ", ".join(f"{c} {v} s" for c, v in zip(COLUMNS, ref)) for n, ref in AUTHORS.items()))

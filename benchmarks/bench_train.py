@@ -1,12 +1,15 @@
-"""Step time of each training mode, measured side by side, printed as ratios to ``standard``.
+"""Whole engine steps of each training mode, measured side by side: ratios to ``standard`` and
+images per second.
 
     python benchmarks/bench_train.py                      # tiny HPCM, 128 px, batch 2, on CPU
     python benchmarks/bench_train.py --model base --patch 256 --batch 8 --speed   # on CUDA:
         # also bf16 / channels_last / compile, each against float32 on the same GPU
+    python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
 
-Variants run in interleaved rounds (A B C A B C ...) on the same batch, so a machine that gets
-busier affects all of them alike; the median per variant is reported. Numbers taken on a loaded
-machine (see the load average printed) are not final.
+Variants run in interleaved rounds (A B C, A B C, ...) on the same batch; a ratio is taken within
+each round and the median of the per-round ratios is reported with its min and max, so one burst
+of load spoils one round, not the table. The load average is printed: numbers taken on a loaded
+machine are not final. ``--grid`` times the standard step over batch x patch (images/s) for sizing.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from lic_core.train.engine import Trainer, as_config
 
 MODES: dict[str, dict] = {
     "standard": {"loss.mode": "standard"},
+    "cautious": {"loss.mode": "standard", "optim.optimizer": "cautious"},
     "balanced": {"loss.mode": "balanced"},
     "balanced-next-batch": {"loss.mode": "balanced", "balance.next_batch": True},
     "hierarchical": {"loss.mode": "hierarchical"},
@@ -63,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--speed", action="store_true", help="compare GPU speed options (standard, balanced)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    ap.add_argument("--modes", default=",".join(MODES), help="modes to compare (first: the reference)")
+    ap.add_argument("--grid", action="store_true", help="standard step over --batches x --patches")
+    ap.add_argument("--batches", default="2,4,8,16")
+    ap.add_argument("--patches", default="64,128,256")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,35 +78,40 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(PRESETS["micro"]) if args.micro else {"model.name": args.model}
     base.update({"data.patch": args.patch, "data.batch": args.batch, "optim.schedule": "constant",
                  "run.steps": 10**6})
-    variants = {m: ov for m, ov in MODES.items()}
+    variants = {m: MODES[m] for m in args.modes.split(",")}
+    if args.grid:
+        variants = {f"batch {b} x {p}px": {"data.batch": int(b), "data.patch": int(p)}
+                    for p in args.patches.split(",") for b in args.batches.split(",")}
     if args.speed:
         variants = {f"{m}/{s}": {**MODES[m], **sov} for m in ("standard", "balanced") for s, sov in SPEED.items()}
     with tempfile.TemporaryDirectory() as out:
         trainers = {name: make_trainer(base, ov, out, name.replace("/", "-")) for name, ov in variants.items()}
         first = next(iter(trainers.values()))
         cfg: TrainConfig = first.cfg
-        x = next(train_loader(cfg.train_dir, cfg.data.patch, cfg.data.batch, seed=0)).to(first.dev)
-        for tr in trainers.values():
-            xx = x.contiguous(memory_format=torch.channels_last) if tr.cfg.speed.channels_last else x
-            time_steps(tr, xx, args.warmup)
+        xs = {}
+        for name, tr in trainers.items():
+            d = tr.cfg.data
+            x = next(train_loader(tr.cfg.train_dir, d.patch, d.batch, seed=0)).to(tr.dev)
+            xs[name] = x.contiguous(memory_format=torch.channels_last) if tr.cfg.speed.channels_last else x
+            time_steps(tr, xs[name], args.warmup)
         times: dict[str, list[float]] = {k: [] for k in trainers}
         for _ in range(args.rounds):
             for name, tr in trainers.items():
-                xx = x.contiguous(memory_format=torch.channels_last) if tr.cfg.speed.channels_last else x
-                times[name].append(time_steps(tr, xx, args.steps))
+                times[name].append(time_steps(tr, xs[name], args.steps))
     dev = first.dev
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ref_name = next(iter(times))
-    ref = statistics.median(times[ref_name])
     print(f"model {cfg.model.name}{' (micro)' if args.micro else ''}, {args.batch}x{args.patch}px, {card}, "
           f"{args.rounds} rounds x {args.steps} steps, load average {load:.2f}")
-    print(f"{'variant':<28}{'s/step':>10}{'ratio':>8}")
+    print(f"{'variant':<28}{'s/step':>10}{'img/s':>8}{'ratio (median, min-max of rounds)':>38}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        ref_m = statistics.median(times[name.split("/")[0] + "/fp32"]) if args.speed else ref
-        print(f"{name:<28}{med:>10.4f}{med / ref_m:>8.2f}")
-    print(f"(ratio: to {'the same mode in fp32' if args.speed else ref_name})")
+        ref = times[name.split("/")[0] + "/fp32"] if args.speed else times[ref_name]
+        r = sorted(a / b for a, b in zip(ts, ref))
+        img = trainers[name].cfg.data.batch / med
+        print(f"{name:<28}{med:>10.4f}{img:>8.1f}{statistics.median(r):>20.2f} ({r[0]:.2f}-{r[-1]:.2f})")
+    print(f"(ratio: to {'the same mode in fp32' if args.speed else ref_name}, within each round)")
     return 0
 
 

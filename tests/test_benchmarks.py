@@ -1,0 +1,57 @@
+"""The benchmark scripts' own logic: per-round ratios, and the in-process shims that let
+``bench_model.py --authors`` load an unmodified checkout of the authors' code on a CPU-only
+machine with another Python than their compiled coder's."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+from lic_core.paths import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+bench_model = importlib.import_module("bench_model")
+
+FAKE_INIT = "from ._CXX import pmf_to_quantized_cdf as _pmf\nfrom .unbounded_ans import ubransEncoder\n"
+FAKE_MODEL = '''import torch
+from src.entropy_models import _pmf
+
+
+class HPCM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = torch.nn.Parameter(torch.ones((1, 3, 1, 1), device="cuda"))
+'''
+
+
+def test_per_round_ratio_ignores_one_burst():
+    ours, theirs = [1.0, 1.0, 5.0, 1.0, 1.0], [1.2, 1.1, 1.0, 1.25, 1.2]  # round 3: a burst hit ours
+    med, lo, hi = bench_model.per_round(ours, theirs)
+    assert med == pytest.approx(1 / 1.2) and hi == pytest.approx(5.0) and lo == pytest.approx(1 / 1.25)
+
+
+def test_authors_shims_load_an_unmodified_checkout(tmp_path, monkeypatch):
+    """A checkout shaped like theirs: a package importing compiled modules that this Python cannot
+    load, and a model that puts a parameter on 'cuda'."""
+    pkg = tmp_path / "src"
+    (pkg / "entropy_models").mkdir(parents=True)
+    (pkg / "models").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "entropy_models" / "__init__.py").write_text(FAKE_INIT)
+    (pkg / "entropy_models" / "_CXX.cpython-38-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "models" / "fake.py").write_text(FAKE_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "src" or m.startswith("src.")]:
+        monkeypatch.delitem(sys.modules, name)
+    factory = torch.ones
+    with bench_model.authors_shims():
+        model = importlib.import_module("src.models.fake").HPCM()
+    assert model.quant.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch.ones is factory  # torch's factories are restored after loading
+    with pytest.raises(RuntimeError, match="stub put in by bench_model.py"):
+        sys.modules["src.entropy_models._CXX"].pmf_to_quantized_cdf([0.5, 0.5], 16)
+    for name in [m for m in sys.modules if m == "src" or m.startswith("src.")]:
+        sys.modules.pop(name)
