@@ -141,13 +141,17 @@ def bd_bars(values: Mapping[str, float] | pd.Series | pd.DataFrame, column: str 
         values = values[column]
     s = pd.Series(values, dtype=float)
     fig, ax = _figure(size)
-    colors = [sns.color_palette("colorblind")[2 if v < 0 else 3] for v in s]
-    ax.barh(list(map(str, s.index)), s.to_numpy(), color=colors)
+    ok = s.notna().to_numpy()  # an undefined value (NaN) gets a label, never a bar
+    colors = [sns.color_palette("colorblind")[2 if v < 0 else 3] for v in s[ok]]
+    y = np.arange(len(s))
+    ax.barh(y[ok], s.to_numpy()[ok], color=colors)
+    ax.set_yticks(y, list(map(str, s.index)))
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
     for i, v in enumerate(s):
-        ax.annotate(f"{v:+.1f}", (v, i), xytext=(3 if v >= 0 else -3, 0), textcoords="offset points",
-                    ha="left" if v >= 0 else "right", va="center", fontsize="x-small")
+        text, x = ("undefined", 0.0) if v != v else (f"{v:+.1f}", v)
+        ax.annotate(text, (x, i), xytext=(3 if x >= 0 else -3, 0), textcoords="offset points",
+                    ha="left" if x >= 0 else "right", va="center", fontsize="x-small")
     ax.margins(x=0.2)  # room for the value labels outside the bar tips
     ax.grid(axis="y", visible=False)
     ax.set(xlabel=xlabel)

@@ -56,12 +56,16 @@ def test_save_figure_sizes(tmp_path):
 
 def test_bd_bars(reference_dir, tmp_path):
     kodak = reference_dir / "kodak"
-    df = bdrate.bd_table(kodak / "vtm.json", [kodak / "hpcm-base-mse-published.json", kodak / "jpeg.json"])
+    curves = [kodak / "hpcm-base-mse-published.json", kodak / "jpeg.json"]
+    df = bdrate.bd_table(kodak / "vtm.json", curves, strict=False)  # extrapolated over < 75 % overlap
     fig = viz.bd_bars(df)
     bars = fig.axes[0].patches
     assert len(bars) == 2 and bars[0].get_width() == pytest.approx(df.iloc[0, 0])
     assert [t.get_text() for t in fig.axes[0].texts] == ["-16.1", "+210.2"]
     _valid(viz.save_figure(fig, "bd", tmp_path), tmp_path, "bd")
+    strict = viz.bd_bars(bdrate.bd_table(kodak / "vtm.json", curves))  # both undefined: no bar
+    assert len(strict.axes[0].patches) == 0
+    assert [t.get_text() for t in strict.axes[0].texts] == ["undefined", "undefined"]
 
 
 def test_weight_trajectories(tmp_path):
