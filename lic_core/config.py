@@ -257,6 +257,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+def dataclass_from(cls: type, data: Any, prefix: str = "") -> Any:
+    """An instance of the (nested) dataclass ``cls`` from plain data: every value coerced to its
+    annotated type, an unknown key a ConfigError naming it (``prefix`` + key)."""
+    return _from_dict(cls, data, prefix)
+
+
 def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
@@ -317,18 +323,24 @@ def _split_set(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in a YAML file; a missing file or bad YAML is a ConfigError naming ``what``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what}: {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: {p} is not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: {p} holds a {type(data).__name__}, not a mapping")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: dict | list[str] | None = None,
                 check_paths: bool = True) -> TrainConfig:
     """Read a YAML config (or start from defaults), apply overrides and validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config: {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config: {p} is not valid YAML ({err})") from err
+    data = read_yaml(path, "config") if path is not None else {}
     cfg = apply_overrides(from_dict(data), overrides)
     validate(cfg, check_paths=check_paths)
     return cfg

@@ -36,10 +36,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
 from lic_core.atomic import write_file
-from lic_core.config import _coerce
+from lic_core.config import dataclass_from, read_yaml
 from lic_core.errors import ConfigError, LicError
 from lic_core.models.hpcm import read_checkpoint, torch_save_atomic
 from lic_core.paths import REPO
@@ -118,31 +117,9 @@ class Study:
         return self.path(self.store)
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    import typing
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'study'}: expected a mapping, got {raw!r}")
-    hints, names = typing.get_type_hints(cls), {f.name for f in fields(cls)}
-    kw = {}
-    for k, v in raw.items():
-        if k not in names:
-            raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(names))})")
-        tp = hints[k]
-        kw[k] = _build(tp, v, f"{prefix}{k}.") if is_dataclass(tp) else _coerce(v, tp, prefix + k)
-    return cls(**kw)
-
-
 def load_study(path: str | Path, root: str | Path = ".") -> Study:
     """The study of a YAML file; ``root`` anchors its relative paths (default: the current folder)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"study: {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"study: {p} is not valid YAML ({err})") from err
-    st = _build(Study, {**raw, "root": str(Path(root).resolve())}, "")
+    st = dataclass_from(Study, {**read_yaml(path, "study"), "root": str(Path(root).resolve())})
     if st.trunk.lmbda not in st.branch.lambdas:
         raise ConfigError(f"trunk.lmbda: {st.trunk.lmbda} is not in branch.lambdas {st.branch.lambdas}")
     return st
