@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Run ``write(file)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it
     onto ``path`` (e.g. ``write=lambda f: torch.save(obj, f)``)."""
@@ -23,6 +29,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a new file follows the umask
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

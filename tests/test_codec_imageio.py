@@ -134,3 +134,15 @@ def test_failed_write_leaves_existing_file_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_bytes_atomic(path, b"new")
     assert path.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["out.bin"]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    from lic_core.atomic import write_file
+
+    old = os.umask(umask)
+    try:
+        path = write_file(tmp_path / "out.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
