@@ -8,6 +8,7 @@ float whatever YAML thinks of it and a typo in a key is an error, never a silent
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -379,8 +380,24 @@ def _check_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
 
 
+def _finite(node: Any, key: str) -> None:
+    """Every float anywhere in ``node`` (a config dataclass, list or mapping) is finite."""
+    if is_dataclass(node):
+        for f in fields(node):
+            _finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            _finite(v, f"{key}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}: must be a finite number, got {node}")
+
+
 def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     """Raise :class:`ConfigError` naming the first key whose value is out of range."""
+    _finite(cfg, "")
     m, lo, d, o, b, f, s, r = (cfg.model, cfg.loss, cfg.data, cfg.optim, cfg.balance, cfg.finetune,
                                cfg.speed, cfg.run)
     pad = hpcm_config(cfg).pad_multiple

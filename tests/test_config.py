@@ -110,3 +110,41 @@ def test_cli_prints_config_and_reports_errors(capsys, folder):
     assert "lmbda: 0.0483" in out and "mode: balanced" in out
     assert main(["--set", f"data.train={folder}", "--set", "loss.lmbda=-1"]) == 2
     assert "loss.lmbda: must be > 0" in capsys.readouterr().err
+
+
+def _float_keys(node, prefix=""):
+    from dataclasses import fields, is_dataclass
+
+    for f in fields(node):
+        v, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if is_dataclass(v):
+            yield from _float_keys(v, key + ".")
+        elif isinstance(v, float):
+            yield key
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan"])
+def test_every_float_key_must_be_finite(bad):
+    from lic_core.config import TrainConfig, load_config
+
+    keys = list(_float_keys(TrainConfig()))
+    assert {"loss.lmbda", "optim.lr", "optim.eps", "balance.w_lr", "balance.gamma"} <= set(keys)
+    for key in keys:
+        with pytest.raises(ConfigError, match=f"^{key}: must be a finite number"):
+            load_config(None, {key: bad}, check_paths=False)
+
+
+def test_every_architecture_field_is_bounded():
+    from lic_core.models.hpcm import CONFIGS, LENGTHS, LIMITS, HPCMConfig
+    from dataclasses import asdict, replace
+
+    base = CONFIGS["tiny"]
+    for name, (lo, hi) in LIMITS.items():
+        n = LENGTHS.get(name)
+        for value in (lo - 1, hi + 1, 2.5, True, "8"):
+            bad = tuple([value] * n) if n else value
+            with pytest.raises(ConfigError, match=f"^{name}="):
+                replace(base, **{name: bad})
+        if n:
+            with pytest.raises(ConfigError, match=f"must be {n} integers"):
+                HPCMConfig.from_dict({**asdict(base), name: [lo] * (n + 1)})

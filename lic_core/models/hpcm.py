@@ -25,6 +25,14 @@ from .blocks import PConvRB, SpatialPrior, WindowCrossAttention, down, transform
 from .schedule import N_ADAPTORS, N_QUANT, SCALE_OF_STEP, STEPS, Geometry, geometry
 
 CodeStep = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+# Accepted ranges of HPCMConfig's integer fields: wide enough for any published size, narrow enough
+# that a config from an untrusted source (a bitstream header, a checkpoint) cannot ask for an
+# absurd model. PConvRB splits a quarter of its channels, so widths and N need at least 4.
+LIMITS: dict[str, tuple[int, int]] = {
+    "M": (8, 1024), "N": (4, 1024), "widths": (4, 1024), "depths": (0, 16), "hyper_blocks": (0, 16),
+    "prior_s12": (0, 16), "prior_s3": (0, 16), "heads": (1, 256), "windows": (1, 64), "seed": (0, 2**63 - 1),
+}
+LENGTHS = {"widths": 3, "depths": 3, "hyper_blocks": 4, "prior_s12": 2, "prior_s3": 2, "windows": 3}
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,15 @@ class HPCMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.M % 8 or self.M <= 0:
+        for name, (lo, hi) in LIMITS.items():  # before any arithmetic on the values
+            value = getattr(self, name)
+            items = value if name in LENGTHS else (value,)
+            if name in LENGTHS and (not isinstance(value, tuple) or len(value) != LENGTHS[name]):
+                raise ConfigError(f"{name}={value!r}: must be {LENGTHS[name]} integers")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in items):
+                raise ConfigError(f"{name}={value!r}: must be {'integers' if name in LENGTHS else 'an integer'} "
+                                  f"from {lo} to {hi}")
+        if self.M % 8:
             raise ConfigError(f"M={self.M}: must be a positive multiple of 8 (channel groups)")
         if (2 * self.M) % self.heads:
             raise ConfigError(f"heads={self.heads}: must divide 2*M={2 * self.M}")
