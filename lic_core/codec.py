@@ -239,7 +239,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
 
 
 def _bits(model: HPCM, symbols: Tensor, scales: Tensor | np.ndarray) -> float:
-    lik = model.gg.likelihood(symbols, torch.as_tensor(scales, dtype=symbols.dtype))
+    lik = model.gg.likelihood(symbols, torch.as_tensor(scales, dtype=symbols.dtype, device=symbols.device))
     return float(-torch.log2(lik.double()).sum())
 
 
@@ -260,7 +260,8 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
     hp, wp = -(-header.height // p) * p, -(-header.width // p) * p
     with _eval(model):
         z_shape = torch.Size((1, model.cfg.N, hp // 64, wp // 64))
-        z_q = z_tables(model).decode(streams["z"], _channel_index(z_shape)).float()
+        dev = model.means_hyper.device  # the coder runs on the CPU; the model anywhere
+        z_q = z_tables(model).decode(streams["z"], _channel_index(z_shape)).float().to(dev)
         params = model.hyper_synthesis(z_q + model.means_hyper)
         ytab = GGTables.for_y()
         masks = model.step_masks(hp // 16, wp // 16)
@@ -270,7 +271,7 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
         def code_step(k: int, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             q = torch.zeros_like(means)
             idx = ytab.indexes(scales[:, mask], header.index_rule)
-            q[:, mask] = decoders[model.scale_of_step[k]].next(idx).float()
+            q[:, mask] = decoders[model.scale_of_step[k]].next(idx).float().to(q.device)
             if progress:
                 progress(k)
             return q + means

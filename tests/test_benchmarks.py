@@ -55,3 +55,16 @@ def test_authors_shims_load_an_unmodified_checkout(tmp_path, monkeypatch):
         sys.modules["src.entropy_models._CXX"].pmf_to_quantized_cdf([0.5, 0.5], 16)
     for name in [m for m in sys.modules if m == "src" or m.startswith("src.")]:
         sys.modules.pop(name)
+
+
+def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path, kodak_dir, wikiphotos_dir):
+    """The GPU script's whole code path, at smoke sizes on the CPU, so it is known to work before a
+    GPU is lent (issue 17); GPU-only options are reported as refused, cross-device as skipped."""
+    gpu_check = importlib.import_module("gpu_check")
+    out = tmp_path / "gpu.md"
+    assert gpu_check.main(["--device", "cpu", "--smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    for section in ("## train options", "## coding", "## cross-device", "## throughput"):
+        assert section in text
+    assert "Failed" not in text and "Skipped: one device only" in text
+    assert "| fp32 |" in text and "| bf16 | refused |" in text and "| tiny 1x128px |" in text

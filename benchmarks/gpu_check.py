@@ -1,0 +1,229 @@
+"""One prepared run on a lent GPU (issue 17): HPCM-Base training speed options, Kodak encode /
+decode time, cross-device decoding, tiny-model throughput. Writes ``benchmarks/results/gpu_<card>.md``.
+
+    python benchmarks/gpu_check.py                          # on CUDA, sized to finish in < 10 min
+    python benchmarks/gpu_check.py --device cpu --smoke     # the same code path at smoke sizes (CI)
+
+Every section has a time budget; a section that does not fit what is left is reported as skipped,
+so the run never overruns. Timings are interleaved rounds; a ratio is taken within each round and
+the median of the per-round ratios is printed with min and max (``bench_model.per_round``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_model import per_round, spread  # noqa: E402
+from bench_train import MODES, SPEED, make_trainer  # noqa: E402
+
+from lic_core import codec  # noqa: E402
+from lic_core.atomic import write_file  # noqa: E402
+from lic_core.data import train_loader  # noqa: E402
+from lic_core.errors import LicError  # noqa: E402
+from lic_core.imageio import load_image  # noqa: E402
+from lic_core.models.hpcm import hpcm  # noqa: E402
+from lic_core.paths import datasets_root  # noqa: E402
+
+PAPER_MS = {"encode": 81.8, "decode": 81.3}  # HPCM-Base on Kodak, the paper's GPU (HPCM.md)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def machine(dev: torch.device) -> list[str]:
+    lines = [f"- torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}"]
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            driver = "unknown (no nvidia-smi)"
+        lines.insert(0, f"- card: {p.name}, {p.total_memory / 2**30:.0f} GiB, driver {driver}")
+    else:
+        lines.insert(0, f"- device: CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    return lines
+
+
+def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int, dev: torch.device) -> dict[str, list[float]]:
+    for fn in fns.values():  # warm-up (compile happens here)
+        fn()
+    sync(dev)
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            sync(dev)
+            out[k].append(time.perf_counter() - t0)
+    return out
+
+
+def train_options(model: str, batch: int, patch: int, rounds: int, dev: torch.device, out: str) -> list[str]:
+    """fp32 / bf16 / channels_last / compile train steps of ``model``: ratio to fp32 and the first
+    step's loss against fp32 (same initial weights, same batch)."""
+    base = {"model.name": model, "data.patch": patch, "data.batch": batch, "optim.schedule": "constant",
+            "run.steps": 10**6, "speed.device": str(dev)}
+    trainers, refused = {}, {}
+    for name, ov in SPEED.items():
+        try:
+            trainers[name] = make_trainer(base, ov, out, f"speed-{name}")
+        except LicError as e:  # e.g. GPU-only options on a CPU
+            refused[name] = str(e)
+    cfg = trainers["fp32"].cfg
+    x = next(train_loader(cfg.train_dir, patch, batch, seed=0)).to(dev)
+    first = {n: tr.train_step(x.contiguous(memory_format=torch.channels_last) if tr.cfg.speed.channels_last else x)
+             for n, tr in trainers.items()}
+    steps = {n: (lambda tr=tr: tr.train_step(x)) for n, tr in trainers.items()}
+    t = timed_rounds(steps, rounds, dev)
+    rows = [f"| option | s/step | ratio to fp32 (median, min-max) | first-step loss vs fp32 |", "|---|---:|---:|---:|"]
+    ref = first["fp32"]["loss"]
+    for n in SPEED:
+        if n in refused:
+            rows.append(f"| {n} | refused | - | {refused[n]} |")
+            continue
+        rows.append(f"| {n} | {statistics.median(t[n]):.4f} | {spread(per_round(t[n], t['fp32']))} | "
+                    f"{(first[n]['loss'] - ref) / ref:+.2e} (relative) |")
+    return rows
+
+
+def coding(model_name: str, images: list[Path], crop: int, dev: torch.device) -> tuple[list[str], Any]:
+    """Encode / decode time per image on ``dev`` and file bpp against the estimate."""
+    model = codec.synthetic_weights(hpcm(model_name)).to(dev).eval()
+    enc_ms, dec_ms, bits, est, px = [], [], 0, 0.0, 0
+    encoded = []
+    for p in images:
+        x, _ = load_image(p)
+        x = (x[:, :, :crop, :crop] if crop else x).to(dev)
+        sync(dev)
+        t0 = time.perf_counter()
+        enc = codec.encode(model, x)
+        sync(dev)
+        t1 = time.perf_counter()
+        codec.decompress(enc.data, model)
+        sync(dev)
+        enc_ms.append(1e3 * (t1 - t0))
+        dec_ms.append(1e3 * (time.perf_counter() - t1))
+        bits += 8 * len(enc.data)
+        est += sum(enc.estimated_bits.values())
+        px += x.shape[2] * x.shape[3]
+        encoded.append((p.name, x.cpu(), enc.data))
+    rows = [f"| images | encode ms (median) | decode ms (median) | paper (GPU) enc / dec | bpp | file vs estimate |",
+            "|---:|---:|---:|---|---:|---:|",
+            f"| {len(images)} | {statistics.median(enc_ms):.1f} | {statistics.median(dec_ms):.1f} | "
+            f"{PAPER_MS['encode']} / {PAPER_MS['decode']} ms | {bits / px:.4f} | {bits / est - 1:+.2%} |"]
+    return rows, encoded
+
+
+def cross_device(model_name: str, encoded: list[tuple[str, torch.Tensor, bytes]], dev: torch.device) -> list[str]:
+    """Files encoded on ``dev`` decoded on the CPU, and files encoded on the CPU decoded on ``dev``."""
+    if dev.type == "cpu":
+        return ["Skipped: one device only (run on a GPU machine)."]
+    cpu_model = codec.synthetic_weights(hpcm(model_name)).eval()
+    dev_model = codec.synthetic_weights(hpcm(model_name)).to(dev).eval()
+    rows = ["| image | encoded on | decoded on | identical to same-device decode | max abs diff (8-bit) | error |",
+            "|---|---|---|---|---:|---|"]
+    for name, x, data_dev in encoded:
+        data_cpu = codec.encode(cpu_model, x).data
+        for data, src, model, dst in ((data_dev, dev.type, cpu_model, "cpu"), (data_cpu, "cpu", dev_model, dev.type)):
+            ref_model = dev_model if src != "cpu" else cpu_model
+            ref = codec.decompress(data, ref_model).cpu()
+            try:
+                got = codec.decompress(data, model).cpu()
+                diff = float((got - ref).abs().max() * 255)
+                rows.append(f"| {name} | {src} | {dst} | {'yes' if diff == 0 else 'no'} | {diff:.0f} | |")
+            except LicError as e:
+                rows.append(f"| {name} | {src} | {dst} | no | - | {str(e)[:120]} |")
+    return rows
+
+
+def throughput(model: str, batch: int, patch: int, rounds: int, dev: torch.device, out: str) -> list[str]:
+    """Standard vs Solution 1 (balanced): images/s and the ratio within each round."""
+    base = {"model.name": model, "data.patch": patch, "data.batch": batch, "optim.schedule": "constant",
+            "run.steps": 10**6, "speed.device": str(dev)}
+    trs = {m: make_trainer(base, MODES[m], out, f"tp-{model}-{m}") for m in ("standard", "balanced")}
+    x = next(train_loader(trs["standard"].cfg.train_dir, patch, batch, seed=0)).to(dev)
+    t = timed_rounds({m: (lambda tr=tr: tr.train_step(x)) for m, tr in trs.items()}, rounds, dev)
+    return [f"| {model} {batch}x{patch}px | {batch / statistics.median(t['standard']):.1f} | "
+            f"{batch / statistics.median(t['balanced']):.1f} | {spread(per_round(t['balanced'], t['standard']))} |"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (CPU check of the code path)")
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds for all sections")
+    ap.add_argument("--out", default="", help="result file (default benchmarks/results/gpu_<card>.md)")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: CUDA is not available here; use --device cpu --smoke to check the script", file=sys.stderr)
+        return 2
+    dev = torch.device(a.device)
+    t_start = time.perf_counter()
+    big, tiny_b, tiny_p = ("tiny", 1, 128) if a.smoke else ("base", 32, 128)
+    rounds = 2 if a.smoke else 5
+    n_img, crop = (1, 128) if a.smoke else (24, 0)
+    images = sorted((datasets_root() / "kodak").glob("kodim*.png"))[:n_img]
+    card = re.sub(r"[^A-Za-z0-9]+", "_", torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu").strip("_")
+    out = Path(a.out or Path(__file__).parent / "results" / f"gpu_{card.lower()}.md")
+    lines = [f"# gpu_check: {card}", "", f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "", *machine(dev), ""]
+    budget = {"train options": 0.35, "coding": 0.25, "cross-device": 0.15, "throughput": 0.25}
+    with tempfile.TemporaryDirectory() as tmp:
+        encoded: list = []
+        sections: list[tuple[str, Callable[[], list[str]]]] = [
+            ("train options", lambda: train_options(big, 1 if a.smoke else 8, 128 if a.smoke else 256, rounds, dev, tmp)),
+            ("coding", lambda: _keep(encoded, coding(big, images, crop, dev))),
+            ("cross-device", lambda: cross_device(big, encoded, dev)),
+            ("throughput", lambda: throughput("tiny", tiny_b, tiny_p, rounds, dev, tmp)
+             + ([] if a.smoke else throughput(big, 8, 256, rounds, dev, tmp))),
+        ]
+        for title, fn in sections:
+            left = a.budget - (time.perf_counter() - t_start)
+            lines += [f"## {title}", ""]
+            if left < budget[title] * a.budget * 0.5:
+                lines += [f"Skipped: {left:.0f} s of the {a.budget:.0f} s budget left.", ""]
+                continue
+            t0 = time.perf_counter()
+            try:
+                body = fn()
+            except Exception as e:  # noqa: BLE001 -- one failing section must not lose the others
+                body = [f"Failed: {type(e).__name__}: {e}"]
+            if title == "throughput":
+                body = ["| model | standard img/s | Solution 1 img/s | Solution 1 / standard step |",
+                        "|---|---:|---:|---:|", *body]
+            lines += [*body, "", f"({time.perf_counter() - t0:.0f} s)", ""]
+            write_file(out, "\n".join(lines) + "\n")  # what is done so far survives a kill
+    lines.append(f"Total {time.perf_counter() - t_start:.0f} s.")
+    write_file(out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _keep(store: list, result: tuple[list[str], list]) -> list[str]:
+    rows, encoded = result
+    store.extend(encoded)
+    return rows
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
