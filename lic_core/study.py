@@ -270,10 +270,19 @@ def run_trunk(st: Study, seed: int) -> Path:
         _train(run_overrides(st, trunk_name(seed), t.lmbda, seed, target, t.lr,
                              extra={"run.eval_every": t.check_every, "run.ckpt_every": t.check_every,
                                     "run.log_every": 50}))
-    ev = last_eval(run_dir)
-    meta = {"stage": "trunk", "seed": seed, "lmbda": t.lmbda, "step": step, "gate_ld": t.gate_ld,
-            "gate_met": bool(gate), "eval": ev, "commit": commit()}
-    return export(run_dir / "checkpoints" / f"step_{step:08d}.pt", dest, meta)
+    return export_trunk(st, seed, "gate met" if gate else "max_steps reached")
+
+
+def export_trunk(st: Study, seed: int, why: str) -> Path:
+    """Export trunk ``seed`` at its latest checkpoint; ``why`` it stopped goes into its meta."""
+    run_dir = st.out_dir / trunk_name(seed)
+    step, ev = current_step(run_dir), last_eval(run_dir)
+    if step == 0:
+        raise LicError(f"{trunk_name(seed)}: no checkpoint in {run_dir} to export")
+    meta = {"stage": "trunk", "seed": seed, "lmbda": st.trunk.lmbda, "step": step, "gate_ld": st.trunk.gate_ld,
+            "gate_met": bool(ev and ev["step"] == step and ev["D"] <= st.trunk.gate_ld), "stopped": why,
+            "eval": ev, "commit": commit()}
+    return export(run_dir / "checkpoints" / f"step_{step:08d}.pt", st.store_dir / f"{trunk_name(seed)}.pt", meta)
 
 
 def run_branch(st: Study, seed: int, lmbda: float) -> Path:
@@ -582,6 +591,11 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--study", required=True)
         c.add_argument("--stage", choices=STAGES, default="evaluate")
         c.add_argument("--root", default=".")
+    fin = sub.add_parser("finish-trunks", help="export every unfinished trunk at its latest checkpoint now "
+                         "(stop the run first; its meta records why)")
+    fin.add_argument("--study", required=True)
+    fin.add_argument("--root", default=".")
+    fin.add_argument("--why", required=True, help="recorded in each trunk's meta, e.g. 'session time'")
     rp = sub.add_parser("report", help="write the study's block of RESULTS.md and its figures")
     rp.add_argument("--study", required=True)
     rp.add_argument("--root", default=".")
@@ -600,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
             import pandas as pd
 
             print(pd.DataFrame(status(st, args.stage)).to_string(index=False))
+            return 0
+        if args.cmd == "finish-trunks":
+            st = load_study(args.study, args.root)
+            for s in st.trunk.seeds:
+                if not (st.store_dir / f"{trunk_name(s)}.pt").is_file():
+                    print(f"exported {export_trunk(st, s, args.why)}")
             return 0
         if args.cmd == "report":
             st = load_study(args.study, args.root)

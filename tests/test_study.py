@@ -45,6 +45,7 @@ def micro(tmp_path_factory, kodak_dir, wikiphotos_dir) -> study.Study:
 def test_trunk_stops_at_max_steps_when_the_gate_is_not_met(micro):
     meta = json.loads((micro.store_dir / study.INDEX).read_text())["trunk-s0.pt"]
     assert meta["step"] == 4 and meta["gate_met"] is False and meta["eval"]["step"] == 4
+    assert meta["stopped"] == "max_steps reached"
     evals = [json.loads(line) for line in (micro.out_dir / "trunk-s0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if r["kind"] == "eval"] == [2, 4]  # measured every check_every steps
     runs = json.loads((micro.out_dir / "trunk-s0" / "study.json").read_text())["sessions"]
