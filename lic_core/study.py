@@ -193,11 +193,22 @@ def current_step(run_dir: Path) -> int:
 # ------------------------------------------------------------------------------------ exports
 
 
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float16 where that keeps every value in range (no overflow to inf, no nonzero value
+    flushed to 0), else unchanged: a constant such as the likelihood floor 1e-9 would become 0 in
+    float16 and turn every rate into inf."""
+    if not t.is_floating_point():
+        return t
+    h = t.half()
+    lossy = bool((~torch.isfinite(h) & torch.isfinite(t)).any() or ((h == 0) & (t != 0)).any())
+    return t if lossy else h
+
+
 def export(run_ckpt: Path, dest: Path, meta: dict[str, Any]) -> Path:
-    """Weights-only copy of a training checkpoint: model config, float16 state_dict, ``meta``;
-    then the store's manifest is rewritten."""
+    """Weights-only copy of a training checkpoint: model config, state_dict in float16 where that
+    is safe (:func:`compact`), ``meta``; then the store's manifest is rewritten."""
     obj = read_checkpoint(run_ckpt)
-    sd = {k: v.half() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
+    sd = {k: compact(v) for k, v in obj["state_dict"].items()}
     torch_save_atomic({"config": obj["config"], "state_dict": sd, "meta": meta}, dest)
     write_manifest(dest.parent)
     return dest
