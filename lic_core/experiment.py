@@ -534,7 +534,7 @@ def write_figures(runs: pd.DataFrame, pts: pd.DataFrame, summary: pd.DataFrame, 
 
     for stage in sorted(set(pts["stage"])):
         save(viz.rd_curves(mean_curves(pts, stage), title=f"{stage} (mean over seeds)"), f"rd_{stage}")
-    if not summary.empty and summary["mean"].notna().any():
+    if not summary.empty and summary.loc[summary["method"] == method, "mean"].notna().any():
         save(bd_bars_ci(summary, method), "bd_rate_ci")
     lambdas = sorted(set(runs["lmbda"]))
     pick = runs[(runs["lmbda"] == lambdas[len(lambdas) // 2]) & (runs["seed"] == runs["seed"].min())]

@@ -553,7 +553,7 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
         viz.save_figure(viz.rd_curves(rd, title=f"{st.name}: Kodak (24 images)"), "rd_curves", figures)
         table = pd.DataFrame([{**r, "low": r["t_low"], "high": r["t_high"],
                                **{f"seed {i}": v for i, v in enumerate(r["values"])}} for r in summary])
-        if table["mean"].notna().any():
+        if table.loc[table["method"] == "pchip", "mean"].notna().any():
             viz.save_figure(bd_bars_ci(table, "pchip"), "bd_rate_ci", figures)
         body += f"\nFigures: `{figures}` (R-D curves: the mean over trunks and fine-tune seeds; BD bars: defined values only).\n"
     return write_results(results, st.name, body)
