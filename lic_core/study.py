@@ -30,6 +30,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
@@ -425,7 +426,14 @@ def load_image_curve(st: Study, arm: str, seed: int, ft_seed: int | None) -> Any
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise LicError(f"curve {curve_name(arm, seed, ft_seed)} is not evaluated: {', '.join(missing)}")
-    return image_curve([json.loads(f.read_text())["images"] for f in files], curve_name(arm, seed, ft_seed))
+    return image_curve([_images(str(f), f.stat().st_mtime_ns) for f in files], curve_name(arm, seed, ft_seed))
+
+
+@lru_cache(maxsize=512)
+def _images(path: str, mtime_ns: int) -> list[dict[str, Any]]:
+    """Per-image records of one evaluation file, read once per version of the file: the report
+    asks for the same curves in its table, its bootstrap and its figures."""
+    return json.loads(Path(path).read_text())["images"]
 
 
 def comparisons(st: Study) -> list[tuple[str, str]]:
