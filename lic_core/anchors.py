@@ -29,7 +29,7 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from lic_core import metrics
-from lic_core.errors import ImageError, LicError
+from lic_core.errors import ImageError, LicError, command
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,7 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
 
+@command("anchors")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core anchors --codec jpeg --dataset kodak --out DIR [--qualities 10,50]``."""
     from lic_core.atomic import write_file

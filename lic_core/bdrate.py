@@ -24,7 +24,8 @@ import bjontegaard as bd
 import numpy as np
 import pandas as pd
 
-from lic_core.errors import LicError
+from lic_core.atomic import write_file
+from lic_core.errors import LicError, command
 
 METHODS = ("cubic", "pchip", "akima")
 METRICS = ("psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
@@ -201,6 +202,7 @@ def format_table(df: pd.DataFrame, fmt: str = "md", digits: int = 2) -> str:
     raise LicError(f"unknown table format {fmt!r}; choose md, latex or csv")
 
 
+@command("bdrate")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core bdrate ANCHOR.json CURVE.json... [--metric] [--method] [--format]``."""
     p = argparse.ArgumentParser(prog="python -m lic_core bdrate", description=__doc__.split("\n")[0])
@@ -216,20 +218,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the extrapolated value of a low-overlap pair (with its warning) instead of NaN")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
-    try:
-        df = bd_table(args.anchor, args.curves, args.metric, args.method or ["cubic"], args.min_overlap,
-                      strict=not args.lenient)
-    except LicError as e:
-        print(f"bdrate: {e}", file=sys.stderr)
-        return 2
+    df = bd_table(args.anchor, args.curves, args.metric, args.method or ["cubic"], args.min_overlap,
+                  strict=not args.lenient)
     text = format_table(df, args.format)
     print(text)
     for name, w in df["warnings"].items():
         if w:
             print(f"warning: {name}: {w}", file=sys.stderr)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_file(args.out, text)
     return 0 if all(math.isfinite(v) for v in df.drop(columns="warnings").to_numpy().ravel()) else 1
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import codec
-from .errors import LicError
+from .atomic import check_output
+from .errors import LicError, command
 from .losses import psnr
 from .imageio import load_image, save_png, write_bytes_atomic
 from .models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel, load_checkpoint
@@ -29,14 +30,6 @@ def _model(name: str | None, checkpoint: str | None) -> HPCM:
 
 def _bar(desc: str) -> tqdm:
     return tqdm(total=N_STEPS, desc=desc, unit="step", leave=False, file=sys.stderr)
-
-
-def _run(main, argv: list[str] | None) -> int:
-    try:
-        return main(argv)
-    except LicError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
 
 
 def _info(argv: list[str] | None) -> int:
@@ -63,6 +56,7 @@ def _compress(argv: list[str] | None) -> int:
     ap.add_argument("--checkpoint", help="our checkpoint or the authors' .pth.tar")
     ap.add_argument("--verify", action="store_true", help="decode the file again: PSNR and decode time")
     a = ap.parse_args(argv)
+    check_output(a.output)
     x, notes = load_image(a.input)
     for note in notes:
         print(f"note: {note}")
@@ -91,39 +85,46 @@ def _decompress(argv: list[str] | None) -> int:
     ap.add_argument("output", help="PNG file to write")
     ap.add_argument("--checkpoint", help="weights; default: the header's config with its seeded init")
     ap.add_argument("--reference", help="original image: print the PSNR against it")
+    ap.add_argument("--max-pixels", type=int, default=codec.MAX_PIXELS,
+                    help=f"refuse larger images (default {codec.MAX_PIXELS:,}: decoding costs memory and time)")
     a = ap.parse_args(argv)
+    check_output(a.output)
     path = Path(a.input)
     if not path.is_file():
         raise LicError(f"{path}: no such bitstream file")
     data = path.read_bytes()
-    header = codec.read_header(data)
+    header = codec.read_header(data, a.max_pixels)
+    ref = load_image(a.reference)[0] if a.reference else None
+    if ref is not None and tuple(ref.shape[2:]) != (header.height, header.width):
+        raise LicError(f"{a.reference} is {ref.shape[3]}x{ref.shape[2]}, the bitstream's image "
+                       f"{header.width}x{header.height}")
     model = load_checkpoint(a.checkpoint).eval() if a.checkpoint else codec.model_for(header)
     with _bar("decode") as bar:
         t0 = time.perf_counter()
-        x_hat = codec.decompress(data, model, progress=lambda k: bar.update())
+        x_hat = codec.decompress(data, model, progress=lambda k: bar.update(), max_pixels=a.max_pixels)
         t_dec = time.perf_counter() - t0
     save_png(x_hat, a.output)
     bpp = 8 * len(data) / (header.height * header.width)
     print(f"{a.input} -> {a.output} ({header.width}x{header.height}, HPCM-{header.config.name}, {bpp:.4f} bpp)")
     print(f"decode {t_dec:.2f} s")
-    if a.reference:
-        ref, _ = load_image(a.reference)
-        if ref.shape != x_hat.shape:
-            raise LicError(f"{a.reference} is {tuple(ref.shape[2:])}, the decoded image {tuple(x_hat.shape[2:])}")
+    if ref is not None:
         print(f"PSNR {psnr(x_hat, ref):.3f} dB")
     return 0
 
 
+@command("info")
 def info_main(argv: list[str] | None = None) -> int:
     """``python -m lic_core info [MODEL] [--checkpoint CKPT]``."""
-    return _run(_info, argv)
+    return _info(argv)
 
 
+@command("compress")
 def compress_main(argv: list[str] | None = None) -> int:
     """``python -m lic_core compress IN OUT [--model NAME] [--checkpoint CKPT] [--verify]``."""
-    return _run(_compress, argv)
+    return _compress(argv)
 
 
+@command("decompress")
 def decompress_main(argv: list[str] | None = None) -> int:
     """``python -m lic_core decompress IN OUT.png [--checkpoint CKPT] [--reference IMG]``."""
-    return _run(_decompress, argv)
+    return _decompress(argv)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .entropy import SCALE_BOUND, GGTables
 from .errors import BitstreamError, ConfigError
-from .models.hpcm import CONFIGS, HPCM, HPCMConfig, build
+from .models.hpcm import CONFIGS, HPCM, HPCMConfig, build, count_parameters
 
 MAGIC = b"HPCM\x89"
 # Format version -> how a y scale picks its coding table (entropy.scale_indexes). Version 1 is the
@@ -42,6 +42,10 @@ STREAMS = ("z", "s1", "s2", "s3")
 _FIXED = struct.Struct(">II4II")  # height, width, 4 stream lengths, CRC-32
 _PREFIX = struct.Struct(f">{len(MAGIC)}sBH")  # magic, version, config length
 MAX_SIDE = 1 << 16  # pixels per side this format accepts
+# Decoders refuse larger images unless asked (``max_pixels``): a 4096x4096 header on a 27 kB file
+# took 19-35 s and 2.5 GB to decode. 2**22 pixels is 2048x2048 (a 3840x2160 frame needs the flag).
+MAX_PIXELS = 1 << 22
+MAX_MODEL_PARAMETERS = 200_000_000  # a header-built model beyond this is refused (HPCM-Large: ~90M)
 MAX_CONFIG_INT = 4096  # any integer of a header's model config (guards memory on decode)
 Progress = Callable[[int], None]
 
@@ -115,8 +119,9 @@ def pack(cfg: HPCMConfig, height: int, width: int, streams: dict[str, bytes],
     return prefix + struct.pack(">I", crc) + body, len(prefix) + 4
 
 
-def read_header(data: bytes) -> Header:
-    """Parse and check a bitstream's header (magic, version, CRC, lengths, config, size).
+def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
+    """Parse and check a bitstream's header (magic, version, CRC, lengths, config, size; at most
+    ``max_pixels`` pixels).
 
     Every defect raises :class:`BitstreamError` saying what is wrong."""
     data = bytes(data)
@@ -140,6 +145,9 @@ def read_header(data: bytes) -> Header:
         raise BitstreamError("CRC-32 mismatch: the bitstream is corrupted")
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
         raise BitstreamError(f"image size {height}x{width} out of range 1..{MAX_SIDE}")
+    if height * width > max_pixels:
+        raise BitstreamError(f"image size {width}x{height} is over {max_pixels:,} pixels "
+                             f"(raise max_pixels, --max-pixels, to decode it)")
     cfg = parse_config(data[_PREFIX.size : _PREFIX.size + n_cfg])
     return Header(cfg, height, width, dict(zip(STREAMS, lengths)), size, INDEX_RULES[version])
 
@@ -248,25 +256,31 @@ def compress(model: HPCM, x: Tensor) -> bytes:
     return encode(model, x).data
 
 
-def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None = None) -> Tensor:
+def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None = None,
+               max_pixels: int = MAX_PIXELS) -> Tensor:
     """Decode a bitstream to (1, 3, H, W) with 8-bit values k/255.
 
     ``model`` None builds the header's config with its seeded default init; a given model must
-    have the header's config (the seed aside)."""
-    header = read_header(data)
+    have the header's config (the seed aside). Images over ``max_pixels`` are refused. Every
+    stream must be used exactly: its bytes must be the encoding of the symbols decoded from it."""
+    header = read_header(data, max_pixels)
     model = model_for(header) if model is None else _check_model(model, header)
     streams = split_streams(bytes(data), header)
     p = model.cfg.pad_multiple
     hp, wp = -(-header.height // p) * p, -(-header.width // p) * p
     with _eval(model):
         z_shape = torch.Size((1, model.cfg.N, hp // 64, wp // 64))
-        dev = model.means_hyper.device  # the coder runs on the CPU; the model anywhere
-        z_q = z_tables(model).decode(streams["z"], _channel_index(z_shape)).float().to(dev)
-        params = model.hyper_synthesis(z_q + model.means_hyper)
-        ytab = GGTables.for_y()
+        ztab, ytab = z_tables(model), GGTables.for_y()
         masks = model.step_masks(hp // 16, wp // 16)
-        counts = [int(masks[[k for k, s in enumerate(model.scale_of_step) if s == i]].sum()) for i in range(3)]
-        decoders = [ytab.decoder(streams[f"s{i + 1}"], counts[i]) for i in range(3)]
+        counts = {"z": z_shape.numel()} | {
+            f"s{i + 1}": int(masks[[k for k, s in enumerate(model.scale_of_step) if s == i]].sum()) for i in range(3)}
+        check_stream_sizes(header, counts, {"z": ztab, "s1": ytab, "s2": ytab, "s3": ytab})
+        dev = model.means_hyper.device  # the coder runs on the CPU; the model anywhere
+        zdec = ztab.decoder(streams["z"], counts["z"])
+        z_q = zdec.next(_channel_index(z_shape)).float().to(dev)
+        zdec.finish("z")
+        params = model.hyper_synthesis(z_q + model.means_hyper)
+        decoders = [ytab.decoder(streams[f"s{i + 1}"], counts[f"s{i + 1}"]) for i in range(3)]
 
         def code_step(k: int, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             q = torch.zeros_like(means)
@@ -277,6 +291,8 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
             return q + means
 
         y_hat = model.context_model(params, code_step)["y_hat"]
+        for i, dec in enumerate(decoders):
+            dec.finish(f"s{i + 1}")
         x_hat = model.synthesis(y_hat)
     if not torch.isfinite(x_hat).all():
         raise BitstreamError("decoding gave non-finite values: the streams do not match this model")
@@ -284,8 +300,23 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
 
 
 def model_for(header: Header) -> HPCM:
-    """The header's model with its seeded default init."""
+    """The header's model with its seeded default init; sized first on the meta device, so that a
+    crafted config cannot make it allocate gigabytes."""
+    with torch.device("meta"):
+        n = count_parameters(HPCM(header.config))
+    if n > MAX_MODEL_PARAMETERS:
+        raise BitstreamError(f"header's model config has {n:,} parameters, over {MAX_MODEL_PARAMETERS:,}")
     return build(header.config)
+
+
+def check_stream_sizes(header: Header, counts: dict[str, int], tables: dict[str, GGTables]) -> None:
+    """Refuse a header whose image needs more bytes than its streams hold: every symbol costs at
+    least its table's cheapest code, and an rANS stream ends with its 64-bit state."""
+    for k, n in counts.items():
+        floor = n * tables[k].min_bits() - 64
+        if 8 * header.stream_bytes[k] < floor:
+            raise BitstreamError(f"image size {header.width}x{header.height} needs at least {floor / 8:,.0f} "
+                                 f"bytes in stream {k}, the file holds {header.stream_bytes[k]:,}")
 
 
 def _check_model(model: HPCM, header: Header) -> HPCM:

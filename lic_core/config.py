@@ -59,6 +59,7 @@ class DataConfig:
     test_patch: int = 256  # center crop of each test image
     test_limit: int = 0  # evaluate at most this many test images (0: all)
     workers: int = 0
+    cache_mb: int = 1024  # decoded training photos kept in memory (per loader process); 0: none
 
 
 @dataclass
@@ -222,7 +223,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         raise ConfigError(f"{key}: expected none, got {value!r}")
     if tp is Any:
-        return yaml.safe_load(value) if isinstance(value, str) else value
+        return parse_yaml(value, key) if isinstance(value, str) else value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -243,7 +244,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (list, dict):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else origin()
+            value = parse_yaml(value, key) if value.strip() else origin()
         if value is None:
             value = origin()
         if origin is list:
@@ -298,7 +299,7 @@ def set_value(cfg: TrainConfig, key: str, value: Any) -> TrainConfig:
         raise ConfigError(f"{key}: unknown key")
     tp = typing.get_type_hints(type(node))[last]
     if is_dataclass(tp):
-        new = _from_dict(tp, yaml.safe_load(value) if isinstance(value, str) else value, key + ".")
+        new = _from_dict(tp, parse_yaml(value, key) if isinstance(value, str) else value, key + ".")
     else:
         new = _coerce(value, tp, key)
     node = dataclasses.replace(node, **{last: new})
@@ -324,15 +325,24 @@ def _split_set(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
+def parse_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load(text)``; a syntax error is a one-line ConfigError naming ``what``, the line
+    and the column (the parser's full text is its ``detail``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{what}: invalid YAML{where}: {getattr(err, 'problem', None) or err}",
+                          detail=str(err)) from None
+
+
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping in a YAML file; a missing file or bad YAML is a ConfigError naming ``what``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what}: {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what}: {p} is not valid YAML ({err})") from err
+    data = parse_yaml(p.read_text(), f"{what} {p}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: {p} holds a {type(data).__name__}, not a mapping")
     return data
@@ -410,6 +420,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     for k in ("patch", "batch", "test_patch"):
         _check(getattr(d, k) > 0, f"data.{k}", f"must be > 0, got {getattr(d, k)}")
     _check(d.test_limit >= 0 and d.workers >= 0, "data.workers", "must be >= 0")
+    _check(d.cache_mb >= 0, "data.cache_mb", "must be >= 0")
     if lo.metric == "ms-ssim":
         _check(d.patch >= MSSSIM_MIN_SIDE, "data.patch",
                f"MS-SSIM (pytorch_msssim, 5 scales) needs crops of at least {MSSSIM_MIN_SIDE} px")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lic_core.atomic import write_file
 from lic_core.data import list_images
-from lic_core.errors import DatasetError
+from lic_core.errors import DatasetError, command
 from lic_core.paths import datasets_root
 
 KODAK_URL = "http://r0k.us/graphics/kodak/kodak/"
@@ -183,6 +183,7 @@ def _verified(path: Path, sha: str, size: str) -> bool:
 
 
 
+@command("datasets")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core.datasets {list,check NAME,download kodak [--dest DIR]}``."""
     p = argparse.ArgumentParser(prog="python -m lic_core.datasets")

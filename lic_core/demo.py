@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from lic_core import workbook
-from lic_core.errors import LicError
+from lic_core.errors import LicError, command
 from lic_core.paths import REPO
 
 
@@ -81,6 +81,7 @@ def summary(out: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
+@command("demo")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lic_core demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "papermill_runs" / "demo"), help="output folder")
@@ -91,10 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
-    try:
-        run_demo(out, args.steps, args.limit, args.crop, args.jobs)
-    except (LicError, OSError) as err:
-        print(f"lic_core demo: {err}")
-        return 1
+    run_demo(out, args.steps, args.limit, args.crop, args.jobs)
     print(summary(out, time.perf_counter() - t0))
     return 0

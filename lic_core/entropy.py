@@ -165,8 +165,12 @@ class GGTables:
         return enc.flush()
 
     def decode(self, data: bytes, indexes: Tensor) -> Tensor:
-        """Inverse of :meth:`encode`; returns int32 symbols of ``indexes``' shape."""
-        return self.decoder(data, indexes.numel()).next(indexes)
+        """Inverse of :meth:`encode`; returns int32 symbols of ``indexes``' shape. The stream must be
+        used exactly (:meth:`StreamDecoder.finish`)."""
+        dec = self.decoder(data, indexes.numel())
+        out = dec.next(indexes)
+        dec.finish()
+        return out
 
     def encoder(self) -> "StreamEncoder":
         """An rANS stream filled in several calls (one per coding step), flushed once."""
@@ -179,6 +183,11 @@ class GGTables:
 
     def _args(self) -> tuple[list, list, list]:
         return self.cdfs, self.cdf_lengths, self.offsets
+
+    def min_bits(self) -> float:
+        """The fewest bits any symbol costs: -log2 of the largest quantized probability."""
+        top = max(max(b - a for a, b in zip(cdf, cdf[1:])) for cdf in self.cdfs)
+        return -math.log2(top / (1 << PRECISION))
 
 
 class StreamEncoder:
@@ -215,10 +224,14 @@ class StreamEncoder:
 
 
 class StreamDecoder:
-    """compressai's ``RansDecoder`` (``set_stream`` / ``decode_stream``) over :class:`GGTables`."""
+    """compressai's ``RansDecoder`` (``set_stream`` / ``decode_stream``) over :class:`GGTables`.
+
+    :meth:`finish` checks that the stream was used exactly: compressai's decoder cannot say where
+    it stopped, so the decoded symbols are encoded again and must give back the same bytes."""
 
     def __init__(self, tables: GGTables, data: bytes, count: int) -> None:
-        self.tables, self.left = tables, count
+        self.tables, self.left, self.data = tables, count, bytes(data)
+        self._calls: list[tuple[Tensor, Tensor]] = []
         self._dec: RansDecoder | None = None
         if data:
             if len(data) < 8 or len(data) % 4:
@@ -241,8 +254,24 @@ class StreamDecoder:
         self.left -= idx.numel()
         if idx.min() < 0 or idx.max() >= len(self.tables):
             raise BitstreamError("table index out of range")
-        out = self._dec.decode_stream(idx.tolist(), *self.tables._args())
-        return torch.tensor(out, dtype=torch.int32).reshape(indexes.shape)
+        out = torch.tensor(self._dec.decode_stream(idx.tolist(), *self.tables._args()), dtype=torch.int32)
+        self._calls.append((out, idx))
+        return out.reshape(indexes.shape)
+
+    def finish(self, name: str = "rANS") -> None:
+        """Raise :class:`BitstreamError` unless every symbol was read and the stream is exactly
+        their encoding (no trailing or altered bytes)."""
+        if self.left:
+            raise BitstreamError(f"{name} stream: {self.left} symbols were not read")
+        enc = self.tables.encoder()
+        try:
+            for symbols, idx in self._calls:
+                enc.add(symbols, idx)
+        except ValueError as e:  # a symbol no encoder writes (beyond MAX_SYMBOL)
+            raise BitstreamError(f"{name} stream: decodes to symbols no encoder writes ({e})") from None
+        if enc.flush() != self.data:
+            raise BitstreamError(f"{name} stream: its {len(self.data)} bytes are not the encoding of the "
+                                 f"symbols they decode to (altered or trailing bytes)")
 
 
 _READ_SLACK = 64

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +28,7 @@ from lic_core import metrics
 from lic_core.anchors import center_crop, read_rgb
 from lic_core.atomic import write_file
 from lic_core.datasets import resolve
-from lic_core.errors import LicError
+from lic_core.errors import LicError, command
 from lic_core.losses import RATES, rate_terms
 
 SCALES = ("z", "s1", "s2", "s3")
@@ -166,6 +165,7 @@ def evaluate(specs: Sequence[str], dataset: str | Path, out: str | Path, limit: 
     return data
 
 
+@command("eval")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core eval --checkpoint CKPT... --dataset kodak|FOLDER --out DIR``."""
     p = argparse.ArgumentParser(prog="python -m lic_core eval", description=__doc__.split("\n")[0])
@@ -182,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        data = evaluate(args.checkpoint or [args.model], args.dataset, args.out, args.limit,
-                        args.crop, args.name)
-    except LicError as e:
-        print(f"eval: {e}", file=sys.stderr)
-        return 2
+    data = evaluate(args.checkpoint or [args.model], args.dataset, args.out, args.limit, args.crop, args.name)
     r = data["results"]
     for ck, bpp, est, ps in zip(r["checkpoint"], r["bpp"], r["bpp_est"], r["psnr-rgb"]):
         print(f"{ck}: bpp {bpp:.4f} (estimated {est:.4f})  PSNR {ps:.2f} dB")

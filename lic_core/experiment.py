@@ -43,7 +43,8 @@ import pandas as pd
 import yaml
 
 from lic_core.atomic import write_file
-from lic_core.errors import ConfigError, LicError
+from lic_core.config import parse_yaml
+from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
 from lic_core.sweep import SweepSpec, load_sweep, run_sweep, spec_from_dict, summarize, sweep_results
 
@@ -670,10 +671,11 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(f"[{value}]" if what == "--grid" else value)
+        out[key] = parse_yaml(f"[{value}]" if what == "--grid" else value, f"{what} {key}")
     return out
 
 
+@command("experiment")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core.experiment STAGE --sweep FILE.yaml``; exit 0 when the stage completed."""
     ap = argparse.ArgumentParser(prog="python -m lic_core.experiment", description=__doc__.split("\n")[0])
@@ -694,19 +696,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(REPO / "RESULTS.md"))
     ap.add_argument("--figures", default="", help="figure folder (default: figures/<sweep name>)")
     a = ap.parse_args(argv)
-    try:
-        spec = load_protocol(a.sweep, _pairs(a.set, "--set"), _pairs(a.grid, "--grid"), a.output)
-        ft = Finetune(tuple(m for m in a.ft_modes.split(",") if m), a.ft_fraction, a.ft_lr)
-        run = {"train": lambda: train(spec, a.executor, a.jobs),
-               "finetune": lambda: finetune(spec, ft, a.executor, a.jobs, a.partial),
-               "evaluate": lambda: evaluate_experiment(spec, a.dataset, a.limit, a.crop, ft, jobs=a.jobs),
-               "report": lambda: print(report(spec, a.results, a.figures, ft))}
-        for stage in run if a.stage == "all" else (a.stage,):
-            run[stage]()
-            print(f"experiment {spec.name}: {stage} done")
-    except LicError as e:
-        print(f"experiment: error: {e}", file=sys.stderr)
-        return 2
+    spec = load_protocol(a.sweep, _pairs(a.set, "--set"), _pairs(a.grid, "--grid"), a.output)
+    ft = Finetune(tuple(m for m in a.ft_modes.split(",") if m), a.ft_fraction, a.ft_lr)
+    run = {"train": lambda: train(spec, a.executor, a.jobs),
+           "finetune": lambda: finetune(spec, ft, a.executor, a.jobs, a.partial),
+           "evaluate": lambda: evaluate_experiment(spec, a.dataset, a.limit, a.crop, ft, jobs=a.jobs),
+           "report": lambda: print(report(spec, a.results, a.figures, ft))}
+    for stage in run if a.stage == "all" else (a.stage,):
+        run[stage]()
+        print(f"experiment {spec.name}: {stage} done")
     return 0
 
 

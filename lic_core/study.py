@@ -25,10 +25,9 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from multiprocessing import get_context
@@ -40,7 +39,7 @@ import torch
 
 from lic_core.atomic import write_file
 from lic_core.config import dataclass_from, read_yaml
-from lic_core.errors import ConfigError, LicError
+from lic_core.errors import ConfigError, LicError, command
 from lic_core.models.hpcm import read_checkpoint, torch_save_atomic
 from lic_core.paths import REPO
 from lic_core.train import checkpoint as ckpt
@@ -596,6 +595,7 @@ def committable(st: Study) -> list[Path]:
     return keep
 
 
+@command("study")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lic_core.study", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -624,42 +624,38 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="check a store folder against its SHA-256 manifest")
     v.add_argument("folder")
     args = ap.parse_args(argv)
-    try:
-        if args.cmd in ("status", "files"):
-            st = load_study(args.study, args.root)
-            if args.cmd == "files":
-                print("\n".join(str(p) for p in committable(st)))
-                return 0
-            import pandas as pd
-
-            print(pd.DataFrame(status(st, args.stage)).to_string(index=False))
-            return 0
-        if args.cmd == "finish-trunks":
-            st = load_study(args.study, args.root)
-            for s in st.trunk.seeds:
-                if not (st.store_dir / f"{trunk_name(s)}.pt").is_file():
-                    print(f"exported {export_trunk(st, s, args.why)}")
-            return 0
-        if args.cmd == "report":
-            st = load_study(args.study, args.root)
-            path = report(st, st.path(args.results), st.path(args.figures or f"figures/{st.name}"), args.samples)
-            print(f"wrote {path}")
-            return 0
-        if args.cmd == "verify":
-            bad = verify_store(args.folder)
-            for name, why in bad.items():
-                print(f"{name}: {why}")
-            print("ok" if not bad else f"{len(bad)} problem(s)")
-            return 1 if bad else 0
+    if args.cmd in ("status", "files"):
         st = load_study(args.study, args.root)
-        t0 = time.time()
-        states = run_stage(st, args.stage, args.jobs)
-        print(f"[study] {args.stage}: {sum(s == 'done' for s in states.values())}/{len(states)} done "
-              f"in {(time.time() - t0) / 60:.1f} min")
-        return 0 if all(s == "done" for s in states.values()) else 1
-    except (LicError, OSError) as err:
-        print(f"lic_core.study: {err}", file=sys.stderr)
-        return 2
+        if args.cmd == "files":
+            print("\n".join(str(p) for p in committable(st)))
+            return 0
+        import pandas as pd
+
+        print(pd.DataFrame(status(st, args.stage)).to_string(index=False))
+        return 0
+    if args.cmd == "finish-trunks":
+        st = load_study(args.study, args.root)
+        for s in st.trunk.seeds:
+            if not (st.store_dir / f"{trunk_name(s)}.pt").is_file():
+                print(f"exported {export_trunk(st, s, args.why)}")
+        return 0
+    if args.cmd == "report":
+        st = load_study(args.study, args.root)
+        path = report(st, st.path(args.results), st.path(args.figures or f"figures/{st.name}"), args.samples)
+        print(f"wrote {path}")
+        return 0
+    if args.cmd == "verify":
+        bad = verify_store(args.folder)
+        for name, why in bad.items():
+            print(f"{name}: {why}")
+        print("ok" if not bad else f"{len(bad)} problem(s)")
+        return 1 if bad else 0
+    st = load_study(args.study, args.root)
+    t0 = time.time()
+    states = run_stage(st, args.stage, args.jobs)
+    print(f"[study] {args.stage}: {sum(s == 'done' for s in states.values())}/{len(states)} done "
+          f"in {(time.time() - t0) / 60:.1f} min")
+    return 0 if all(s == "done" for s in states.values()) else 1
 
 
 if __name__ == "__main__":

@@ -45,11 +45,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 from filelock import FileLock, Timeout
 
 from lic_core.atomic import write_file
-from lic_core.errors import ConfigError, LicError
+from lic_core.config import parse_yaml
+from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
 
 STATES = ("pending", "running", "done", "failed")
@@ -135,12 +135,9 @@ def _slug(value: Any) -> str:
 def load_sweep(path: str | Path, base: str | Path | None = None) -> SweepSpec:
     """Read and check a sweep YAML; relative paths resolve against ``base`` (default: cwd)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    raw = parse_yaml(path.read_text(), f"sweep file {path}")
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file {path}: expected a mapping of keys, got {type(raw).__name__}")
     return spec_from_dict(raw, base=base, source=str(path))
@@ -583,6 +580,7 @@ def summarize(records: dict[str, dict[str, Any]], sweep_dir: Path) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
+@command("sweep")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core sweep FILE.yaml``; exit 0 when every job is done, 1 otherwise."""
     ap = argparse.ArgumentParser(prog="python -m lic_core sweep",
@@ -593,12 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=None, help="jobs at a time (default: YAML 'jobs' or 1)")
     ap.add_argument("--dry-run", action="store_true", help="list the jobs and their states; run nothing")
     args = ap.parse_args(argv)
-    try:
-        spec = load_sweep(args.file)
-        records = run_sweep(spec, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run)
-    except LicError as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
-        return 2
+    spec = load_sweep(args.file)
+    records = run_sweep(spec, executor=args.executor, jobs=args.jobs, dry_run=args.dry_run)
     if args.dry_run:
         for name, rec in records.items():
             print(f"{rec['state']:<8} {name}  {_canonical(rec['parameters'])}")

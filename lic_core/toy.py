@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lic_core.atomic import write_file
+from lic_core.errors import command
 from lic_core.optim import CautiousAdam, TaskWeighting
 
 N = 10
@@ -116,10 +119,11 @@ def run(cfg: ToyConfig) -> list[dict[str, float]]:
 def write_csv(rows: list[dict[str, float]], path: Path | str, mode: str = "balanced") -> None:
     """Rows as CSV, floats written with ``repr`` (full precision), reference column order."""
     cols = BALANCED_COLUMNS if mode == "balanced" else ADAM_COLUMNS
-    with open(path, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(cols)
-        out.writerows([[r[c] if c == "step" else repr(float(r[c])) for c in cols] for r in rows])
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(cols)
+    out.writerows([[r[c] if c == "step" else repr(float(r[c])) for c in cols] for r in rows])
+    write_file(path, text.getvalue())
 
 
 def read_csv(path: Path | str) -> list[dict[str, float]]:
@@ -127,6 +131,7 @@ def read_csv(path: Path | str) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+@command("toy")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lic_core.toy", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="CSV file to write")

@@ -40,11 +40,11 @@ def test_info(capsys):
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     (tmp_path / "x.txt").write_text("not an image")
-    assert compress_main([str(tmp_path / "x.txt"), str(tmp_path / "o.hpcm"), "--model", "tiny"]) == 1
+    assert compress_main([str(tmp_path / "x.txt"), str(tmp_path / "o.hpcm"), "--model", "tiny"]) == 2
     assert "x.txt" in capsys.readouterr().err and not (tmp_path / "o.hpcm").exists()
-    assert decompress_main([str(tmp_path / "x.txt"), str(tmp_path / "o.png")]) == 1
+    assert decompress_main([str(tmp_path / "x.txt"), str(tmp_path / "o.png")]) == 2
     assert "not an HPCM bitstream" in capsys.readouterr().err
-    assert decompress_main([str(tmp_path / "none.hpcm"), str(tmp_path / "o.png")]) == 1
+    assert decompress_main([str(tmp_path / "none.hpcm"), str(tmp_path / "o.png")]) == 2
     assert "no such bitstream" in capsys.readouterr().err and not (tmp_path / "o.png").exists()
 
 
@@ -59,5 +59,45 @@ def test_checkpoint_is_used(tmp_path, capsys):
     assert decompress_main([str(tmp_path / "a.hpcm"), str(tmp_path / "o.png"), "--checkpoint", str(tmp_path / "t.pt")]) == 0
     x, _ = load_image(tmp_path / "in.png")
     assert torch.equal(load_image(tmp_path / "o.png")[0], codec.reconstruct(model, x))
-    assert compress_main(args + ["--model", "base"]) == 1
+    assert compress_main(args + ["--model", "base"]) == 2
     assert "holds an HPCM 'tiny'" in capsys.readouterr().err
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    return err[0]
+
+
+def test_every_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from lic_core.models.hpcm import save_checkpoint
+    from lic_core.train.engine import main as train_main
+
+    monkeypatch.delenv("LIC_VERBOSE", raising=False)
+    Image.new("RGB", (16, 16), (20, 130, 90)).save(tmp_path / "in.png")
+    (tmp_path / "afile").write_text("x")
+    args = [str(tmp_path / "in.png")]
+    for out, why in ((tmp_path, "is a folder"), (tmp_path / "afile" / "o.hpcm", "is a file, not a folder")):
+        assert compress_main(args + [str(out), "--model", "tiny"]) == 2
+        assert why in _error_line(capsys)
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    assert compress_main(args + [str(tmp_path / "o.hpcm"), "--checkpoint", str(tmp_path / "bad.pt")]) == 2
+    assert "not a loadable checkpoint" in _error_line(capsys) and not (tmp_path / "o.hpcm").exists()
+    assert compress_main(args + [str(tmp_path / "o.hpcm"), "--checkpoint", str(tmp_path / "bad.pt"), "--verbose"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) > 1  # the torch text, when asked for
+    monkeypatch.delenv("LIC_VERBOSE")
+    model = hpcm("tiny")
+    with torch.no_grad():
+        model.g_a[0].weight[0, 0, 0, 0] = float("nan")
+    save_checkpoint(model, tmp_path / "nan.pt")
+    assert compress_main(args + [str(tmp_path / "o.hpcm"), "--checkpoint", str(tmp_path / "nan.pt")]) == 2
+    assert "NaN or inf" in _error_line(capsys) and not (tmp_path / "o.hpcm").exists()
+    (tmp_path / "bad.yaml").write_text("loss: [1, 2\nrun: 3\n")
+    assert train_main(["--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "line 2, column 4" in _error_line(capsys)
+    assert compress_main(args + [str(tmp_path / "o.hpcm"), "--model", "tiny"]) == 0
+    capsys.readouterr()
+    Image.new("RGB", (17, 16)).save(tmp_path / "other.png")
+    assert decompress_main([str(tmp_path / "o.hpcm"), str(tmp_path / "o.png"), "--reference",
+                            str(tmp_path / "other.png")]) == 2
+    assert "17x16" in _error_line(capsys) and not (tmp_path / "o.png").exists()

@@ -44,7 +44,18 @@ def test_crops_are_rgb_and_small_images_upscaled(folder):
         x = ds[(i, 7)]
         assert x.shape == (3, 64, 64) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     small = ds._load(ds.files.index(folder / "small.png"))
-    assert small.size == (128, 64)  # 40x20 upscaled so that the shorter side is the crop size
+    assert small.shape == (64, 128, 3)  # 40x20 upscaled so that the shorter side is the crop size
+
+
+def test_decoded_image_cache_changes_no_crop_and_keeps_its_budget(folder):
+    plain, cached, tight = ImageFolder(folder, 64), ImageFolder(folder, 64, cache_mb=64), ImageFolder(folder, 64, 0)
+    items = [(i % len(plain), s) for s in range(3) for i in range(len(plain))]  # every image, three times
+    assert all(torch.equal(plain[it], cached[it]) for it in items)
+    assert len(cached._cache) == len(plain) and not tight._cache and not plain._cache
+    one = ImageFolder(folder, 64, cache_mb=1)
+    one._room = next(iter(cached._cache.values())).nbytes  # room for exactly the first image decoded
+    [one[it] for it in items]
+    assert len(one._cache) == 1 and one._room == 0
 
 
 def test_unreadable_file_is_skipped_and_named_once(tmp_path):

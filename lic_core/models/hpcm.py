@@ -346,6 +346,8 @@ def load_strict(model: nn.Module, sd: Mapping[str, Tensor], what: str = "checkpo
         if not isinstance(val, Tensor) or tuple(val.shape) != tuple(own[key].shape):
             shape = tuple(val.shape) if isinstance(val, Tensor) else type(val).__name__
             raise CheckpointError(f"{what}: tensor {key!r} has shape {shape}, expected {tuple(own[key].shape)}")
+        if val.is_floating_point() and not torch.isfinite(val).all():
+            raise CheckpointError(f"{what}: tensor {key!r} has NaN or inf values")
     model.load_state_dict(sd, strict=True)
 
 
@@ -367,7 +369,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except Exception as e:  # unpickling errors have many types
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__})",
+                              detail=f"{type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: checkpoint holds a {type(obj).__name__}, not a dict")
     return obj

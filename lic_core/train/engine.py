@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from lic_core import losses
 from lic_core.config import (TrainConfig, apply_overrides, as_list, from_dict, hpcm_config, load_config,
                              validate)
 from lic_core.data import load_test_set, train_loader
-from lic_core.errors import ConfigError, LicError
+from lic_core.errors import ConfigError, command
 from lic_core.models.hpcm import HPCM, build, read_checkpoint
 from lic_core.optim import CautiousAdam, TaskWeighting, gamma_schedule, solve_qp
 from lic_core.optim.balance import EPS_D
@@ -47,7 +46,7 @@ CKPT_DIR = "checkpoints"
 # Keys that may differ between a checkpoint's config and the config that resumes it.
 RESUMABLE = ("run.steps", "run.resume", "run.out", "run.name", "run.progress", "run.log_every",
              "run.eval_every", "run.ckpt_every", "run.keep_last", "run.wandb_project", "run.wandb_name",
-             "run.wandb_mode", "data.workers", "data.test", "data.test_patch", "data.test_limit",
+             "run.wandb_mode", "data.workers", "data.cache_mb", "data.test", "data.test_patch", "data.test_limit",
              "speed.compile")
 TRANSFORMS = ("g_a", "g_s", "h_a", "h_s")
 
@@ -454,7 +453,8 @@ class Trainer:
             truncate_history(self.run_dir, self.step)
         log = RunLogger(self.run_dir, cfg, r.steps, self.step, active=main)
         batches = train_loader(cfg.train_dir, cfg.data.patch, cfg.data.batch, r.seed, self.step,
-                               self.dist.rank, self.dist.world, cfg.data.workers, self.dev.type == "cuda")
+                               self.dist.rank, self.dist.world, cfg.data.workers, self.dev.type == "cuda",
+                               cfg.data.cache_mb)
         path = None
         try:
             while self.step < end:
@@ -508,6 +508,7 @@ def train(cfg: TrainConfig | dict | str | Path | None = None, overrides: dict | 
             ddp.teardown()
 
 
+@command("train")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core train --config FILE [--set k=v ...]``."""
     ap = argparse.ArgumentParser(prog="python -m lic_core train", description=main.__doc__)
@@ -516,15 +517,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a config value, e.g. --set loss.lmbda=0.013 (repeatable)")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set, check_paths=not args.print_config)
-        if args.print_config:
-            print(cfg.to_yaml(), end="")
-            return 0
-        res = train(cfg)
-    except LicError as err:
-        print(f"lic_core train: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.set, check_paths=not args.print_config)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    res = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run {res.run_dir}: step {res.step}, skipped {res.skipped}, checkpoint {res.checkpoint}")
     return 0
