@@ -370,6 +370,7 @@ def hpcm_config(cfg: TrainConfig) -> Any:
     for k in cfg.model.overrides:
         _check(k in known, f"model.overrides.{k}", "not a field of HPCMConfig")
     base = asdict(CONFIGS[cfg.model.name])
+    _check(0 <= cfg.run.seed < 2**63, "run.seed", f"must be from 0 to 2**63-1, got {cfg.run.seed}")
     try:
         return HPCMConfig.from_dict({**base, "seed": cfg.run.seed, **cfg.model.overrides})
     except (ConfigError, TypeError, ValueError) as err:

@@ -148,3 +148,40 @@ def test_every_architecture_field_is_bounded():
         if n:
             with pytest.raises(ConfigError, match=f"must be {n} integers"):
                 HPCMConfig.from_dict({**asdict(base), name: [lo] * (n + 1)})
+
+
+def _leaf_keys(node, prefix=""):
+    from dataclasses import fields, is_dataclass
+
+    for f in fields(node):
+        v, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if is_dataclass(v):
+            yield from _leaf_keys(v, key + ".")
+        else:
+            yield key, v
+
+
+BAD_VALUES = ["{a: 1}", "[[1], {b: 2}]", "-1", "0", "1e400", "-1e400", "nan", "99999999999999999999", "", "x y",
+              "true", "null", "[1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+
+
+def test_every_config_field_with_bad_values_is_a_config_error_or_accepted():
+    """Every field of TrainConfig, each with values of the wrong type, sign, size or finiteness:
+    the result is a ConfigError naming the key, or a config that validated; never another error.
+    Numbers given a mapping must be refused, naming the key."""
+    from lic_core.config import TrainConfig, load_config
+
+    keys = list(_leaf_keys(TrainConfig()))
+    assert len(keys) > 40
+    refused = 0
+    for key, default in keys:
+        for bad in BAD_VALUES:
+            try:
+                load_config(None, {key: bad}, check_paths=False)
+            except ConfigError as e:
+                assert str(e).startswith(key.split(".")[0]), (key, bad, str(e))
+                refused += 1
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and bad.startswith("{"):
+                with pytest.raises(ConfigError, match=f"^{key}"):
+                    load_config(None, {key: bad}, check_paths=False)
+    assert refused > len(keys) * 4
