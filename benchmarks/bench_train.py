@@ -23,7 +23,7 @@ import torch
 
 from lic_core.config import PRESETS, TrainConfig
 from lic_core.data import train_loader
-from lic_core.train.engine import Trainer, as_config
+from lic_core.training.engine import Trainer, as_config
 
 MODES: dict[str, dict] = {
     "standard": {"loss.mode": "standard"},

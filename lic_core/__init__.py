@@ -20,7 +20,7 @@ _API: dict[str, str] = {
     "HPCM": "lic_core.models.hpcm",
     "HPCMConfig": "lic_core.models.hpcm",
     "save_checkpoint": "lic_core.models.hpcm",
-    "load_checkpoint": "lic_core.models.hpcm",
+    "load_checkpoint": "lic_core.models.loading",
     "encode": "lic_core.codec",
     "compress": "lic_core.codec",
     "decompress": "lic_core.codec",
@@ -28,9 +28,9 @@ _API: dict[str, str] = {
     "TaskWeighting": "lic_core.optim",
     "QPWeighting": "lic_core.optim",
     "TrainConfig": "lic_core.config",
-    "train": "lic_core.train.engine",
-    "load_history": "lic_core.train.logging",
-    "evaluate": "lic_core.evaluate",
+    "train": "lic_core.training.engine",  # the function; the package is lic_core.training
+    "load_history": "lic_core.training.logging",
+    "evaluate": "lic_core.evaluation",  # the function; the module is lic_core.evaluation
     "bd_table": "lic_core.bdrate",
     "run_sweep": "lic_core.sweep",
     "sweep_results": "lic_core.sweep",

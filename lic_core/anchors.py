@@ -29,7 +29,8 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from lic_core import metrics
-from lic_core.errors import ImageError, LicError, command
+from lic_core.errors import LicError, command
+from lic_core.imageio import read_rgb
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,6 @@ def describe(key: str) -> str:
             f"sweep: {c.meaning}")
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """(H,W,3) uint8 RGB of an image file; an :class:`ImageError` names an unreadable one."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
-
-
 def code(key: str, rgb: np.ndarray, quality: float) -> dict:
     """Encode + decode one image; returns the metrics of one point (bpp from the real bytes)."""
     c = CODECS[key]
@@ -111,7 +103,7 @@ def sweep(key: str, images: Sequence[Path], qualities: Sequence[float] | None = 
     if not images:
         raise LicError("no images to code")
     qualities = list(qualities or CODECS[key].qualities)
-    rgbs = [center_crop(read_rgb(p), crop) for p in images]
+    rgbs = [center_crop(read_rgb(p)[0], crop) for p in images]
     rows: list[list[dict]] = [[] for _ in qualities]
     bar = tqdm(total=len(qualities) * len(rgbs), desc=CODECS[key].name, unit="img", disable=not progress)
     for row, q in zip(rows, qualities):

@@ -189,16 +189,16 @@ def _short(metric: str) -> str:
 
 def format_table(df: pd.DataFrame, fmt: str = "md", digits: int = 2) -> str:
     """The table as Markdown, LaTeX (booktabs) or CSV text; only CSV keeps the warnings column."""
-    from lic_core import viz
+    from lic_core import tables
 
     if fmt == "csv":
         return df.to_csv(float_format="%.6g")
     numbers = df.drop(columns="warnings", errors="ignore")
     if fmt == "md":
-        return viz.table_markdown(numbers, digits=digits)
+        return tables.table_markdown(numbers, digits=digits)
     if fmt == "latex":
         caption = f"BD-rate against {df.attrs.get('anchor', 'the anchor')} ({df.attrs.get('metric', '')})."
-        return viz.table_latex(numbers, digits=digits, caption=caption)
+        return tables.table_latex(numbers, digits=digits, caption=caption)
     raise LicError(f"unknown table format {fmt!r}; choose md, latex or csv")
 
 
@@ -251,7 +251,7 @@ class ImageCurve:
 
 def image_curve(points: Sequence[Sequence[Mapping[str, Any]]], name: str,
                 metric: str = "psnr-rgb") -> ImageCurve:
-    """An :class:`ImageCurve` from per-image records (``lic_core.evaluate`` files' ``images``), one
+    """An :class:`ImageCurve` from per-image records (``lic_core.evaluation`` files' ``images``), one
     list per point; every point must hold the same images."""
     keys = [[r["image"] for r in recs] for recs in points]
     if any(k != keys[0] for k in keys):

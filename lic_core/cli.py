@@ -8,12 +8,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import codec
+from . import bitstream, codec
 from .atomic import check_output
 from .errors import LicError, command
-from .losses import psnr
+from .metrics import psnr
 from .imageio import load_image, save_png, write_bytes_atomic
-from .models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel, load_checkpoint
+from .models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel
+from .models.loading import load_checkpoint
 
 N_STEPS = 11
 
@@ -41,7 +42,7 @@ def _info(argv: list[str] | None) -> int:
     model = _model(None if a.checkpoint else a.model, a.checkpoint)
     h, w = a.size or (model.cfg.pad_multiple,) * 2
     print(f"model        HPCM-{model.cfg.name}")
-    print(f"config       {codec.config_json(model.cfg).decode()}")
+    print(f"config       {bitstream.config_json(model.cfg).decode()}")
     print(f"parameters   {count_parameters(model):,}")
     print(f"kMACs/pixel  {kmacs_per_pixel(model, h, w):.2f}  (eval forward at {h}x{w})")
     print(f"pad multiple {model.cfg.pad_multiple}")
@@ -85,15 +86,15 @@ def _decompress(argv: list[str] | None) -> int:
     ap.add_argument("output", help="PNG file to write")
     ap.add_argument("--checkpoint", help="weights; default: the header's config with its seeded init")
     ap.add_argument("--reference", help="original image: print the PSNR against it")
-    ap.add_argument("--max-pixels", type=int, default=codec.MAX_PIXELS,
-                    help=f"refuse larger images (default {codec.MAX_PIXELS:,}: decoding costs memory and time)")
+    ap.add_argument("--max-pixels", type=int, default=bitstream.MAX_PIXELS,
+                    help=f"refuse larger images (default {bitstream.MAX_PIXELS:,}: decoding costs memory and time)")
     a = ap.parse_args(argv)
     check_output(a.output)
     path = Path(a.input)
     if not path.is_file():
         raise LicError(f"{path}: no such bitstream file")
     data = path.read_bytes()
-    header = codec.read_header(data, a.max_pixels)
+    header = bitstream.read_header(data, a.max_pixels)
     ref = load_image(a.reference)[0] if a.reference else None
     if ref is not None and tuple(ref.shape[2:]) != (header.height, header.width):
         raise LicError(f"{a.reference} is {ref.shape[3]}x{ref.shape[2]}, the bitstream's image "

@@ -308,11 +308,33 @@ def set_value(cfg: TrainConfig, key: str, value: Any) -> TrainConfig:
     return node
 
 
+# The short names notebooks, sweeps and the workbook give config keys, declared once. Any other
+# key is written in full (``optim.schedule``); both reach the engine unchanged.
+ALIASES: dict[str, str] = {
+    "model": "model.name", "mode": "loss.mode", "lmbda": "loss.lmbda", "metric": "loss.metric",
+    "steps": "run.steps", "seed": "run.seed", "batch": "data.batch", "patch": "data.patch",
+    "train_dir": "data.train", "test_dir": "data.test", "test_limit": "data.test_limit", "lr": "optim.lr",
+    "gamma": "balance.gamma", "w_lr": "balance.w_lr", "gamma_schedule": "balance.gamma_schedule",
+}
+
+
+def dotted(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with short names (:data:`ALIASES`) replaced by their config keys; a name that is
+    neither an alias nor a dotted key is a ConfigError."""
+    out = {}
+    for k, v in params.items():
+        if k not in ALIASES and "." not in k:
+            raise ConfigError(f"{k}: neither a config key (section.field) nor one of {', '.join(ALIASES)}")
+        out[ALIASES.get(k, k)] = v
+    return out
+
+
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any] | list[str] | None) -> TrainConfig:
-    """Apply ``{"optim.lr": 1e-4}`` or ``["optim.lr=1e-4", ...]`` (the ``--set`` strings)."""
+    """Apply ``{"optim.lr": 1e-4}`` (short names of :data:`ALIASES` too) or ``["optim.lr=1e-4", ...]``
+    (the ``--set`` strings)."""
     if not overrides:
         return cfg
-    items = overrides.items() if isinstance(overrides, dict) else map(_split_set, overrides)
+    items = dotted(overrides).items() if isinstance(overrides, dict) else map(_split_set, overrides)
     for k, v in items:
         cfg = set_value(cfg, k, v)
     return cfg

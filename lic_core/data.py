@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lic_core.errors import ConfigError
+from lic_core.errors import ConfigError, ImageError
+from lic_core.imageio import read_rgb
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _warned: set[str] = set()
@@ -49,28 +50,28 @@ def _warn_once(path: Path, err: Exception) -> None:
         warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=3)
 
 
-def read_rgb(path: Path) -> Image.Image | None:
-    """The image as RGB (palette, grey, alpha and CMYK converted by Pillow), None if unreadable."""
+def readable(path: Path) -> np.ndarray | None:
+    """:func:`lic_core.imageio.read_rgb`'s pixels, or None (named once in a warning) when unreadable."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        return read_rgb(path)[0]
+    except ImageError as err:
         _warn_once(path, err)
         return None
 
 
-def fit_short_side(im: Image.Image, size: int) -> Image.Image:
+def fit_short_side(rgb: np.ndarray, size: int) -> np.ndarray:
     """Upscale (bicubic, aspect kept) so that both sides are at least ``size``; else unchanged."""
-    w, h = im.size
+    h, w = rgb.shape[:2]
     if min(w, h) >= size:
-        return im
+        return rgb
     s = size / min(w, h)
-    return im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    im = Image.fromarray(rgb).resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    return np.asarray(im)
 
 
-def to_tensor(im: Image.Image | np.ndarray) -> torch.Tensor:
-    """(3, H, W) float32 in [0, 1] of an RGB image or an (H, W, 3) uint8 array."""
-    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1] of an (H, W, 3) uint8 array."""
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
 
 
 class _Folder(Dataset):
@@ -97,9 +98,9 @@ class _Folder(Dataset):
             k = (index + j) % len(self.files)
             if k in self._cache:
                 return self._cache[k]
-            im = read_rgb(self.files[k])
-            if im is not None:
-                arr = np.asarray(fit_short_side(im, self.patch), dtype=np.uint8)
+            rgb = readable(self.files[k])
+            if rgb is not None:
+                arr = fit_short_side(rgb, self.patch)
                 if arr.nbytes <= self._room:
                     self._cache[k], self._room = arr, self._room - arr.nbytes
                 return arr

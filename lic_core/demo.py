@@ -1,10 +1,12 @@
 """The README's main command: ``python -m lic_core demo``.
 
-Trains the tiny HPCM at 3 λ with the standard loss and with Balanced R-D (the papermill sweep
-``sweeps/demo.yaml`` over notebook 01), evaluates every checkpoint with real bitstreams next to live
-JPEG / WebP and the published anchors (notebook 05), and prints a summary: R-D points, BD-rate of
-balanced against standard, figures written, wall time. Offline; data: ``../shared/datasets`` when
-present, else the photos that ship inside scikit-image. Re-running reuses finished jobs.
+Starts from the trained tiny-HPCM models that ship in ``checkpoints/tiny`` (SHA-256 checked):
+fine-tunes each briefly with the standard loss (Adam, the control) and with Balanced R-D (FAMO +
+Cautious Adam), same crops, steps and lr (the papermill sweep ``sweeps/demo.yaml`` over notebook 04),
+then evaluates the shipped models and both fine-tuned sets with real bitstreams next to live JPEG /
+WebP and the published anchors (notebook 05), and prints a summary: R-D points, BD-rates against the
+control, figures written, wall time. Offline; data: ``../shared/datasets`` when present, else the
+photos that ship inside scikit-image. Re-running reuses finished jobs.
 """
 from __future__ import annotations
 
@@ -16,41 +18,51 @@ from pathlib import Path
 
 import pandas as pd
 
-from lic_core import workbook
+from lic_core import store, workbook
 from lic_core.errors import LicError, command
 from lic_core.paths import REPO
 
+CURVES = ("shipped", "standard", "balanced")
+
 
 def _stage(k: int, text: str) -> None:
-    print(f"[demo {k}/3] {text}", flush=True)
+    print(f"[demo {k}/4] {text}", flush=True)
 
 
-def run_demo(out: Path, steps: int | None, limit: int, crop: int, jobs: int) -> dict:
-    """Training sweep + evaluation notebook; returns the evaluation notebook's metrics."""
+def run_demo(out: Path, steps: int | None, limit: int, crop: int, jobs: int,
+             models: Path = store.SHIPPED) -> dict:
+    """Fine-tuning sweep from the shipped models + evaluation notebook; returns the evaluation
+    notebook's metrics."""
     from lic_core.notebooks import execute
     from lic_core.sweep import load_sweep, run_sweep
 
     train, test, note = workbook.default_data(out)
     _stage(1, f"data: {note}")
+    shipped = store.models(store.checked(models), "standard")
+    index = store.read_index(models)
+    evals = [index[p.name].get("eval") or {} for p in shipped.values()]
+    _stage(2, f"shipped models ({models}, SHA-256 checked): tiny HPCM at λ "
+              + ", ".join(f"{k:g} ({e.get('psnr', float('nan')):.2f} dB)" for k, e in zip(shipped, evals))
+              + " on the Kodak 256-px crops")
     spec = load_sweep(REPO / "sweeps" / "demo.yaml", base=REPO)
-    params = {**spec.parameters, "train_dir": str(train), "test_dir": str(test),
+    params = {**spec.parameters, "init": str(models), "train_dir": str(train), "test_dir": str(test),
               **({"steps": steps} if steps is not None else {})}
-    spec = dataclasses.replace(spec, output=out / "runs", parameters=params)
-    _stage(2, f"training: notebook 01 x {len(spec.expand())} λ, modes {', '.join(params['modes'])}, "
+    spec = dataclasses.replace(spec, output=out / "runs", parameters=params, grid={"lmbda": list(shipped)})
+    _stage(3, f"fine-tuning: notebook 04 x {len(spec.expand())} λ, modes {', '.join(params['modes'])}, "
               f"{params['steps']} steps each -> {spec.output}")
     t0 = time.perf_counter()
     records = run_sweep(spec, executor="local", jobs=jobs, progress=False)
     failed = [k for k, r in records.items() if r.get("state") != "done"]
     if failed:
-        raise LicError(f"demo training jobs failed: {', '.join(failed)}; see {spec.output}/<job>/error.txt")
-    print(f"  trained {len(records)} jobs in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    _stage(3, f"evaluation: notebook 05 (real bitstreams of {limit or 'all'} test images, JPEG / WebP, "
+        raise LicError(f"demo fine-tuning jobs failed: {', '.join(failed)}; see {spec.output}/<job>/error.txt")
+    print(f"  fine-tuned {len(records)} jobs in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    _stage(4, f"evaluation: notebook 05 (real bitstreams of {limit or 'all'} test images, JPEG / WebP, "
               "BD-rate)")
     t0 = time.perf_counter()
     eval_dir = out / "evaluation"
     execute(REPO / "notebooks" / "05_evaluation.ipynb", out / "05_evaluation.ipynb",
-            {"run_root": str(spec.output), "dataset": str(test), "limit": limit, "crop": crop,
-             "out_dir": str(eval_dir), "figures_dir": str(out / "figures")})
+            {"run_root": str(spec.output), "shipped": str(models), "dataset": str(test), "limit": limit,
+             "crop": crop, "out_dir": str(eval_dir), "figures_dir": str(out / "figures")})
     print(f"  evaluated in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return json.loads((eval_dir / workbook.METRICS_FILE).read_text())
 
@@ -58,16 +70,16 @@ def run_demo(out: Path, steps: int | None, limit: int, crop: int, jobs: int) -> 
 def summary(out: Path, seconds: float) -> str:
     """R-D points of each mode, BD-rate against standard, the files to look at."""
     rows = []
-    for mode in ("standard", "balanced"):
-        res = json.loads((out / "evaluation" / f"{mode}.json").read_text())["results"]
+    for curve in CURVES:
+        res = json.loads((out / "evaluation" / f"{curve}.json").read_text())["results"]
         for i, ck in enumerate(res["checkpoint"]):
-            rows.append({"mode": mode, "λ": workbook.run_lambda(ck),
+            rows.append({"curve": curve, "λ": workbook.checkpoint_settings(ck)["lmbda"],
                          "bpp (file)": res["bpp"][i], "PSNR dB": res["psnr-rgb"][i],
                          "MS-SSIM": res["ms-ssim-rgb"][i], "enc s": res["encoding_time"][i],
                          "dec s": res["decoding_time"][i]})
     lines = ["", "=== demo summary ===", pd.DataFrame(rows).to_string(index=False, float_format="%.4f"), ""]
     metrics = json.loads((out / "evaluation" / workbook.METRICS_FILE).read_text())
-    lines.append(f"BD vs {metrics['anchor']} (negative BD-rate = fewer bits at equal PSNR):")
+    lines.append(f"BD vs {metrics['anchor']} (the Adam fine-tune; negative BD-rate = fewer bits at equal PSNR):")
     lines.append(pd.DataFrame(metrics["bd"]).to_string(float_format="%.2f"))
     why = {k: v for k, v in metrics.get("bd_warnings", {}).items() if v}
     lines += [f"  {k}: {v[:160]}" for k, v in why.items()]
@@ -76,7 +88,7 @@ def summary(out: Path, seconds: float) -> str:
               f"  figures ({len(figs)}, PDF + PNG): {out / 'figures'}",
               f"  R-D results (CompressAI JSON, per image): {out / 'evaluation'}",
               f"  executed notebooks: {out / 'runs'}/<job>/notebook.ipynb, {out / '05_evaluation.ipynb'}",
-              f"  checkpoints: {out / 'runs'}/<job>/run/<mode>-l<λ>-s<seed>/checkpoints/",
+              f"  checkpoints: {out / 'runs'}/<job>/run/finetune/<mode>-l<λ>-s<seed>/checkpoints/",
               f"wall time: {seconds / 60:.1f} min"]
     return "\n".join(lines)
 
@@ -85,13 +97,14 @@ def summary(out: Path, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lic_core demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "papermill_runs" / "demo"), help="output folder")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: sweeps/demo.yaml)")
+    ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: sweeps/demo.yaml)")
     ap.add_argument("--limit", type=int, default=4, help="test images evaluated (0: all)")
     ap.add_argument("--crop", type=int, default=0, help="center crop of the test images (0: full)")
     ap.add_argument("--jobs", type=int, default=1, help="training jobs at a time")
+    ap.add_argument("--models", default=str(store.SHIPPED), help="checkpoint store to start from")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
-    run_demo(out, args.steps, args.limit, args.crop, args.jobs)
+    run_demo(out, args.steps, args.limit, args.crop, args.jobs, Path(args.models))
     print(summary(out, time.perf_counter() - t0))
     return 0

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from lic_core import metrics
-from lic_core.anchors import center_crop, read_rgb
+from lic_core.anchors import center_crop
+from lic_core.imageio import read_rgb
 from lic_core.atomic import write_file
 from lic_core.datasets import resolve
 from lic_core.errors import LicError, command
@@ -40,7 +41,8 @@ MEAN_KEYS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time",
 def load_model(spec: str):
     """(model in eval mode, fingerprint): a checkpoint path, or ``tiny``/``base``/``large`` for
     the seeded default init of that config."""
-    from lic_core.models.hpcm import CONFIGS, hpcm, load_checkpoint
+    from lic_core.models.hpcm import CONFIGS, hpcm
+    from lic_core.models.loading import load_checkpoint
 
     path = Path(spec)
     if path.is_file():
@@ -127,7 +129,7 @@ def evaluate_model(spec: str, images: Sequence[Path], out: Path, crop: int = 0,
                total=len(images))
     with torch.no_grad():
         for key, p in bar:
-            x = metrics.image_tensor(center_crop(read_rgb(p), crop))
+            x = metrics.image_tensor(center_crop(read_rgb(p)[0], crop))
             rec = {"image": key, **code_image(model, x), **estimate(model, x)}
             records.append(rec)
             write_file(path, json.dumps({**meta, "images": records}, indent=1) + "\n")

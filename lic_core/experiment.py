@@ -14,7 +14,7 @@ The experiment is two papermill sweeps and an analysis:
    (Solution 1 from the same warm start: separates "FAMO from scratch" from "FAMO at all") and,
    as the control, ``standard`` Adam for the same steps. Output: ``<train output>-finetune``.
 3. ``evaluate``: every final checkpoint on all images of the test set with real bitstreams
-   (:func:`lic_core.evaluate.evaluate`), one R-D curve per (stage, mode, seed), into
+   (:func:`lic_core.evaluation.evaluate`), one R-D curve per (stage, mode, seed), into
    ``<train output>-eval/<stage>/``.
 4. ``report``: BD-rate of each mode against ``standard`` per seed (pchip and cubic), mean and 95 %
    Student-t interval over seeds, wall time per step from ``metrics.jsonl``, per-scale rates,
@@ -140,7 +140,7 @@ def collect_runs(sweep_dir: str | Path, jobs: Sequence[str] | None = None) -> pd
     Read from each run's own ``config.yaml``, so nothing depends on folder names; a checkpoint is
     the newest ``step_*.pt``. Two runs of one (stage, mode, λ, seed) are an error.
     """
-    from lic_core.train.checkpoint import latest
+    from lic_core.training.checkpoint import latest
 
     sweep_dir = Path(sweep_dir)
     done = sweep_results(sweep_dir)
@@ -246,7 +246,7 @@ def curve_name(stage: str, mode: str, seed: int) -> str:
 def _evaluate_curve(ckpts: list[str], dataset: str, out: str, limit: int, crop: int, name: str,
                     progress: bool, threads: int) -> dict:
     """One curve (a worker process's unit of work when curves are evaluated side by side)."""
-    from lic_core.evaluate import evaluate
+    from lic_core.evaluation import evaluate
 
     if threads > 0:
         import torch
@@ -258,7 +258,7 @@ def _evaluate_curve(ckpts: list[str], dataset: str, out: str, limit: int, crop: 
 def evaluate_runs(runs: pd.DataFrame, out: str | Path, dataset: str | Path = "kodak", limit: int = 0,
                   crop: int = 0, progress: bool = True, jobs: int = 1,
                   threads: int = 0) -> dict[tuple[str, str, int], dict]:
-    """Real-bitstream evaluation (:func:`lic_core.evaluate.evaluate`) of every run's checkpoint,
+    """Real-bitstream evaluation (:func:`lic_core.evaluation.evaluate`) of every run's checkpoint,
     one curve per (stage, mode, seed) over its λ, written to ``out/<stage>/<curve>.json``;
     per-image results resume where an interrupted evaluation stopped. ``jobs`` > 1 evaluates that
     many curves side by side in worker processes with ``threads`` torch threads each."""
@@ -427,7 +427,7 @@ def verdict(ci: Interval, anchor: str = ANCHOR, expected: tuple[float, float] = 
 def step_times(runs: pd.DataFrame) -> pd.DataFrame:
     """Wall time per training step of each (stage, mode): the median over runs of each run's
     median ``step_time`` (``metrics.jsonl``), and its ratio to ``standard`` of the same stage."""
-    from lic_core.train.logging import load_history
+    from lic_core.training.logging import load_history
 
     per_run = []
     for r in runs.itertuples():
@@ -447,7 +447,7 @@ def distortion_share(runs: pd.DataFrame, tail: float = 0.1) -> pd.DataFrame:
     """Where the weighted modes put the distortion: its task weight ``z_D`` and its gradient
     coefficient ``a_D`` (the ``a`` sum to 1; the standard loss D + R is ``a_D`` = 0.5), averaged
     over the last ``tail`` of each run's logged train steps, then over seeds, per (mode, λ)."""
-    from lic_core.train.logging import load_history
+    from lic_core.training.logging import load_history
 
     rows = []
     for r in runs.itertuples():
@@ -514,7 +514,7 @@ def bd_bars_ci(summary: pd.DataFrame, method: str = "pchip", xlabel: str = "BD-r
 
 
 def _histories(runs: pd.DataFrame) -> pd.DataFrame:
-    from lic_core.train.logging import load_history
+    from lic_core.training.logging import load_history
 
     frames = [pd.DataFrame(load_history(r.run_dir, "train")).assign(run=label(r.stage, r.mode))
               for r in runs.itertuples()]
@@ -573,14 +573,14 @@ def write_results(path: str | Path, name: str, body: str) -> Path:
 
 
 def _bd_table_md(summary: pd.DataFrame) -> str:
-    from lic_core import viz
+    from lic_core import tables
 
     df = summary.copy()
     df.index = [f"{t} vs {a} ({m})" for t, a, m in zip(df["test"], df["anchor"], df["method"])]
     df = df.drop(columns=["test", "anchor", "method"]).rename(
         columns={"mean": "mean (%)", "std": "std", "n": "seeds", "low": "95% CI low", "high": "95% CI high"})
     df["seeds"] = df["seeds"].astype(int)
-    return viz.table_markdown(df)
+    return tables.table_markdown(df)
 
 
 def report_markdown(spec: SweepSpec, runs: pd.DataFrame, curves: Mapping, per_seed: pd.DataFrame,
@@ -588,7 +588,7 @@ def report_markdown(spec: SweepSpec, runs: pd.DataFrame, curves: Mapping, per_se
                     results_path: Path, settings: Finetune = Finetune(), method: str = "pchip") -> str:
     """The experiment's block of RESULTS.md: set-up, BD-rate with intervals and plain verdicts,
     notes on undefined values, R-D points, per-scale rates, time per step, figures."""
-    from lic_core import viz
+    from lic_core import tables
 
     p = spec.expand()[0].parameters
     pts = points(curves, runs)
@@ -620,15 +620,15 @@ def report_markdown(spec: SweepSpec, runs: pd.DataFrame, curves: Mapping, per_se
         lines += ["", "Notes (undefined or warned BD values):", ""]
         lines += [f"- {n.test} seed {n.seed}: {n.note}" for n in notes.itertuples()]
     lines += ["", "#### R-D points and actual per-scale rates (mean over seeds, bpp)", "",
-              viz.table_markdown(mean_points(pts).reset_index(level="lmbda").rename(columns={"lmbda": "λ"}),
+              tables.table_markdown(mean_points(pts).reset_index(level="lmbda").rename(columns={"lmbda": "λ"}),
                                  digits=4),
               "#### Wall time per training step (median of each run's median)", "",
-              viz.table_markdown(times, digits=3)]
+              tables.table_markdown(times, digits=3)]
     share = distortion_share(runs)
     if not share.empty:
         lines += ["#### Distortion's task weight z_D and gradient share a_D at the end of training", "",
                   "(mean of the last 10 % of logged steps, then over seeds; the standard loss D + R has "
-                  "a_D = 0.5)", "", viz.table_markdown(share.reset_index(level="λ"), digits=4)]
+                  "a_D = 0.5)", "", tables.table_markdown(share.reset_index(level="λ"), digits=4)]
     if figures:
         lines += ["#### Figures", ""]
         lines += [f"- `{n}`: ![{n}]({os.path.relpath(f, results_path.parent)})" for n, f in figures.items()]

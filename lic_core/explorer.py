@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 
 from lic_core import codec, metrics
-from lic_core.anchors import center_crop, read_rgb
+from lic_core.anchors import center_crop
+from lic_core.imageio import read_rgb
 from lic_core.errors import LicError
-from lic_core.models.hpcm import HPCM, load_checkpoint
+from lic_core.models.hpcm import HPCM
+from lic_core.models.loading import load_checkpoint
 
 SCALE_NAMES = ("s1", "s2", "s3")
 
@@ -115,7 +117,7 @@ class LambdaExplorer:
         self._view = lru_cache(maxsize=64)(self._compute)
 
     def _compute(self, mode: str, lmbda: float, image: int) -> View:
-        rgb = center_crop(read_rgb(self.images[image]), self.crop)
+        rgb = center_crop(read_rgb(self.images[image])[0], self.crop)
         return compute_view(self._model(self.runs[mode][lmbda]), rgb)
 
     def view(self, mode: str, lmbda: float, image: int = 0) -> View:

@@ -31,11 +31,12 @@ _ORIENTATION = 0x0112  # EXIF tag
 _SIXTEEN = "16-bit image reduced to 8 bits per channel"
 
 
-def load_image(path: str | os.PathLike) -> tuple[Tensor, list[str]]:
-    """Read an image as (1, 3, H, W) float32 in [0, 1] (8-bit levels k/255).
+def read_rgb(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """The one image reader of the project (training, evaluation, anchors, explorer, command line):
+    (H, W, 3) uint8 RGB and the notes on what was converted.
 
-    Grayscale, alpha, palette, CMYK and 16-bit images are converted to RGB with a note each in
-    ``notes``; anything Pillow cannot read raises :class:`ImageError` naming the file."""
+    EXIF orientation is applied; grayscale, alpha, palette, CMYK and 16-bit images are converted to
+    RGB with a note each; anything Pillow cannot read raises :class:`ImageError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
@@ -55,8 +56,13 @@ def load_image(path: str | os.PathLike) -> tuple[Tensor, list[str]]:
     notes += more
     if sixteen and _SIXTEEN not in notes:
         notes.append(_SIXTEEN)
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
-    return x.float() / 255, notes
+    return np.ascontiguousarray(rgb), notes
+
+
+def load_image(path: str | os.PathLike) -> tuple[Tensor, list[str]]:
+    """:func:`read_rgb` as (1, 3, H, W) float32 in [0, 1] (8-bit levels k/255), and its notes."""
+    rgb, notes = read_rgb(path)
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255, notes
 
 
 def _frame_notes(img: Image.Image) -> list[str]:

@@ -10,7 +10,6 @@ folded into ``L_D`` and the rate tasks carry none.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -59,12 +58,6 @@ def distortion(x_hat: Tensor, x: Tensor, metric: str = "mse", lmbda: float = 1.0
     if metric == "ms-ssim":
         return lmbda * (1 - ms_ssim(x_hat, x, data_range=1.0))
     raise ValueError(f"metric must be 'mse' or 'ms-ssim', got {metric!r}")
-
-
-def psnr(x_hat: Tensor, x: Tensor) -> float:
-    """PSNR in dB of the reconstruction clamped to [0, 1] (batch mean of the MSE)."""
-    mse = float(torch.mean((x_hat.detach().float().clamp(0, 1) - x.float()) ** 2))
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
 def loss_terms(out: dict[str, Any], x: Tensor, cfg: Any) -> dict[str, Tensor]:

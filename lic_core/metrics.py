@@ -34,8 +34,13 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return to_uint8(a), to_uint8(b)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two [0,1] images quantized to 8 bits (MSE over all pixels and channels)."""
+def psnr(a: torch.Tensor, b: torch.Tensor, eight_bit: bool = True) -> float:
+    """PSNR in dB of a reconstruction ``a`` against ``b`` (MSE over all pixels, channels and the
+    batch). ``eight_bit``: both quantized to 8 bits, as papers report it; False: ``a`` clamped to
+    [0, 1] and compared in float, as training logs it (the model's output is not yet 8-bit)."""
+    if not eight_bit:
+        mse = float(torch.mean((a.detach().float().clamp(0, 1) - b.float()) ** 2))
+        return 10 * math.log10(1 / mse) if mse > 0 else math.inf
     a, b = _pair(a, b)
     mse = torch.mean((a - b) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)

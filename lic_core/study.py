@@ -21,7 +21,6 @@ the code that trained it (``study.json``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -40,13 +39,11 @@ import torch
 from lic_core.atomic import write_file
 from lic_core.config import dataclass_from, read_yaml
 from lic_core.errors import ConfigError, LicError, command
-from lic_core.models.hpcm import read_checkpoint, torch_save_atomic
 from lic_core.paths import REPO
-from lic_core.train import checkpoint as ckpt
-from lic_core.train.logging import load_history
+from lic_core.store import INDEX, export, verify_store
+from lic_core.training import checkpoint as ckpt
+from lic_core.training.logging import load_history
 
-MANIFEST = "SHA256SUMS"
-INDEX = "index.json"
 STAGES = ("trunk", "branch", "compare", "evaluate")
 
 
@@ -171,7 +168,7 @@ def _record(run_dir: Path, **info: Any) -> None:
 
 
 def _train(ov: dict[str, Any]) -> Path:
-    from lic_core.train.engine import train
+    from lic_core.training.engine import train
 
     run_dir = Path(ov["run.out"]) / ov["run.name"]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,63 +188,6 @@ def current_step(run_dir: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------ exports
-
-
-def compact(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float16 where that keeps every value in range (no overflow to inf, no nonzero value
-    flushed to 0), else unchanged: a constant such as the likelihood floor 1e-9 would become 0 in
-    float16 and turn every rate into inf."""
-    if not t.is_floating_point():
-        return t
-    h = t.half()
-    lossy = bool((~torch.isfinite(h) & torch.isfinite(t)).any() or ((h == 0) & (t != 0)).any())
-    return t if lossy else h
-
-
-def export(run_ckpt: Path, dest: Path, meta: dict[str, Any]) -> Path:
-    """Weights-only copy of a training checkpoint: model config, state_dict in float16 where that
-    is safe (:func:`compact`), ``meta``; then the store's manifest is rewritten."""
-    obj = read_checkpoint(run_ckpt)
-    sd = {k: compact(v) for k, v in obj["state_dict"].items()}
-    torch_save_atomic({"config": obj["config"], "state_dict": sd, "meta": meta}, dest)
-    write_manifest(dest.parent)
-    return dest
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path) -> Path:
-    """``SHA256SUMS`` (``sha256sum -c`` format) and ``index.json`` (each file's meta) of ``folder``."""
-    files = sorted(folder.glob("*.pt"))
-    write_file(folder / MANIFEST, "".join(f"{sha256(p)}  {p.name}\n" for p in files))
-    index = {p.name: read_checkpoint(p).get("meta", {}) for p in files}
-    return write_file(folder / INDEX, json.dumps(index, indent=1))
-
-
-def verify_store(folder: str | Path) -> dict[str, str]:
-    """Files of the store whose SHA-256 does not match the manifest (name -> problem)."""
-    folder = Path(folder)
-    bad = {}
-    listed = {}
-    for line in (folder / MANIFEST).read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        listed[name] = digest
-    for name, digest in listed.items():
-        p = folder / name
-        if not p.is_file():
-            bad[name] = "missing"
-        elif sha256(p) != digest:
-            bad[name] = "SHA-256 differs from the manifest"
-    for p in folder.glob("*.pt"):
-        if p.name not in listed:
-            bad[p.name] = "not in the manifest"
-    return bad
 
 
 # -------------------------------------------------------------------------------------- stages
@@ -343,7 +283,7 @@ def curve_name(arm: str, seed: int, ft_seed: int | None) -> str:
 
 def run_evaluate(st: Study, arm: str, seed: int, ft_seed: int | None) -> Path:
     """Real-bitstream evaluation of one curve on the full test images (per-image files resume)."""
-    from lic_core.evaluate import evaluate
+    from lic_core.evaluation import evaluate
 
     name = curve_name(arm, seed, ft_seed)
     evaluate([str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)], st.path(st.test_dir),
@@ -418,7 +358,7 @@ def run_stage(st: Study, stage: str, jobs: int | None = None) -> dict[str, str]:
 def load_image_curve(st: Study, arm: str, seed: int, ft_seed: int | None) -> Any:
     """Per-image R-D points of one evaluated curve (:class:`lic_core.bdrate.ImageCurve`)."""
     from lic_core.bdrate import image_curve
-    from lic_core.evaluate import model_names
+    from lic_core.evaluation import model_names
 
     ckpts = [str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)]
     files = [st.out_dir / "eval" / f"{n}.images.json" for n in model_names(ckpts)]

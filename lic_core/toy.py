@@ -73,7 +73,8 @@ def _clip(theta: Tensor, cfg: ToyConfig) -> tuple[float, float]:
 
 
 def run(cfg: ToyConfig) -> list[dict[str, float]]:
-    """One run; a row per step with the columns of TOY_SPEC.md section 4."""
+    """One run; a row per step with the columns of TOY_SPEC.md section 4 (the last row also holds
+    ``theta``, the final parameters, as a list)."""
     if cfg.mode not in ("balanced", "adam"):
         raise ValueError(f"mode must be 'balanced' or 'adam', got {cfg.mode!r}")
     torch.manual_seed(0)
@@ -113,6 +114,7 @@ def run(cfg: ToyConfig) -> list[dict[str, float]]:
         row.update(L_D_new=float(new[0]), L_R_new=float(new[1]),
                    theta_norm=float(theta.detach().norm()))
         rows.append(row)
+    rows[-1]["theta"] = theta.detach().tolist()
     return rows
 
 

@@ -2,7 +2,7 @@
 
 A notebook holds its parameters and plots; everything it computes is one call here, so the same
 workflow runs from a notebook, a papermill sweep, the demo or a test. Every function writes into a
-run folder and returns plain data (dicts, DataFrames, :class:`~lic_core.train.engine.RunResult`).
+run folder and returns plain data (dicts, DataFrames, :class:`~lic_core.training.engine.RunResult`).
 """
 from __future__ import annotations
 
@@ -84,49 +84,61 @@ def resolve_data(run_root: str | Path, train_dir: str | Path = "", test_dir: str
 # ------------------------------------------------------------------------------------ training
 
 
-def run_config(run_dir: str | Path, mode: str, lmbda: float, *, model: str = "tiny", steps: int = 200,
-               batch: int = 4, patch: int = 128, seed: int = 0, lr: float = 1e-4,
-               train_dir: str | Path = "", test_dir: str | Path = "", test_limit: int = 4,
-               eval_every: int = 0, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A nested training config (``lic_core.config`` keys) for one run of the workbook."""
-    eval_every = eval_every or max(steps // 4, 1)
-    cfg = {
-        "model": {"name": model},
-        "loss": {"lmbda": lmbda, "mode": mode},
-        "data": {"train": str(train_dir), "test": str(test_dir), "patch": patch, "batch": batch,
-                 "test_patch": patch, "test_limit": test_limit},
-        "optim": {"lr": lr},
-        "run": {"steps": steps, "seed": seed, "out": str(run_dir), "name": f"{mode}-l{lmbda:g}-s{seed}",
-                "eval_every": eval_every, "ckpt_every": steps, "log_every": max(steps // 50, 1),
-                "wandb_mode": os.environ.get("WANDB_MODE", "offline")},
-    }
-    for key, value in (extra or {}).items():  # dotted keys, e.g. {"balance.gamma": 0.001}
-        section, field = key.split(".", 1)
-        cfg.setdefault(section, {})[field] = value
-    return cfg
+def run_config(run_dir: str | Path, mode: str, lmbda: float, overrides: Mapping[str, Any] | None = None,
+               **params: Any) -> dict[str, Any]:
+    """Config overrides of one workbook run (dotted keys, what :func:`lic_core.train` takes): the
+    workbook's small-run defaults, then ``params`` by their short names (``steps``, ``batch``,
+    ``gamma`` ... :data:`lic_core.config.ALIASES`), then ``overrides`` (any config key, e.g.
+    ``{"optim.schedule": "cosine"}``). The run folder is ``run_dir/<mode>-l<λ>-s<seed>``; its
+    ``config.yaml`` is what later steps read back."""
+    from lic_core.config import dotted
+
+    flat = {"model.name": "tiny", "data.patch": 128, "data.batch": 4, "data.test_limit": 4, "optim.lr": 1e-4,
+            "run.steps": 200, "run.seed": 0, "run.wandb_mode": os.environ.get("WANDB_MODE", "offline"),
+            **dotted(params), **dotted(dict(overrides or {})), "loss.mode": mode, "loss.lmbda": lmbda,
+            "run.out": str(run_dir)}
+    steps = int(flat["run.steps"])
+    flat.setdefault("data.test_patch", flat["data.patch"])
+    flat.setdefault("run.name", f"{mode}-l{lmbda:g}-s{flat['run.seed']}")
+    flat.setdefault("run.eval_every", max(steps // 4, 1))
+    flat.setdefault("run.ckpt_every", steps)
+    flat.setdefault("run.log_every", max(steps // 50, 1))
+    return flat
 
 
 def train_modes(run_dir: str | Path, modes: Sequence[str], lmbda: float, **kw: Any) -> dict[str, Any]:
     """Train one run per mode at one λ with identical data, steps and schedule; returns
     ``{mode: RunResult}``. Finished runs resume (nothing is redone)."""
-    from lic_core.train.engine import train
+    from lic_core.training.engine import train
 
-    return {m: train(run_config(run_dir, m, lmbda, **kw)) for m in modes}
-
-
+    return {m: train(None, run_config(run_dir, m, lmbda, **kw)) for m in modes}
 def finetune_modes(run_dir: str | Path, modes: Sequence[str], lmbda: float, init: str | Path = "",
                    pretrain_steps: int = 200, **kw: Any) -> tuple[Path, dict[str, Any]]:
     """Fine-tune one checkpoint with each mode (e.g. ``qp`` = Solution 2, ``balanced`` =
     Solution 1, ``standard`` = plain Adam as the control); returns (start checkpoint, results).
 
-    ``init`` is our checkpoint or an authors' one; empty: a ``standard`` run of ``pretrain_steps``
-    is trained first under ``run_dir/pretrain`` and its checkpoint is the start.
+    ``init`` is our checkpoint or an authors' one, or a checkpoint store folder (``checkpoints/tiny``:
+    its standard model at ``lmbda``); empty: a ``standard`` run of ``pretrain_steps`` is trained
+    first under ``run_dir/pretrain`` and its checkpoint is the start.
     """
     if not init:
         pre_kw = {**kw, "steps": pretrain_steps}
         init = train_modes(Path(run_dir) / "pretrain", ["standard"], lmbda, **pre_kw)["standard"].checkpoint
-    extra = {**kw.pop("extra", {}), "finetune.init": str(init)}
-    return Path(init), train_modes(Path(run_dir) / "finetune", modes, lmbda, extra=extra, **kw)
+    init = shipped_model(init, lmbda) if Path(init).is_dir() else init
+    overrides = {**(kw.pop("overrides", None) or {}), "finetune.init": str(init)}
+    return Path(init), train_modes(Path(run_dir) / "finetune", modes, lmbda, overrides=overrides, **kw)
+
+
+def shipped_model(folder: str | Path, lmbda: float, seed: int = 0) -> Path:
+    """The standard model at ``lmbda`` of a checkpoint store (``checkpoints/tiny``), its SHA-256
+    checked."""
+    from lic_core import store
+
+    found = store.models(store.checked(folder), "standard", seed)
+    if lmbda not in found:
+        have = ", ".join(f"{k:g}" for k in found) or "none"
+        raise ConfigError(f"lmbda: {folder} has no standard model at λ {lmbda:g} (has {have})")
+    return found[lmbda]
 
 
 def ensure_runs(run_root: str | Path, modes: Sequence[str], lambdas: Sequence[float],
@@ -212,26 +224,51 @@ def best_setting(grid: pd.DataFrame) -> tuple[Any, Any, float]:
 # ------------------------------------------------------------------------------------ evaluation
 
 
-def run_lambda(run: str | Path) -> float:
-    """λ of a workbook run folder (named ``<mode>-l<λ>-s<seed>`` by :func:`run_config`) or of a
-    checkpoint inside its ``checkpoints/``."""
-    run = Path(run)
-    name = run.parent.parent.name if run.parent.name == "checkpoints" else run.name
-    return float(name.split("-l")[1].split("-s")[0])
+def run_settings(run: str | Path) -> dict[str, Any] | None:
+    """``{"mode", "lmbda", "seed"}`` of a training run folder, read from its ``config.yaml``
+    (None when the folder holds no training config)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("loss", "run")):
+        return None
+    return {"mode": cfg["loss"].get("mode"), "lmbda": float(cfg["loss"]["lmbda"]), "seed": cfg["run"].get("seed")}
 
 
-def checkpoints_of(run_root: str | Path, mode: str) -> dict[float, Path]:
-    """``{λ: final checkpoint}`` of the runs of one mode under ``run_root`` (recursive)."""
-    from lic_core.train.checkpoint import latest
+def checkpoint_settings(path: str | Path) -> dict[str, Any]:
+    """Mode, λ and seed of a checkpoint: from its store's index, or its run's ``config.yaml``."""
+    from lic_core import store
 
+    path = Path(path)
+    if store.is_store(path.parent):
+        meta = store.read_index(path.parent).get(path.name, {})
+        return {"mode": store.mode_of(meta), "lmbda": meta.get("lmbda"), "seed": meta.get("seed")}
+    found = run_settings(path.parent.parent) if path.parent.name == "checkpoints" else None
+    if found is None:
+        raise LicError(f"{path}: neither in a checkpoint store nor in a run's checkpoints/ folder")
+    return found
+
+
+def checkpoints_of(run_root: str | Path, mode: str, seed: int | None = None) -> dict[float, Path]:
+    """``{λ: final checkpoint}`` of the runs of one mode under ``run_root`` (recursive; mode and λ
+    from each run's ``config.yaml``), or of a checkpoint store (``checkpoints/tiny``, trunk
+    ``seed`` or 0)."""
+    from lic_core import store
+    from lic_core.training.checkpoint import latest
+
+    if store.is_store(run_root):
+        return store.models(run_root, mode, seed or 0)
     found: dict[float, Path] = {}
     for cfg_file in sorted(Path(run_root).rglob("config.yaml")):
-        run = cfg_file.parent
-        if not run.name.startswith(f"{mode}-l"):
+        s = run_settings(cfg_file.parent)
+        if s is None or s["mode"] != mode or (seed is not None and s["seed"] != seed):
             continue
-        ckpt = latest(run / "checkpoints")
+        ckpt = latest(cfg_file.parent / "checkpoints")
         if ckpt is not None:
-            found[run_lambda(run)] = ckpt
+            found[s["lmbda"]] = ckpt
     return dict(sorted(found.items()))
 
 
@@ -239,7 +276,7 @@ def evaluate_modes(run_root: str | Path, modes: Sequence[str], dataset: str | Pa
                    limit: int = 0, crop: int = 0, progress: bool = True) -> dict[str, dict]:
     """Real-bitstream evaluation of every mode's checkpoints (one R-D point per λ); returns
     ``{mode: CompressAI JSON dict}`` and writes ``out/<mode>.json``."""
-    from lic_core.evaluate import evaluate
+    from lic_core.evaluation import evaluate
 
     curves = {}
     for mode in modes:
@@ -249,6 +286,22 @@ def evaluate_modes(run_root: str | Path, modes: Sequence[str], dataset: str | Pa
         curves[mode] = evaluate([str(p) for p in ckpts.values()], dataset, out, limit=limit, crop=crop,
                                 name=mode, progress=progress)
     return curves
+
+
+def evaluate_shipped(folder: str | Path, dataset: str | Path, out: str | Path, limit: int = 0, crop: int = 0,
+                     seed: int = 0, progress: bool = True) -> dict[str, dict]:
+    """``{"shipped": CompressAI JSON}`` of the standard models of a checkpoint store (SHA-256
+    checked) evaluated like :func:`evaluate_modes`; ``{}`` when ``folder`` is empty."""
+    from lic_core import store
+    from lic_core.evaluation import evaluate
+
+    if not folder:
+        return {}
+    ckpts = store.models(store.checked(folder), "standard", seed)
+    if not ckpts:
+        raise LicError(f"checkpoint store {folder} holds no standard models of trunk seed {seed}")
+    return {"shipped": evaluate([str(p) for p in ckpts.values()], dataset, out, limit=limit, crop=crop,
+                                name="shipped", progress=progress)}
 
 
 def runs_for_evaluation(run_root: str | Path, modes: Sequence[str], lambdas: Sequence[float] | None = None,
@@ -293,7 +346,7 @@ def published_curves(names: Iterable[str], dataset: str | Path = "kodak") -> dic
 def per_image_file(out: str | Path, curve: Mapping[str, Any], point: int = -1) -> Path:
     """The per-image result file behind one point (default: the highest rate) of an evaluated
     curve (a dict :func:`evaluate_modes` returned)."""
-    from lic_core.evaluate import model_names
+    from lic_core.evaluation import model_names
 
     ckpts = curve["results"]["checkpoint"]
     order = sorted(range(len(ckpts)), key=lambda i: curve["results"]["bpp"][i])

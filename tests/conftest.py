@@ -17,14 +17,19 @@ from lic_core.paths import datasets_root, reference_root  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def _need(path: Path) -> Path:
-    if path.exists():
-        return path
-    msg = f"{path} is absent (set LIC_SHARED / LIC_DATASETS / LIC_REFERENCE)"
+def skip_or_fail(msg: str) -> None:
+    """Skip with ``msg`` on a user's machine; under ``LIC_REQUIRE_DATA=1`` (CI) fail instead: every
+    data- or dependency-dependent skip goes through here."""
     if os.environ.get("LIC_REQUIRE_DATA") == "1":
         pytest.fail(msg + "; LIC_REQUIRE_DATA=1 makes this a failure", pytrace=False)
     print(f"SKIP: {msg}")
     pytest.skip(msg)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        skip_or_fail(f"{path} is absent (set LIC_SHARED / LIC_DATASETS / LIC_REFERENCE)")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,8 @@ def test_problem_matches_constants(toy_dir):
 def test_trajectory_reproduced(toy_dir, mode, csv, final):
     rows = toy.run(toy.ToyConfig(mode=mode))
     _compare(rows, toy.read_csv(toy_dir / csv))
+    want = [float(v) for v in json.loads((toy_dir / "constants.json").read_text())[final]]
+    assert rows[-1]["theta"] == pytest.approx(want, rel=RTOL, abs=1e-12)  # the published final parameters
     if mode == "balanced":  # the mask dropped one coordinate in 34 steps, as the spec says
         assert sum(r["mask_frac"] == pytest.approx(0.9) for r in rows) == 34
 

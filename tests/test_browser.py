@@ -7,7 +7,6 @@ the harness itself. Needs ``.ci/install-browser.sh``; without chromium the tests
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from browser.harness import ARTIFACTS, CHROMIUM, REPO, Browser, JupyterLab, NotebookPage
 from browser.harness import chromium_available, poll, prepare_notebook
+from conftest import skip_or_fail
 
 FIXTURE = Path(__file__).parent / "browser" / "fixtures" / "explorer.ipynb"
 RUNS = ARTIFACTS / "runs"
@@ -39,20 +39,14 @@ RUN_TIMEOUT = 300.0  # seconds for Run All Cells on a loaded 2-core machine
 def _notebook(prefix: str) -> Path:
     found = sorted((REPO / "notebooks").glob(f"{prefix}_*.ipynb"))
     if not found:
-        msg = f"notebooks/{prefix}_*.ipynb does not exist yet"
-        print(f"SKIP: {msg}")
-        pytest.skip(msg)
+        skip_or_fail(f"notebooks/{prefix}_*.ipynb does not exist")
     return found[0]
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[JupyterLab]:
     if not chromium_available():
-        msg = f"{CHROMIUM} or the playwright package is absent (run .ci/install-browser.sh)"
-        if os.environ.get("LIC_REQUIRE_DATA") == "1":
-            pytest.fail(msg + "; LIC_REQUIRE_DATA=1 makes this a failure", pytrace=False)
-        print(f"SKIP: {msg}")
-        pytest.skip(msg)
+        skip_or_fail(f"{CHROMIUM} or the playwright package is absent (run .ci/install-browser.sh)")
     with JupyterLab() as server:
         yield server
 

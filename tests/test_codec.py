@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lic_core import codec
+from lic_core import bitstream, codec
 from lic_core.codec import synthetic_weights
 from lic_core.errors import BitstreamError
 from lic_core.imageio import load_image
@@ -36,7 +36,7 @@ def check_round_trip(model, x: torch.Tensor) -> codec.Encoded:
     assert out.shape == x.shape
     assert torch.equal(out, codec.reconstruct(model, x))  # bit-exact, not approximately
     assert torch.equal(out, (out * 255).round() / 255)
-    hdr = codec.read_header(enc.data)
+    hdr = bitstream.read_header(enc.data)
     assert (hdr.height, hdr.width, hdr.config) == (x.shape[2], x.shape[3], model.cfg)
     assert hdr.stream_bytes == enc.stream_bytes and hdr.header_bytes == enc.header_bytes
     assert len(enc.data) == enc.header_bytes + sum(enc.stream_bytes.values())
@@ -92,10 +92,10 @@ def test_encode_restores_training_mode(tiny):
 
 
 def test_config_json_is_compact_and_round_trips():
-    assert codec.config_json(CONFIGS["tiny"]) == b'{"name":"tiny"}'
+    assert bitstream.config_json(CONFIGS["tiny"]) == b'{"name":"tiny"}'
     custom = replace(CONFIGS["tiny"], M=32, aligned_s2_gather=True)
-    raw = codec.config_json(custom)
-    assert len(raw) < 80 and codec.parse_config(raw) == custom
+    raw = bitstream.config_json(custom)
+    assert len(raw) < 80 and bitstream.parse_config(raw) == custom
 
 
 def test_model_config_mismatch(tiny):
@@ -118,16 +118,16 @@ def stream(tiny) -> bytes:
     return codec.compress(tiny, image(20, 30, seed=20))
 
 
-def forge(stream: bytes, version: int = codec.VERSION, config: bytes | None = None, height: int | None = None,
+def forge(stream: bytes, version: int = bitstream.VERSION, config: bytes | None = None, height: int | None = None,
           streams: dict[str, bytes] | None = None, width: int | None = None) -> bytes:
     """Rebuild a bitstream with edited fields and a valid CRC, so the edit gets past the CRC."""
-    hdr = codec.read_header(stream)
-    streams = {**codec.split_streams(stream, hdr), **(streams or {})}
-    raw = codec.config_json(hdr.config) if config is None else config
-    body = b"".join(streams[k] for k in codec.STREAMS)
-    prefix = codec._PREFIX.pack(codec.MAGIC, version, len(raw)) + raw + struct.pack(
+    hdr = bitstream.read_header(stream)
+    streams = {**bitstream.split_streams(stream, hdr), **(streams or {})}
+    raw = bitstream.config_json(hdr.config) if config is None else config
+    body = b"".join(streams[k] for k in bitstream.STREAMS)
+    prefix = bitstream._PREFIX.pack(bitstream.MAGIC, version, len(raw)) + raw + struct.pack(
         ">II4I", hdr.height if height is None else height, hdr.width if width is None else width,
-        *(len(streams[k]) for k in codec.STREAMS)
+        *(len(streams[k]) for k in bitstream.STREAMS)
     )
     return prefix + struct.pack(">I", zlib.crc32(body, zlib.crc32(prefix))) + body
 
@@ -137,7 +137,7 @@ def test_every_truncation_is_reported(tiny, stream):
         with pytest.raises(BitstreamError, match="truncated|not an HPCM"):
             codec.decompress(stream[:n], tiny)
     with pytest.raises(BitstreamError, match="trailing"):
-        codec.read_header(stream + b"\0")
+        bitstream.read_header(stream + b"\0")
 
 
 def test_random_mutations_are_reported(tiny, stream):
@@ -186,20 +186,20 @@ def test_foreign_bytes(tiny):
     ],
 )
 def test_header_fields_checked_behind_a_valid_crc(stream, fields, match):
-    assert codec.read_header(forge(stream)).height == 20  # forge alone changes nothing
+    assert bitstream.read_header(forge(stream)).height == 20  # forge alone changes nothing
     with pytest.raises(BitstreamError, match=match):
-        codec.read_header(forge(stream, **fields))
+        bitstream.read_header(forge(stream, **fields))
 
 
 def test_corrupted_streams_behind_a_valid_crc_never_crash(tiny, stream):
     """Stream edits that a forged CRC hides reach compressai's decoder. Each must end in a
     BitstreamError (a stream must be exactly the encoding of what it decodes to), never a crash,
     a hang or an image."""
-    hdr = codec.read_header(stream)
-    parts = codec.split_streams(stream, hdr)
+    hdr = bitstream.read_header(stream)
+    parts = bitstream.split_streams(stream, hdr)
     rng = random.Random(2)
     edits = []
-    for k in codec.STREAMS:
+    for k in bitstream.STREAMS:
         s = bytearray(parts[k])
         i = rng.randrange(len(s) - 4)
         s[i : i + 4] = b"\xff\xff\xff\xff"
@@ -214,15 +214,15 @@ def test_base_round_trip_256():
     check_round_trip(synthetic_weights(hpcm("base")), image(256, 256, seed=256))
 
 
-@pytest.mark.parametrize("version", sorted(codec.INDEX_RULES))
+@pytest.mark.parametrize("version", sorted(bitstream.INDEX_RULES))
 def test_both_format_versions_round_trip(version):
     """Version 1 (the spec's next-up table rule) still decodes; version 2 (nearest) is written by
     default; the decoder takes the rule from the header."""
     model = hpcm("tiny").eval()
     x = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(version))
     enc = codec.encode(model, x, version=version)
-    assert enc.data[len(codec.MAGIC)] == version
-    assert codec.read_header(enc.data).index_rule == codec.INDEX_RULES[version]
+    assert enc.data[len(bitstream.MAGIC)] == version
+    assert bitstream.read_header(enc.data).index_rule == bitstream.INDEX_RULES[version]
     assert torch.equal(codec.decompress(enc.data, model), codec.reconstruct(model, x))
     with pytest.raises(ValueError, match="format version"):
         codec.encode(model, x, version=9)

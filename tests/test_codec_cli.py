@@ -71,7 +71,7 @@ def _error_line(capsys) -> str:
 
 def test_every_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
     from lic_core.models.hpcm import save_checkpoint
-    from lic_core.train.engine import main as train_main
+    from lic_core.training.engine import main as train_main
 
     monkeypatch.delenv("LIC_VERBOSE", raising=False)
     Image.new("RGB", (16, 16), (20, 130, 90)).save(tmp_path / "in.png")

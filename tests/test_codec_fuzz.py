@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from lic_core import codec
+from lic_core import bitstream, codec
 from lic_core.cli import decompress_main
 from lic_core.codec import synthetic_weights
 from lic_core.errors import BitstreamError
@@ -60,20 +60,20 @@ def _crafted_config(rng: random.Random) -> bytes:
 
 def _crafted(rng: random.Random, stream: bytes) -> bytes:
     """A header or stream edit behind a recomputed CRC."""
-    hdr = codec.read_header(stream)
-    parts = codec.split_streams(stream, hdr)
+    hdr = bitstream.read_header(stream)
+    parts = bitstream.split_streams(stream, hdr)
     kind = rng.randrange(5)
     if kind == 0:  # another image size (often over the cap, sometimes a plausible one)
         return forge(stream, height=rng.choice([1, 2, 7, 64, 95, 96, 97, 512, 4096, 65535]))
     if kind == 1:
         return forge(stream, config=_crafted_config(rng))
     if kind == 2:  # a stream moved, emptied, cut, grown or swapped
-        k, j = rng.sample(codec.STREAMS, 2)
+        k, j = rng.sample(bitstream.STREAMS, 2)
         edit = rng.choice([{k: b""}, {k: parts[k][: rng.randrange(len(parts[k]) + 1)]},
                            {k: parts[k] + rng.randbytes(rng.randint(1, 64))}, {k: parts[j], j: parts[k]}])
         return forge(stream, streams=edit)
     if kind == 3:  # bytes edited inside one stream
-        k = rng.choice(codec.STREAMS)
+        k = rng.choice(bitstream.STREAMS)
         return forge(stream, streams={k: _mutate(rng, parts[k]) or b"\0"})
     return forge(stream, version=rng.choice([0, 1, 3, 255]))
 
@@ -99,7 +99,7 @@ def _alarm(*_):
 def test_fuzzed_streams_end_in_bitstream_errors(tiny, tmp_path):
     stream = codec.compress(tiny, image(20, 30, seed=20))
     cases = _cases(stream)
-    parts, pad = codec.split_streams(stream, codec.read_header(stream)), tiny.cfg.pad_multiple
+    parts, pad = bitstream.split_streams(stream, bitstream.read_header(stream)), tiny.cfg.pad_multiple
     peak0, t0 = _peak_mb(), time.perf_counter()
     outcomes = {"error": 0, "image": 0}
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -111,9 +111,9 @@ def test_fuzzed_streams_end_in_bitstream_errors(tiny, tmp_path):
             except BitstreamError:
                 outcomes["error"] += 1
             else:  # only a header edit that changes no symbol: a height within the same padding
-                hdr = codec.read_header(data, MAX_PIXELS)
+                hdr = bitstream.read_header(data, MAX_PIXELS)
                 assert out.shape == (1, 3, hdr.height, hdr.width) and torch.isfinite(out).all(), i
-                assert codec.split_streams(data, hdr) == parts and hdr.config == tiny.cfg, i
+                assert bitstream.split_streams(data, hdr) == parts and hdr.config == tiny.cfg, i
                 assert -(-hdr.height // pad) == -(-20 // pad) and hdr.width == 30, i
                 outcomes["image"] += 1
             finally:
@@ -148,6 +148,6 @@ def test_oversized_header_is_refused_before_decoding(tiny):
     big = forge(stream, height=4096, width=4096)
     with pytest.raises(BitstreamError, match="over 4,194,304 pixels"):
         codec.decompress(big, tiny)
-    assert codec.read_header(big, max_pixels=4096 * 4096).height == 4096  # a flag raises the cap
+    assert bitstream.read_header(big, max_pixels=4096 * 4096).height == 4096  # a flag raises the cap
     with pytest.raises(BitstreamError, match="needs at least .* bytes in stream z"):  # then the size bound
         codec.decompress(big, tiny, max_pixels=4096 * 4096)

@@ -5,7 +5,7 @@ import pytest
 
 from lic_core.config import PRESETS, TrainConfig, apply_overrides, from_dict, load_config, validate
 from lic_core.errors import ConfigError
-from lic_core.train.engine import main
+from lic_core.training.engine import main
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_unknown_yaml_key_and_missing_folders(tmp_path, folder):
 def test_gpu_options_refused_on_cpu(folder, monkeypatch):
     import torch
 
-    from lic_core.train.engine import resolve_device
+    from lic_core.training.engine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for k in ("bf16", "channels_last", "compile"):

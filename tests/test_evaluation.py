@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lic_core import evaluate
+from lic_core import evaluation
 from lic_core.errors import LicError
 
 CROP = 64  # tiny pads to 128: the codec's padding path is exercised too
@@ -15,7 +15,7 @@ CROP = 64  # tiny pads to 128: the codec's padding path is exercised too
 @pytest.fixture(scope="module")
 def tiny_run(kodak_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    data = evaluate.evaluate(["tiny"], kodak_dir, out, limit=3, crop=CROP, progress=False)
+    data = evaluation.evaluate(["tiny"], kodak_dir, out, limit=3, crop=CROP, progress=False)
     return out, data
 
 
@@ -41,9 +41,9 @@ def test_per_image_records_are_real_bytes(tiny_run):
         px = rec["height"] * rec["width"]
         assert (rec["height"], rec["width"]) == (CROP, CROP)
         assert rec["bpp"] == rec["bytes"] * 8 / px
-        streams = sum(rec[f"bpp_{s}"] for s in evaluate.SCALES)
+        streams = sum(rec[f"bpp_{s}"] for s in evaluation.SCALES)
         assert 0 < streams and streams + rec["bpp_header"] <= rec["bpp"] + 1e-12
-        est = sum(rec[f"bpp_est_{s}"] for s in evaluate.SCALES)
+        est = sum(rec[f"bpp_est_{s}"] for s in evaluation.SCALES)
         assert est == pytest.approx(rec["bpp_est"], rel=1e-5)
         # The decoder reruns the forward's progressive loop: same reconstruction up to 8-bit rounding.
         assert rec["psnr-rgb"] == pytest.approx(rec["psnr_forward"], abs=0.05)
@@ -54,7 +54,7 @@ def test_per_image_records_are_real_bytes(tiny_run):
 
 def test_resume_codes_only_missing_images(kodak_dir, tmp_path, monkeypatch):
     calls = []
-    real = evaluate.code_image
+    real = evaluation.code_image
 
     def counting(model, x):
         calls.append(tuple(x.shape))
@@ -63,20 +63,20 @@ def test_resume_codes_only_missing_images(kodak_dir, tmp_path, monkeypatch):
         return real(model, x)
 
     fail = {"on": True}
-    monkeypatch.setattr(evaluate, "code_image", counting)
+    monkeypatch.setattr(evaluation, "code_image", counting)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=CROP, progress=False)
+        evaluation.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=CROP, progress=False)
     saved = json.loads((tmp_path / "tiny.images.json").read_text())
     assert [r["image"] for r in saved["images"]] == ["kodim01.png"]
     fail["on"] = False
-    data = evaluate.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=CROP, progress=False)
+    data = evaluation.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=CROP, progress=False)
     assert len(calls) == 3 and data["results"]["num_images"] == [2]  # kodim01 not redone
     first = json.loads((tmp_path / "tiny.images.json").read_text())["images"][0]
     assert first == saved["images"][0]
-    evaluate.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=CROP, progress=False)
+    evaluation.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=CROP, progress=False)
     assert len(calls) == 3  # everything done: nothing coded
     with pytest.raises(LicError, match=r"was made with crop=64 \(now 32\)"):
-        evaluate.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=32, progress=False)
+        evaluation.evaluate(["tiny"], kodak_dir, tmp_path, limit=2, crop=32, progress=False)
 
 
 def _sharpened(gain: float):
@@ -100,25 +100,26 @@ def test_checkpoints_are_points_and_cli(kodak_dir, tmp_path, capsys):
     a = save_checkpoint(_sharpened(2.0), tmp_path / "ck" / "lam1.pt")
     b = save_checkpoint(_sharpened(4.0), tmp_path / "ck" / "lam2.pt")
     out = tmp_path / "out"
-    rc = evaluate.main(["--checkpoint", str(a), str(b), "--dataset", str(kodak_dir), "--limit", "2",
+    rc = evaluation.main(["--checkpoint", str(a), str(b), "--dataset", str(kodak_dir), "--limit", "2",
                         "--crop", "128", "--out", str(out), "--name", "curve"])
     assert rc == 0 and "bpp" in capsys.readouterr().out
     r = json.loads((out / "curve.json").read_text())["results"]
     assert r["checkpoint"] == [str(a), str(b)] and len(r["bpp"]) == 2
     assert r["bpp"][0] < r["bpp"][1]  # a wider y costs more bits
-    for i in range(2):  # actual rANS bytes track the forward's estimate (plus stream overhead)
-        for s in ("s2", "s3"):
-            assert abs(r[f"bpp_{s}"][i] - r[f"bpp_est_{s}"][i]) < 0.1 * r[f"bpp_est_{s}"][i] + 0.01
+    for i in range(2):  # actual rANS bytes track the forward's estimate: the codec's bound (test_codec)
+        for s in ("s2", "s3"):  # of 1.5 % plus 12 bytes of stream state per image, averaged over 2 images
+            got, est = r[f"bpp_{s}"][i], r[f"bpp_est_{s}"][i]
+            assert 0.9 * est <= got <= 1.015 * est + 12 * 8 / 128**2, (s, got, est)
     assert {p.name for p in out.iterdir()} == {"curve.json", "lam1.images.json", "lam2.images.json"}
     assert json.loads((out / "lam1.images.json").read_text())["fingerprint"].startswith("sha256:")
 
 
 def test_bad_inputs(kodak_dir, tmp_path, capsys):
-    assert evaluate.main(["--checkpoint", str(tmp_path / "none.pt"), "--dataset", str(kodak_dir),
+    assert evaluation.main(["--checkpoint", str(tmp_path / "none.pt"), "--dataset", str(kodak_dir),
                           "--out", str(tmp_path)]) == 2
     assert "neither a checkpoint file nor a model config" in capsys.readouterr().err
     with pytest.raises(LicError, match="distinct names"):
-        evaluate.model_names(["a/x.pt", "a/x.pt"])
-    assert evaluate.model_names(["r1/best.pt", "r2/best.pt"]) == ["r1-best", "r2-best"]
+        evaluation.model_names(["a/x.pt", "a/x.pt"])
+    assert evaluation.model_names(["r1/best.pt", "r2/best.pt"]) == ["r1-best", "r2-best"]
     with pytest.raises(LicError, match="crop 900 is larger"):
-        evaluate.evaluate(["tiny"], kodak_dir, tmp_path, limit=1, crop=900, progress=False)
+        evaluation.evaluate(["tiny"], kodak_dir, tmp_path, limit=1, crop=900, progress=False)

@@ -36,6 +36,21 @@ def figures(folder: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    """A checkpoint store like the shipped one (two standard tiny models, SHA-256 manifest)."""
+    from lic_core import store
+    from lic_core.models.hpcm import hpcm, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("store")
+    for seed, lmbda in enumerate((0.0067, 0.025)):
+        save_checkpoint(hpcm("tiny", seed=seed), folder / "run.pt")
+        store.export(folder / "run.pt", folder / f"base-l{lmbda:g}-s0.pt", {"stage": "base", "seed": 0, "lmbda": lmbda})
+    (folder / "run.pt").unlink()
+    store.write_manifest(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def shared_runs(tmp_path_factory, kodak_dir, wikiphotos_dir) -> Path:
     """Runs at two λ trained once by notebook 05 (train_if_missing) and reused by notebook 06."""
     return tmp_path_factory.mktemp("runs")
@@ -63,9 +78,12 @@ def test_02_hyperparameters(tmp_path, kodak_dir, wikiphotos_dir):
     run_dir = tmp_path / "02"
     nb = run("02_hyperparameters", tmp_path, run_dir=str(run_dir), gammas=[0.001, 0.01], w_lrs=[0.025], **TINY)
     best = json.loads((run_dir / "metrics.json").read_text())
-    assert best["best_gamma"] in (0.001, 0.01) and best["best_w_lr"] == 0.025
     manifest = json.loads((run_dir / "sweep" / "manifest.json").read_text())
     assert sorted(r["state"] for r in manifest["jobs"].values()) == ["done", "done"]
+    losses = {job["parameters"]["gamma"]: json.loads((run_dir / "sweep" / name / "run" / "metrics.json").read_text())
+              ["runs"]["balanced"]["test_loss"] for name, job in manifest["jobs"].items()}
+    assert best["best_gamma"] == min(losses, key=losses.get) and best["best_w_lr"] == 0.025  # the grid's argmin
+    assert best["best_test_loss"] == pytest.approx(min(losses.values()))
     assert figures(run_dir / "figures") == {"gamma_wlr_grid"} and images(nb) == 1
 
 
@@ -80,18 +98,27 @@ def test_03_hierarchical(tmp_path, kodak_dir, wikiphotos_dir):
 
 def test_04_finetuning(tmp_path, kodak_dir, wikiphotos_dir):
     run_dir = tmp_path / "04"
-    run("04_finetuning", tmp_path, run_dir=str(run_dir), pretrain_steps=2, **TINY)
+    run("04_finetuning", tmp_path, run_dir=str(run_dir), init="", pretrain_steps=2, **TINY)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert Path(metrics["init"]).is_file() and set(metrics["runs"]) == {"qp", "balanced", "standard"}
     assert figures(run_dir / "figures") == {"finetune_curves", "finetune_weights"}
 
 
-def test_05_evaluation(tmp_path, shared_runs):
+def test_04_finetuning_from_a_store(tmp_path, tiny_store, kodak_dir, wikiphotos_dir):
+    """``init`` a checkpoint store (the default: checkpoints/tiny): its model at lmbda."""
+    run_dir = tmp_path / "04"
+    run("04_finetuning", tmp_path, run_dir=str(run_dir), init=str(tiny_store), lmbda=0.025, modes=["standard"],
+        **TINY)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["init"] == str(tiny_store / "base-l0.025-s0.pt") and metrics["runs"]["standard"]["step"] == 3
+
+
+def test_05_evaluation(tmp_path, shared_runs, tiny_store):
     out = tmp_path / "05"
-    nb = run("05_evaluation", tmp_path, run_root=str(shared_runs), train_if_missing=True,
+    nb = run("05_evaluation", tmp_path, run_root=str(shared_runs), train_if_missing=True, shipped=str(tiny_store),
              lambdas=[0.0067, 0.025], steps=2, dataset="kodak", limit=1, crop=128, codecs=["jpeg"],
              out_dir=str(out), figures_dir=str(out / "figures"))
-    for mode in ("standard", "balanced"):
+    for mode in ("standard", "balanced", "shipped"):
         curve = json.loads((out / f"{mode}.json").read_text())
         assert len(curve["results"]["bpp"]) == 2 and all(b > 0 for b in curve["results"]["bpp"])
     assert (out / "figures" / "bd_rate.tex").read_text().count("\\toprule") == 1
@@ -100,12 +127,13 @@ def test_05_evaluation(tmp_path, shared_runs):
     assert images(nb) == 3
 
 
-def test_06_lambda_explorer(tmp_path, shared_runs):
-    nb = run("06_lambda_explorer", tmp_path, run_root=str(shared_runs), lambdas=[0.0067, 0.025], steps=2,
-             limit=1, crop=128)
-    views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert views, "the explorer cell displays a widget"
+def test_06_lambda_explorer(tmp_path, shared_runs, tiny_store):
+    for root, modes in ((shared_runs, ["standard", "balanced"]), (tiny_store, ["standard"])):
+        nb = run("06_lambda_explorer", tmp_path, run_root=str(root), modes=modes, lambdas=[0.0067, 0.025], steps=2,
+                 limit=1, crop=128)
+        views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert views, "the explorer cell displays a widget"
 
 
 def test_07_experiment(tmp_path, kodak_dir, wikiphotos_dir):

@@ -13,11 +13,11 @@ import torch
 import yaml
 from PIL import Image
 
-from lic_core import study
+from lic_core import store, study
 from lic_core.bdrate import ImageCurve, bd_rate_or_nan, paired_bootstrap
 from lic_core.config import PRESETS
 from lic_core.errors import ConfigError
-from lic_core.models.hpcm import load_checkpoint
+from lic_core.models.loading import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def micro(tmp_path_factory, kodak_dir, wikiphotos_dir) -> study.Study:
 
 
 def test_trunk_stops_at_max_steps_when_the_gate_is_not_met(micro):
-    meta = json.loads((micro.store_dir / study.INDEX).read_text())["trunk-s0.pt"]
+    meta = json.loads((micro.store_dir / store.INDEX).read_text())["trunk-s0.pt"]
     assert meta["step"] == 4 and meta["gate_met"] is False and meta["eval"]["step"] == 4
     assert meta["stopped"] == "max_steps reached"
     evals = [json.loads(line) for line in (micro.out_dir / "trunk-s0" / "metrics.jsonl").read_text().splitlines()]
@@ -55,7 +55,7 @@ def test_trunk_stops_at_max_steps_when_the_gate_is_not_met(micro):
 def test_store_is_weights_only_float16_with_a_manifest(micro):
     files = sorted(p.name for p in micro.store_dir.glob("*.pt"))
     assert files == ["base-l0.0067-s0.pt", "base-l0.025-s0.pt", "trunk-s0.pt"]
-    assert study.verify_store(micro.store_dir) == {}
+    assert store.verify_store(micro.store_dir) == {}
     obj = torch.load(micro.store_dir / "base-l0.025-s0.pt", weights_only=True)
     assert set(obj) == {"config", "state_dict", "meta"}
     sd = obj["state_dict"]
@@ -68,10 +68,10 @@ def test_store_is_weights_only_float16_with_a_manifest(micro):
     good = trunk.read_bytes()
     trunk.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     try:
-        assert study.verify_store(micro.store_dir) == {"trunk-s0.pt": "SHA-256 differs from the manifest"}
+        assert store.verify_store(micro.store_dir) == {"trunk-s0.pt": "SHA-256 differs from the manifest"}
     finally:
         trunk.write_bytes(good)
-    assert study.verify_store(micro.store_dir) == {}
+    assert store.verify_store(micro.store_dir) == {}
 
 
 def test_no_step_is_skipped_after_a_store_round_trip(micro):
@@ -159,13 +159,13 @@ def test_report_block_and_figures(micro, tmp_path):
 
 def test_shipped_checkpoints_match_their_manifest():
     """What users get: every file listed with its SHA-256, weights only, float16, within budget."""
-    store = Path(study.REPO) / "checkpoints" / "tiny"
-    if not store.is_dir():
+    shipped = Path(study.REPO) / "checkpoints" / "tiny"
+    if not shipped.is_dir():
         pytest.skip("no shipped checkpoints in this checkout")
-    assert study.verify_store(store) == {}
-    files = sorted(store.glob("*.pt"))
+    assert store.verify_store(shipped) == {}
+    files = sorted(shipped.glob("*.pt"))
     assert files and sum(p.stat().st_size for p in files) < 60 * 2**20
-    index = json.loads((store / study.INDEX).read_text())
+    index = json.loads((shipped / store.INDEX).read_text())
     for p in files:
         obj = torch.load(p, weights_only=True)
         assert set(obj) == {"config", "state_dict", "meta"} and index[p.name] == obj["meta"]

@@ -10,14 +10,14 @@ from train_helpers import images, micro_config, no_wandb  # noqa: F401 (fixtures
 
 from lic_core.errors import CheckpointError
 from lic_core.models.authors import authors_name
-from lic_core.models.hpcm import load_checkpoint
-from lic_core.train import checkpoint as ckpt
-from lic_core.train.engine import Trainer, train
-from lic_core.train.logging import load_history
+from lic_core.models.loading import load_checkpoint
+from lic_core.training import checkpoint as ckpt
+from lic_core.training.engine import Trainer, train
+from lic_core.training.logging import load_history
 
 
 def _params(model, group: str) -> dict[str, torch.Tensor]:
-    from lic_core.train.finetune import group_of
+    from lic_core.training.finetune import group_of
 
     return {n: p.detach().clone() for n, p in model.named_parameters() if group_of(n) == group}
 
@@ -83,7 +83,7 @@ def test_nonfinite_loss_and_grad_are_skipped(tmp_path, images):
     p = tr.model.g_a[0].weight
     p.register_hook(lambda g: g * math.inf if tr.step == 3 else g)
     tr.fit(until=3)
-    w_before = tr.weighting.logits
+    w_before = tr.objective.weighting.logits
     res = tr.fit()
     skips = load_history(res.run_dir, "skip")
     assert [(s["step"], s["reason"]) for s in skips] == [(2, "loss"), (4, "grad_norm")]
@@ -158,7 +158,7 @@ def test_bf16_transforms_keep_entropy_math_in_float32(tmp_path, images):
     refused on CPU): the transforms compute in bfloat16, everything after them in float32."""
     from lic_core.config import hpcm_config
     from lic_core.models.hpcm import build
-    from lic_core.train.engine import bf16_transforms
+    from lic_core.training.engine import bf16_transforms
 
     model = build(hpcm_config(micro_config(tmp_path, images)))
     seen = {}

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 sys.path.insert(0, {tests!r})
 from train_helpers import micro_config
-from lic_core.train import distributed
-from lic_core.train.engine import Trainer
+from lic_core.training import distributed
+from lic_core.training.engine import Trainer
 
 torch.set_num_threads(1)
 tmp, images, rank = Path({tmp!r}), Path({images!r}), int(os.environ["RANK"])
@@ -32,7 +32,8 @@ for mode in {modes!r}:
     tr = Trainer(micro_config(tmp, images, run__name=mode, loss__mode=mode, run__steps=3,
                               run__ckpt_every=3, data__batch=1))
     res = tr.fit()
-    weights = tr.weighting.logits if tr.weighting else tr.qp_last[0] if tr.qp_last else None
+    obj = tr.objective
+    weights = obj.weighting.logits if hasattr(obj, "weighting") else obj.last[0] if getattr(obj, "last", None) is not None else None
     torch.save({{"params": res.model.state_dict(), "history": res.history, "weights": weights}},
                tmp / f"{{mode}}-rank{{rank}}.pt")
 # resume under DDP: "cut" stops after step 3 (last checkpoint: step 2), a new Trainer resumes it
@@ -44,7 +45,7 @@ for name, until in (("full", None), ("cut", 3)):
     tr = Trainer(cfg)
     start = tr.step
     res = tr.fit()
-    torch.save({{"params": res.model.state_dict(), "weights": tr.weighting.logits, "start": start}},
+    torch.save({{"params": res.model.state_dict(), "weights": tr.objective.weighting.logits, "start": start}},
                tmp / f"resume-{{name}}-rank{{rank}}.pt")
 distributed.teardown()
 """

@@ -14,9 +14,9 @@ import torch
 from train_helpers import images, micro_config, no_wandb  # noqa: F401 (fixtures)
 
 from lic_core.errors import ConfigError
-from lic_core.train import checkpoint as ckpt
-from lic_core.train.engine import Trainer, train
-from lic_core.train.logging import load_history
+from lic_core.training import checkpoint as ckpt
+from lic_core.training.engine import Trainer, train
+from lic_core.training.logging import load_history
 
 REPO = Path(__file__).resolve().parent.parent
 

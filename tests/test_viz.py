@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from lic_core import bdrate, viz
+from lic_core import bdrate, tables, viz
 from lic_core.errors import LicError
 
 
@@ -117,10 +117,10 @@ def test_training_curves():
 def test_tables(tmp_path):
     df = pd.DataFrame({"BD-rate (%)": [-16.137, 3.5], "note": ["a_b", "x|y"]},
                       index=pd.Index(["HPCM_Base", "JPEG"], name="curve"))
-    md = viz.table_markdown(df)
+    md = tables.table_markdown(df)
     assert md.splitlines() == ["| curve | BD-rate (%) | note |", "|:---|---:|:---|",
                                "| HPCM_Base | -16.14 | a_b |", "| JPEG | 3.50 | x\\|y |"]
-    tex = viz.table_latex(df, caption="c")
+    tex = tables.table_latex(df, caption="c")
     assert all(s in tex for s in ("\\toprule", "\\midrule", "\\bottomrule", "HPCM\\_Base", "(\\%)", "-16.14"))
     paths = viz.save_table(df, "bd", tmp_path)
     assert [p.name for p in paths] == ["bd.tex", "bd.md"] and paths[1].read_text() == md

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lic_core.config import PRESETS, TrainConfig
-from lic_core.train.engine import as_config
+from lic_core.training.engine import as_config
 
 
 def smooth_images(folder: Path, n: int = 6, size: tuple[int, int] = (96, 80), seed: int = 0) -> Path:

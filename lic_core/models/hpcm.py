@@ -376,14 +376,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def load_checkpoint(path: str | os.PathLike) -> HPCM:
-    """Our checkpoint (``save_checkpoint``) or the authors' (their tensor names, Base or Large
-    inferred) -> an HPCM in eval mode."""
-    obj = read_checkpoint(path)
-    if "config" not in obj:
-        from .authors import load_authors_checkpoint
-
-        return load_authors_checkpoint(obj, str(path))
+def from_checkpoint(obj: dict[str, Any], path: str) -> HPCM:
+    """The HPCM in eval mode of one of our checkpoints (``save_checkpoint``) read as ``obj``;
+    :func:`lic_core.models.loading.load_checkpoint` also takes the authors'."""
     if not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"{path}: 'state_dict' missing or not a dict")
     try:

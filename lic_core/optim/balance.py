@@ -115,6 +115,7 @@ class TaskWeighting(_LossCheck):
         n_tasks: K >= 1 (K = 1 gives z = a = 1 and a loss ``log D``).
         w_lr: learning rate of the logit Adam (betas (0.9, 0.999), eps 1e-8, no decay of its own).
         gamma: logit decay, a number or one per task; ``update(..., gamma=)`` overrides per step.
+            None: no default, every update names it (a trainer that schedules gamma owns it).
         offsets: the minimum losses ``m`` (default -1 for every task).
         names: task names for messages and logs.
         on_bad: ``"raise"`` or ``"skip"`` (module docstring).
@@ -124,7 +125,7 @@ class TaskWeighting(_LossCheck):
         self,
         n_tasks: int,
         w_lr: float = 0.025,
-        gamma: float | Sequence[float] = 0.003,
+        gamma: float | Sequence[float] | None = 0.003,
         offsets: float | Sequence[float] | Tensor = -1.0,
         names: Sequence[str] | None = None,
         device: torch.device | str | None = None,
@@ -133,7 +134,7 @@ class TaskWeighting(_LossCheck):
     ):
         kw = dict(device=device, dtype=dtype)
         super().__init__(n_tasks, offsets, names, on_bad, **kw)
-        self.gamma = _per_task(gamma, n_tasks, "gamma", **kw)
+        self.gamma = None if gamma is None else _per_task(gamma, n_tasks, "gamma", **kw)
         self.w = torch.zeros(n_tasks, requires_grad=True, **kw)
         self.opt = torch.optim.Adam([self.w], lr=w_lr, betas=(0.9, 0.999), eps=1e-8)
         self.prev_losses: Tensor | None = None  # losses of the last weighted_loss (next-batch)
@@ -173,7 +174,8 @@ class TaskWeighting(_LossCheck):
         """Move logits, offsets, gamma and the logit-Adam moments (not its step count)."""
         device = torch.device(device)
         self.w.data = self.w.data.to(device)
-        self.offsets, self.gamma = self.offsets.to(device), self.gamma.to(device)
+        self.offsets = self.offsets.to(device)
+        self.gamma = None if self.gamma is None else self.gamma.to(device)
         for st in self.opt.state.values():
             for k in ("exp_avg", "exp_avg_sq"):
                 if k in st:
@@ -211,6 +213,8 @@ class TaskWeighting(_LossCheck):
         after = losses_after.detach().to(self.w)
         if not self._accept({"losses_before": before, "losses_after": after}, "update"):
             return False
+        if gamma is None and self.gamma is None:
+            raise ValueError("TaskWeighting.update: gamma is required (the weighting was built without one)")
         gam = self.gamma if gamma is None else _per_task(gamma, self.n_tasks, "gamma").to(self.w)
         delta = self._log_d(before) - self._log_d(after)
         w = self.w.detach()
@@ -240,7 +244,7 @@ class TaskWeighting(_LossCheck):
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue bit-identically."""
         return {"w": self.w.detach().clone(), "opt": self.opt.state_dict(),
-                "offsets": self.offsets.clone(), "gamma": self.gamma.clone(),
+                "offsets": self.offsets.clone(), "gamma": None if self.gamma is None else self.gamma.clone(),
                 "prev_losses": None if self.prev_losses is None else self.prev_losses.clone(),
                 "names": list(self.names), "steps": self.steps, "skipped": self.skipped,
                 "on_bad": self.on_bad}
@@ -252,7 +256,7 @@ class TaskWeighting(_LossCheck):
             self.w.copy_(sd["w"])
         self.opt.load_state_dict(sd["opt"])
         self.offsets = sd["offsets"].to(self.w).clone()
-        self.gamma = sd["gamma"].to(self.w).clone()
+        self.gamma = None if sd["gamma"] is None else sd["gamma"].to(self.w).clone()
         prev = sd["prev_losses"]
         self.prev_losses = None if prev is None else prev.to(self.w).clone()
         self.steps, self.skipped, self.on_bad = sd["steps"], sd["skipped"], sd["on_bad"]

@@ -1,14 +1,5 @@
-"""The training loop: standard, balanced, hierarchical and QP runs of HPCM.
-
-Modes (``loss.mode``; tasks from :mod:`lic_core.losses`):
-
-* ``standard``: ``loss = L_D + bpp`` with Adam (the HPCM paper's recipe).
-* ``balanced`` / ``hierarchical``: Solution 1 of Balanced R-D (Zhang et al., CVPR 2025): FAMO
-  weighting of ``[D, bpp]`` / ``[D, R_z, R_s1, R_s2, R_s3]`` with Cautious Adam; the logits are
-  updated from a second forward on the same batch after the model step (spec step 5), or with
-  ``balance.next_batch`` from the next batch's forward (ours).
-* ``qp``: Solution 2 (our derivation, ``lic_core.optim.balance.solve_qp``): per-task gradients of
-  ``log D_i``, weights from the equality-constrained QP, the model stepped with their combination.
+"""The training loop of HPCM, for any objective of :mod:`lic_core.training.objectives`
+(``loss.mode``: standard, balanced, hierarchical, qp).
 
 Every step runs in one order: forward, task losses (averaged over ranks for the weights), skip on a
 non-finite loss, backward, clip, skip on a non-finite gradient norm, optimizer step, logit update.
@@ -29,18 +20,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lic_core import losses
-from lic_core.config import (TrainConfig, apply_overrides, as_list, from_dict, hpcm_config, load_config,
-                             validate)
+from lic_core import losses, metrics
+from lic_core.config import TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
 from lic_core.data import load_test_set, train_loader
 from lic_core.errors import ConfigError, command
 from lic_core.models.hpcm import HPCM, build, read_checkpoint
-from lic_core.optim import CautiousAdam, TaskWeighting, gamma_schedule, solve_qp
-from lic_core.optim.balance import EPS_D
-from lic_core.train import checkpoint as ckpt
-from lic_core.train import distributed as ddp
-from lic_core.train.finetune import frozen_at, load_init, param_groups, set_frozen
-from lic_core.train.logging import RunLogger, load_history, truncate_history
+from lic_core.optim import CautiousAdam
+from lic_core.training import checkpoint as ckpt
+from lic_core.training import distributed as ddp
+from lic_core.training.finetune import frozen_at, load_init, param_groups, set_frozen
+from lic_core.training.logging import RunLogger, load_history, truncate_history
+from lic_core.training.objectives import _floats, objective
 
 CKPT_DIR = "checkpoints"
 # Keys that may differ between a checkpoint's config and the config that resumes it.
@@ -149,10 +139,6 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def _floats(names: tuple[str, ...] | list[str], t: Tensor | None, prefix: str) -> dict[str, float]:
-    return {} if t is None else {f"{prefix}_{n}": float(v) for n, v in zip(names, t.tolist())}
-
-
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
     for k in sorted(set(a) | set(b)):
         key = prefix + k
@@ -171,7 +157,8 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 
 class Trainer:
     """One run: builds everything from the config, resumes if the run folder holds a checkpoint,
-    then :meth:`fit` trains to ``run.steps``."""
+    then :meth:`fit` trains to ``run.steps``; the objective (``loss.mode``) decides the gradients
+    and task weights of each step."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = validate(cfg)
@@ -180,8 +167,8 @@ class Trainer:
         if self.dev.type == "cuda":
             self.dev = resolve_device(cfg, self.dist.local_rank)
             torch.cuda.set_device(self.dev)
-        self.mode = cfg.loss.mode
-        self.tasks = losses.TASKS[self.mode]
+        self.objective = objective(cfg, self.dev)
+        self.tasks = self.objective.tasks
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / CKPT_DIR
         _seed_all(cfg.run.seed + 1_000_003 * self.dist.rank)
@@ -194,20 +181,10 @@ class Trainer:
         set_frozen(self.groups, self.frozen)
         self.opt = self._optimizer()
         self.sched = LRSchedule(cfg)
-        self.gammas = [gamma_schedule(cfg.balance.gamma_schedule, g, cfg.run.steps, **self._gamma_kw())
-                       for g in as_list(cfg.balance.gamma)]
-        offsets = as_list(cfg.balance.offset)
-        self.offsets = torch.tensor(offsets * (len(self.tasks) // len(offsets)), device=self.dev)
-        self.weighting = None
-        if self.mode in ("balanced", "hierarchical"):
-            self.weighting = TaskWeighting(len(self.tasks), w_lr=cfg.balance.w_lr, gamma=cfg.balance.gamma,
-                                           offsets=self.offsets, names=self.tasks,
-                                           device=self.dev, on_bad="skip")
-        self.step, self.skipped, self.qp_clipped = 0, 0, 0
+        self.step, self.skipped = 0, 0
         self.history: list[dict[str, Any]] = []  # evaluation records (also in the checkpoint)
         self.score_acc = [0.0, 0]  # sum and count of the training R-D loss since the last score
         self.best_score, self.last_score = math.inf, math.inf
-        self.qp_last: tuple[Tensor, Tensor] | None = None
         self._resume()
 
         if cfg.speed.channels_last:
@@ -221,19 +198,11 @@ class Trainer:
             if cfg.data.test and self.dist.main else []
 
     # -------------------------------------------------------------------------------- setup
-    def _gamma_kw(self) -> dict[str, Any]:
-        b = self.cfg.balance
-        if b.gamma_schedule in ("linear", "cosine"):
-            return {"end": b.gamma_end}
-        if b.gamma_schedule == "step":
-            return {"milestones": b.gamma_milestones, "factor": b.gamma_factor}
-        return {}
-
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         kind = o.optimizer
         if kind == "auto":
-            kind = "adam" if self.mode == "standard" else "cautious"
+            kind = "adam" if self.cfg.loss.mode == "standard" else "cautious"
         groups = [{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups]
         # multi-tensor updates for both optimizers (faster on CPU and GPU; same results)
         kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, foreach=True)
@@ -252,7 +221,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
-        """The checkpoint payload (see :mod:`lic_core.train.checkpoint`)."""
+        """The checkpoint payload (see :mod:`lic_core.training.checkpoint`)."""
         rngs = ddp.gather(ckpt.rng_state())
         return {
             "config": asdict(self.model.cfg),
@@ -260,9 +229,8 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "step": self.step,
             "skipped": self.skipped,
-            "qp_clipped": self.qp_clipped,
+            **self.objective.state_dict(),  # "weighting", "qp_clipped"
             "optimizer": self.opt.state_dict(),
-            "weighting": None if self.weighting is None else self.weighting.state_dict(),
             "scheduler": self.sched.state_dict(),
             "rng": rngs,
             "data": {"seed": self.cfg.run.seed, "step": self.step, "world": self.dist.world},
@@ -276,12 +244,11 @@ class Trainer:
             raise ConfigError(f"run.resume: the checkpoint was trained with another config: {diff}; "
                               "use another run.name or run.resume=never")
         self.model.load_state_dict(sd["state_dict"])
-        self.step, self.skipped, self.qp_clipped = sd["step"], sd["skipped"], sd["qp_clipped"]
+        self.step, self.skipped = sd["step"], sd["skipped"]
         self.frozen = frozen_at(self.cfg.finetune, self.step)
         set_frozen(self.groups, self.frozen)
         self.opt.load_state_dict(sd["optimizer"])
-        if self.weighting is not None:
-            self.weighting.load_state_dict(sd["weighting"])
+        self.objective.load_state_dict(sd)
         self.sched.load_state_dict(sd["scheduler"])
         self.history = list(sd["history"])
         sc = sd["score"]
@@ -322,36 +289,26 @@ class Trainer:
     def train_step(self, x: Tensor) -> dict[str, Any]:
         """One optimisation step on batch ``x``; returns the step's log record."""
         t0 = time.perf_counter()
-        cfg, w = self.cfg, self.weighting
+        cfg, obj = self.cfg, self.objective
         self._update_frozen()
         lr = self._set_lr()
-        gammas = [f(self.step) for f in self.gammas]
-        gamma = gammas[0] if len(gammas) == 1 else gammas
         self.model.train()
-        out = (self.model if self.mode == "qp" else self.net)(x)
+        out = (self.net if obj.wrapped else self.model)(x)
         terms = losses.loss_terms(out, x, cfg.loss)
-        psnr = losses.psnr(out["x_hat"], x)
-        task = ddp.global_value(losses.task_vector(terms, self.mode))
+        psnr = metrics.psnr(out["x_hat"], x, eight_bit=False)
+        task = obj.task_losses(terms)
         if not bool(torch.isfinite(task).all()):
             return self._skip("loss", float(task.detach().sum()))
         self.opt.zero_grad(set_to_none=True)
-        if self.mode == "qp":
-            self._qp_backward(task)
-        else:
-            if w is not None and cfg.balance.next_batch:
-                w.update_next_batch(task.detach(), gamma)
-            loss = task.sum() if w is None else w.weighted_loss(task)
-            if loss is None:  # the weighting refused the losses (see TaskWeighting.last_skip)
-                return self._skip("weights", float(task.detach().sum()))
-            loss.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.trainable(), cfg.optim.max_norm))
+        params = self.trainable()
+        why = obj.backward(task, params, self.step)
+        if why:
+            return self._skip(why, float(task.detach().sum()))
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_norm))
         if not math.isfinite(gnorm):
             return self._skip("grad_norm", gnorm)
         self.opt.step()
-        if w is not None and not cfg.balance.next_batch:
-            with torch.no_grad():
-                after = ddp.mean(losses.task_losses(self.model(x), x, cfg.loss))
-            w.update(task.detach(), after, gamma)
+        obj.after_step(lambda: losses.task_losses(self.model(x), x, cfg.loss), task, self.step)
         self.step += 1
         rd = float(task.detach().sum())  # L_D + bpp over the global batch: the same on every rank
         self.score_acc = [self.score_acc[0] + rd, self.score_acc[1] + 1]
@@ -359,23 +316,7 @@ class Trainer:
             torch.cuda.synchronize(self.dev)
         rec = {"kind": "train", "step": self.step, "loss": rd, "psnr": psnr, "lr": lr, "grad_norm": gnorm,
                "step_time": time.perf_counter() - t0, "skipped": self.skipped}
-        return self._record(rec, terms, task, gammas)
-
-    def _qp_backward(self, task: Tensor) -> None:
-        """Solution 2: ``p.grad = sum_i z_i g_i``, ``g_i = grad log D_i`` averaged over ranks."""
-        params = self.trainable()
-        log_d = (task - self.offsets + EPS_D).log()
-        flat = []
-        for i in range(len(self.tasks)):
-            gs = torch.autograd.grad(log_d[i], params, retain_graph=i < len(self.tasks) - 1, allow_unused=True)
-            flat.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                                   for g, p in zip(gs, params)]))
-        g = ddp.mean(torch.stack(flat))
-        res = solve_qp(g.double() @ g.double().T, self.cfg.balance.qp_ridge)
-        self.qp_clipped += int(res.clipped)
-        self.qp_last = (res.z, res.z / (task.detach() - self.offsets + EPS_D))
-        for p, part in zip(params, (res.z.to(g) @ g).split([p.numel() for p in params])):
-            p.grad = part.view_as(p)
+        return self._record(rec, terms, task)
 
     def _update_frozen(self) -> None:
         frozen = frozen_at(self.cfg.finetune, self.step)
@@ -384,21 +325,13 @@ class Trainer:
             set_frozen(self.groups, frozen)
             self.net = self._wrap()  # DDP must see the new set of trainable parameters
 
-    def _record(self, rec: dict[str, Any], terms: dict[str, Tensor], task: Tensor, gamma: list[float]) -> dict[str, Any]:
-        """The step's log record: R-D terms, task losses, weights z and a, delta, mask fraction."""
+    def _record(self, rec: dict[str, Any], terms: dict[str, Tensor], task: Tensor) -> dict[str, Any]:
+        """The step's log record: R-D terms, task losses, mask fraction, the objective's weights."""
         rec.update({k: float(v.detach()) for k, v in terms.items()})
         rec.update(_floats(self.tasks, task, "task"))
         if isinstance(self.opt, CautiousAdam):
             rec["mask_fraction"] = self.opt.last_mask_fraction
-        if self.weighting is not None:
-            w = self.weighting
-            gam = {"gamma": gamma[0]} if len(gamma) == 1 else {f"gamma_{n}": g for n, g in zip(self.tasks, gamma)}
-            rec.update({**gam, "weight_skips": w.skipped, **_floats(self.tasks, w.z, "z"),
-                        **_floats(self.tasks, w.a, "a"), **_floats(self.tasks, w.delta, "delta")})
-        if self.qp_last is not None:
-            rec.update({"qp_clipped": self.qp_clipped, **_floats(self.tasks, self.qp_last[0], "z"),
-                        **_floats(self.tasks, self.qp_last[1], "a")})
-        return rec
+        return {**rec, **self.objective.record()}
 
     # -------------------------------------------------------------------------------- eval
     @torch.no_grad()
@@ -413,7 +346,7 @@ class Trainer:
                 x = x.to(self.dev)
                 out = self.model(x)
                 t = losses.loss_terms(out, x, self.cfg.loss)
-                rows.append({**{k: float(v) for k, v in t.items()}, "psnr": losses.psnr(out["x_hat"], x)})
+                rows.append({**{k: float(v) for k, v in t.items()}, "psnr": metrics.psnr(out["x_hat"], x, eight_bit=False)})
             self.model.train()
             rec = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
             rec["loss"] = rec["D"] + rec["bpp"]

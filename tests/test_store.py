@@ -1,0 +1,65 @@
+"""The checkpoint store (checkpoints/<model>/): export, manifest, lookup by mode and λ, and the
+workbook finding runs by their config.yaml, never by folder names."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from lic_core import store, workbook
+from lic_core.errors import ConfigError, LicError
+from lic_core.models.hpcm import hpcm, save_checkpoint
+from lic_core.models.loading import load_checkpoint
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    save_checkpoint(hpcm("tiny"), tmp_path / "run.pt")
+    out = tmp_path / "store"
+    metas = [{"stage": "trunk", "seed": 0, "lmbda": 0.0067}, {"stage": "base", "seed": 0, "lmbda": 0.025},
+             {"stage": "base", "seed": 0, "lmbda": 0.0035}, {"stage": "base", "seed": 1, "lmbda": 0.0035},
+             {"stage": "compare", "mode": "balanced", "seed": 0, "lmbda": 0.0035}]
+    for i, meta in enumerate(metas):
+        store.export(tmp_path / "run.pt", out / f"m{i}.pt", meta)
+    return out
+
+
+def test_models_by_mode_and_seed(folder):
+    assert store.models(folder) == {0.0035: folder / "m2.pt", 0.025: folder / "m1.pt"}  # sorted by λ, no trunk
+    assert store.models(folder, seed=1) == {0.0035: folder / "m3.pt"}
+    assert store.models(folder, "balanced") == {0.0035: folder / "m4.pt"}
+    assert workbook.checkpoints_of(folder, "standard") == store.models(folder)
+    assert workbook.checkpoint_settings(folder / "m4.pt") == {"mode": "balanced", "lmbda": 0.0035, "seed": 0}
+    w = hpcm("tiny").g_a[0].weight  # stored in float16 (in range), loaded as float32
+    assert torch.equal(load_checkpoint(folder / "m1.pt").g_a[0].weight, w.half().float())
+
+
+def test_checked_names_a_changed_file(folder):
+    assert store.checked(folder) == folder
+    (folder / "m1.pt").write_bytes((folder / "m1.pt").read_bytes() + b"\0")
+    with pytest.raises(LicError, match="m1.pt: SHA-256 differs"):
+        store.checked(folder)
+    with pytest.raises(LicError, match="m1.pt: SHA-256 differs"):
+        workbook.shipped_model(folder, 0.025)
+
+
+def test_shipped_model_names_missing_lambda(folder):
+    assert workbook.shipped_model(folder, 0.025) == folder / "m1.pt"
+    with pytest.raises(ConfigError, match=r"no standard model at λ 0.013 \(has 0.0035, 0.025\)"):
+        workbook.shipped_model(folder, 0.013)
+
+
+def test_runs_are_found_by_their_config_not_their_folder_name(tmp_path):
+    """A run folder renamed by hand keeps its mode and λ: they come from config.yaml."""
+    run = tmp_path / "renamed-by-hand"
+    (run / "checkpoints").mkdir(parents=True)
+    save_checkpoint(hpcm("tiny"), run / "checkpoints" / "step_00000003.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump({"loss": {"mode": "balanced", "lmbda": 0.013},
+                                                     "run": {"seed": 4}}))
+    ckpt = run / "checkpoints" / "step_00000003.pt"
+    assert workbook.checkpoints_of(tmp_path, "balanced") == {0.013: ckpt}
+    assert workbook.checkpoints_of(tmp_path, "balanced", seed=3) == {}
+    assert workbook.checkpoints_of(tmp_path, "standard") == {}
+    assert workbook.checkpoint_settings(ckpt) == {"mode": "balanced", "lmbda": 0.013, "seed": 4}
+    with pytest.raises(LicError, match="neither in a checkpoint store"):
+        workbook.checkpoint_settings(tmp_path / "loose.pt")
