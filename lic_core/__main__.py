@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("lic_core.sweep:main", "expand a grid YAML into papermill jobs and run them"),
     "experiment": ("lic_core.experiment:main", "the Balanced R-D on HPCM experiment: train / finetune / evaluate / report"),
     "toy": ("lic_core.toy:main", "the Balanced R-D toy problem (conformance trajectory as CSV)"),
+    "conformance": ("lic_core.conformance:main", "differences from the reference data (HPCM, entropy model, toy)"),
     "demo": ("lic_core.demo:main", "the short end-to-end demo (tiny HPCM on CPU)"),
 }
 

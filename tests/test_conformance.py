@@ -3,47 +3,15 @@
 converter of the authors' tensor names, on the kodim23 centre crop, at the stated tolerances."""
 from __future__ import annotations
 
-import math
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from lic_core.models.authors import AUTHORS_BUFFERS, load_authors_state_dict
-from lic_core.models.hpcm import hpcm
+from lic_core import conformance
 
 pytestmark = pytest.mark.slow
-
-CLOSE = ("y", "z", "z_hat", "y_hat", "means_hat", "scales_hat", "x_hat")  # max abs diff <= 1e-4
-EXACT = ("z_q", "y_q")
-LIKELIHOODS = ("y_likelihoods", "z_likelihoods")  # max abs diff <= 1e-5
-
-
-def tsv_rows(path: Path) -> list[tuple[str, tuple[int, ...]]]:
-    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()[1:]]
-    return [(key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())) for key, shape, _ in rows]
-
-
-def rule_value(key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """CONFORMANCE.md Sec. 2: randn seeded by crc32(key), scaled by the first matching rule."""
-    r = torch.randn(shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
-    if key.endswith("scales_hyper"):
-        return 0.5 + 0.5 * r.abs()
-    if key.endswith("means_hyper"):
-        return 0.1 * r
-    if key.startswith("adaptive_params_list."):
-        return 1 + 0.1 * r
-    if len(shape) >= 2:
-        return r * (0.8 * (1 / math.sqrt(math.prod(shape) / shape[0])))
-    return 0.01 * r
-
-
-def authors_state_dict(ref: Path, name: str) -> dict[str, torch.Tensor]:
-    rows = tsv_rows(ref / f"state_dict_{name}.tsv")
-    return {k: rule_value(k, s) for k, s in rows if k not in AUTHORS_BUFFERS}
 
 
 def check_checksums(sd: dict[str, torch.Tensor], npz) -> None:
@@ -56,26 +24,12 @@ def check_checksums(sd: dict[str, torch.Tensor], npz) -> None:
         assert val.flatten()[-1].item() == npz["param_last"][i], key
 
 
-def kodim23_crop(kodak: Path) -> torch.Tensor:
-    img = np.asarray(Image.open(kodak / "kodim23.png").convert("RGB"))[128:384, 128:640]
-    assert int(img.sum(dtype=np.int64)) == 46_743_410
-    return torch.from_numpy(img.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255
-
-
 def run(reference_dir: Path, kodak_dir: Path, name: str) -> tuple[dict, dict, torch.nn.Module]:
-    ref = reference_dir / "hpcm"
-    npz = dict(np.load(ref / f"conformance_{name}.npz", allow_pickle=False))
-    sd = authors_state_dict(ref, name)
-    check_checksums(sd, npz)
-    model = load_authors_state_dict(hpcm(name), sd).eval()
-    x = kodim23_crop(kodak_dir)
+    npz, ours, model = conformance.run_model(name, reference_dir, kodak_dir)
+    check_checksums(conformance.authors_state_dict(reference_dir / "hpcm", name), npz)
     if "x" in npz:
-        assert np.array_equal(x.numpy(), npz["x"])
-    with torch.no_grad():
-        out = model(x)
-    ours = {k: out[k] for k in (*CLOSE, *EXACT) if k in out}
-    ours["y_likelihoods"], ours["z_likelihoods"] = out["likelihoods"]["y"], out["likelihoods"]["z"]
-    return npz, {k: v.numpy() for k, v in ours.items()}, model
+        assert np.array_equal(conformance.kodim23_crop(kodak_dir).numpy(), npz["x"])
+    return npz, ours, model
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +43,11 @@ def large(reference_dir, kodak_dir):
 
 
 def compare(ref: dict, ours: dict, name: str) -> None:
-    a, b = ours[name], ref[name]
-    assert a.shape == b.shape, name
-    if name in EXACT:
-        assert (a == b).all(), f"{name}: {(a != b).sum()} symbols differ"
-    else:
-        tol = 1e-5 if name in LIKELIHOODS else 1e-4
-        assert np.abs(a - b).max() <= tol, f"{name}: max abs diff {np.abs(a - b).max():.3g}"
+    diff = conformance.difference(ref[name], ours[name], name)
+    assert diff <= conformance.TOLERANCE[name], f"{name}: difference {diff:.3g}"
 
 
-@pytest.mark.parametrize("name", [*CLOSE, *EXACT, *LIKELIHOODS])
+@pytest.mark.parametrize("name", [*conformance.CLOSE, *conformance.EXACT, *conformance.LIKELIHOODS])
 def test_base_arrays(base, name):
     ref, ours, _ = base
     compare(ref, ours, name)
@@ -125,7 +74,17 @@ def test_base_decoder_path(base):
         compare(ref, {name: got[name].numpy()}, name)
 
 
-@pytest.mark.parametrize("name", ["x_hat", *LIKELIHOODS])
+@pytest.mark.parametrize("name", ["x_hat", *conformance.LIKELIHOODS])
 def test_large_arrays(large, name):
     ref, ours, _ = large
     compare(ref, ours, name)
+
+
+def test_command_prints_every_difference(capsys):
+    """``python -m lic_core conformance`` prints the numbers the README quotes (fast parts here)."""
+    from lic_core.conformance import main
+
+    assert main(["--parts", "entropy,toy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and all(line.endswith("ok") for line in lines)
+    assert main(["--parts", "nope"]) == 2

@@ -1,0 +1,36 @@
+"""README.md and RESULTS.md cite only files that exist: benchmark results, figures, checkpoints,
+run records, notebooks, sweeps and modules named by a repository path."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lic_core.paths import REPO
+
+DOCS = ("README.md", "RESULTS.md")
+# A repository path: one of the project's top folders, then a file name with an extension.
+CITED = re.compile(r"(?<![\w/.])((?:benchmarks|figures|checkpoints|papermill_runs|notebooks|sweeps|lic_core|tests)"
+                   r"/[\w./-]*\.(?:md|txt|json|jsonl|csv|pdf|png|pt|ipynb|yaml|py|tex))")
+
+
+OUTPUT = re.compile(r"papermill \S+\.ipynb (\S+\.ipynb)")  # what a cited command writes, not reads
+
+
+def cited(doc: str) -> list[str]:
+    text = (REPO / doc).read_text()
+    outputs = set(OUTPUT.findall(text))
+    return sorted(set(CITED.findall(text)) - outputs)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_cited_file_exists(doc):
+    paths = cited(doc)
+    assert paths, f"{doc} cites no repository file (the pattern is broken)"
+    missing = [p for p in paths if not (REPO / p).exists() and "<" not in p and "*" not in p]
+    assert not missing, f"{doc} cites files that do not exist: {missing}"
+
+
+def test_benchmark_results_cited_by_the_readme_exist():
+    results = [p for p in cited("README.md") if p.startswith("benchmarks/results/")]
+    assert results and all((REPO / p).is_file() for p in results)
