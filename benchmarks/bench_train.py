@@ -5,6 +5,8 @@ images per second.
     python benchmarks/bench_train.py --model base --patch 256 --batch 8 --speed   # on CUDA:
         # also bf16 / channels_last / compile, each against float32 on the same GPU
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
+    python benchmarks/bench_train.py --engine --batch 8 --steps 30 --modes standard,balanced
+        # whole runs (data loading, logging included): the decoded-photo cache off vs on
 
 Variants run in interleaved rounds (A B C, A B C, ...) on the same batch; a ratio is taken within
 each round and the median of the per-round ratios is reported with its min and max, so one burst
@@ -56,6 +58,21 @@ def time_steps(tr: Trainer, x: torch.Tensor, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def engine_rounds(base: dict, variants: dict[str, dict], rounds: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per step of whole training runs (``Trainer.fit``: data loading from the photos,
+    logging, checkpoint at the end), a fresh run of ``steps`` steps per variant and round."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with tempfile.TemporaryDirectory() as out:
+        for r in range(rounds):
+            for name, ov in variants.items():
+                tr = make_trainer({**base, "run.steps": steps, "run.ckpt_every": steps, "run.eval_every": steps},
+                                  ov, out, f"{name.replace('/', '-')}-{r}")
+                t0 = time.perf_counter()
+                tr.fit()
+                times[name].append((time.perf_counter() - t0) / steps)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
@@ -71,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", action="store_true", help="standard step over --batches x --patches")
     ap.add_argument("--batches", default="2,4,8,16")
     ap.add_argument("--patches", default="64,128,256")
+    ap.add_argument("--engine", action="store_true",
+                    help="whole runs over the photos (data loading included): each mode with the decoded-photo "
+                         "cache off (data.cache_mb=0) and on")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                     for p in args.patches.split(",") for b in args.batches.split(",")}
     if args.speed:
         variants = {f"{m}/{s}": {**MODES[m], **sov} for m in ("standard", "balanced") for s, sov in SPEED.items()}
+    if args.engine:
+        variants = {f"{m}/{c}": {**MODES[m], "data.cache_mb": mb} for m in args.modes.split(",")
+                    for c, mb in (("no cache", 0), ("cache", 1024))}
+        times = engine_rounds(base, variants, args.rounds, args.steps)
+        return report(times, {k: base.get("data.batch", args.batch) for k in times}, "engine", args,
+                      torch.device("cpu"), base.get("model.name", "micro"))
     with tempfile.TemporaryDirectory() as out:
         trainers = {name: make_trainer(base, ov, out, name.replace("/", "-")) for name, ov in variants.items()}
         first = next(iter(trainers.values()))
@@ -93,25 +119,34 @@ def main(argv: list[str] | None = None) -> int:
             d = tr.cfg.data
             x = next(train_loader(tr.cfg.train_dir, d.patch, d.batch, seed=0)).to(tr.dev)
             xs[name] = x.contiguous(memory_format=torch.channels_last) if tr.cfg.speed.channels_last else x
-            time_steps(tr, xs[name], args.warmup)
+            if args.warmup:
+                time_steps(tr, xs[name], args.warmup)
         times: dict[str, list[float]] = {k: [] for k in trainers}
         for _ in range(args.rounds):
             for name, tr in trainers.items():
                 times[name].append(time_steps(tr, xs[name], args.steps))
-    dev = first.dev
+    kind = "speed" if args.speed else "modes"
+    return report(times, {k: tr.cfg.data.batch for k, tr in trainers.items()}, kind, args, first.dev, cfg.model.name)
+
+
+def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args: argparse.Namespace,
+           dev: torch.device, model: str) -> int:
+    """The table: median s/step, images/s, and the median (min-max) of per-round ratios to the
+    reference (modes: the first; speed: the same mode in fp32; engine: the same mode without cache)."""
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    ref_name = next(iter(times))
-    print(f"model {cfg.model.name}{' (micro)' if args.micro else ''}, {args.batch}x{args.patch}px, {card}, "
+    first = next(iter(times))
+    print(f"model {model}{' (micro)' if args.micro else ''}, {args.batch}x{args.patch}px, {card}, "
           f"{args.rounds} rounds x {args.steps} steps, load average {load:.2f}")
     print(f"{'variant':<28}{'s/step':>10}{'img/s':>8}{'ratio (median, min-max of rounds)':>38}")
+    refs = {"speed": lambda n: n.split("/")[0] + "/fp32", "engine": lambda n: n.split("/")[0] + "/no cache",
+            "modes": lambda n: first}
     for name, ts in times.items():
         med = statistics.median(ts)
-        ref = times[name.split("/")[0] + "/fp32"] if args.speed else times[ref_name]
-        r = sorted(a / b for a, b in zip(ts, ref))
-        img = trainers[name].cfg.data.batch / med
-        print(f"{name:<28}{med:>10.4f}{img:>8.1f}{statistics.median(r):>20.2f} ({r[0]:.2f}-{r[-1]:.2f})")
-    print(f"(ratio: to {'the same mode in fp32' if args.speed else ref_name}, within each round)")
+        r = sorted(a / b for a, b in zip(ts, times[refs[kind](name)]))
+        print(f"{name:<28}{med:>10.4f}{batch[name] / med:>8.1f}{statistics.median(r):>20.2f} ({r[0]:.2f}-{r[-1]:.2f})")
+    what = {"speed": "the same mode in fp32", "engine": "the same mode without the photo cache", "modes": first}
+    print(f"(ratio: to {what[kind]}, within each round)")
     return 0
 
 

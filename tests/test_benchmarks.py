@@ -68,3 +68,16 @@ def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path, kodak_dir, wikiphotos_dir
         assert section in text
     assert "Failed" not in text and "Skipped: one device only" in text
     assert "| fp32 |" in text and "| bf16 | refused |" in text and "| tiny 1x128px |" in text
+
+
+def test_bench_train_engine_and_modes_tables_at_smoke_size(wikiphotos_dir, capsys):
+    """Both tables print a row per variant with a per-round ratio (what the README's tables use)."""
+    bench_train = importlib.import_module("bench_train")
+    assert bench_train.main(["--micro", "--engine", "--modes", "standard", "--steps", "1", "--rounds", "1",
+                             "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "standard/no cache" in out and "standard/cache" in out and "without the photo cache" in out
+    assert bench_train.main(["--micro", "--modes", "standard,balanced", "--steps", "1", "--rounds", "1",
+                             "--warmup", "0", "--batch", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("standard", "balanced"))]
+    assert len(rows) == 2 and rows[0].split()[-2] == "1.00"
