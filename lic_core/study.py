@@ -368,6 +368,15 @@ def load_image_curve(st: Study, arm: str, seed: int, ft_seed: int | None) -> Any
     return image_curve([_images(str(f), f.stat().st_mtime_ns) for f in files], curve_name(arm, seed, ft_seed))
 
 
+def evaluated(st: Study, arm: str, seed: int, ft_seed: int | None) -> bool:
+    """Whether every point of one curve has its evaluation file."""
+    try:
+        load_image_curve(st, arm, seed, ft_seed)
+    except LicError:
+        return False
+    return True
+
+
 @lru_cache(maxsize=512)
 def _images(path: str, mtime_ns: int) -> list[dict[str, Any]]:
     """Per-image records of one evaluation file, read once per version of the file: the report
@@ -427,14 +436,24 @@ def summarize(st: Study, rows: list[dict[str, Any]], samples: int = 1000) -> lis
 
 
 def base_points(st: Study) -> list[dict[str, Any]]:
-    """Every base model on the full test images: bpp, PSNR and ``L_D = λ·255²·mean MSE``."""
+    """Every base model: bpp, PSNR and ``L_D = λ·255²·mean MSE`` on the full test images with real
+    bitstreams once its curve is evaluated; before that, the training run's last evaluation
+    (estimated rates on the 256-px centre crops), said so in ``source``."""
     rows = []
+    index = json.loads((st.store_dir / INDEX).read_text()) if (st.store_dir / INDEX).is_file() else {}
     for s in st.trunk.seeds:
-        c = load_image_curve(st, "base", s, None)
-        for lam, bpp, q in zip(st.branch.lambdas, c.bpp, c.quality):
-            mse = float(np.mean(10 ** (-q / 10)))
-            rows.append({"seed": s, "lmbda": lam, "bpp": float(bpp.mean()), "psnr": float(q.mean()),
-                         "L_D": lam * 255**2 * mse})
+        if evaluated(st, "base", s, None):
+            c = load_image_curve(st, "base", s, None)
+            for lam, bpp, q in zip(st.branch.lambdas, c.bpp, c.quality):
+                mse = float(np.mean(10 ** (-q / 10)))
+                rows.append({"seed": s, "lmbda": lam, "bpp": float(bpp.mean()), "psnr": float(q.mean()),
+                             "L_D": lam * 255**2 * mse, "source": "full test images, real bitstreams"})
+            continue
+        for lam in st.branch.lambdas:
+            ev = index.get(f"{base_name(lam, s)}.pt", {}).get("eval")
+            if ev:
+                rows.append({"seed": s, "lmbda": lam, "bpp": ev["bpp"], "psnr": ev["psnr"], "L_D": ev["D"],
+                             "source": f"{st.test_patch}-px crops, training eval (estimate)"})
     return rows
 
 
@@ -464,9 +483,19 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
             lines.append(f"| {s} | {m['step']} | {'yes' if m['gate_met'] else 'no'} | {m['eval']['psnr']:.2f} | "
                          f"{m['eval']['D']:.3f} |")
     bases = base_points(st)
-    lines += ["", "| base (seed, λ) | bpp | PSNR (24 Kodak) | L_D | in [0.3, 3] |", "|---|---:|---:|---:|---|"]
+    lines += ["", "| base (seed, λ) | bpp | PSNR | L_D | in [0.3, 3] | measured on |", "|---|---:|---:|---:|---|---|"]
     lines += [f"| {b['seed']}, {b['lmbda']} | {b['bpp']:.4f} | {b['psnr']:.2f} | {b['L_D']:.2f} | "
-              f"{'yes' if 0.3 <= b['L_D'] <= 3 else 'no'} |" for b in bases]
+              f"{'yes' if 0.3 <= b['L_D'] <= 3 else 'no'} | {b['source']} |" for b in bases]
+    runs = [t for t in tasks(st, "compare") if t.fn is run_compare]
+    done = sum((st.out_dir / t.name / "checkpoints" / f"step_{st.compare.steps:08d}.pt").is_file() for t in runs)
+    curves = [(a, s, f) for a in ("base", *st.compare.arms) for s in st.trunk.seeds
+              for f in ((None,) if a == "base" else st.compare.seeds)]
+    ready = sum(evaluated(st, *c) for c in curves)
+    if ready < len(curves):
+        lines += ["", f"Comparisons pending: {done} of {len(runs)} fine-tuning runs finished, {ready} of "
+                      f"{len(curves)} curves evaluated with real bitstreams. No BD-rate is reported before "
+                      "every curve of the protocol is."]
+        return "\n".join(lines) + "\n", [], bases
     summary = summarize(st, bd_rows(st), samples)
     lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
               "|---|---|---:|---:|---|---|---|"]
@@ -487,7 +516,7 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
     from lic_core.experiment import bd_bars_ci, write_results
 
     body, summary, _ = report_markdown(st, samples)
-    if figures is not None:
+    if figures is not None and summary:
         import pandas as pd
 
         curves = [load_image_curve(st, "base", s, None) for s in st.trunk.seeds]
