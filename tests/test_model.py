@@ -10,9 +10,8 @@ import torch
 
 from lic_core.errors import CheckpointError, ConfigError
 from lic_core.models.authors import authors_name, convert_authors_state_dict, load_authors_state_dict
-from lic_core.models.hpcm import (
-    CONFIGS, HPCMConfig, count_parameters, hpcm, kmacs_per_pixel, load_checkpoint, save_checkpoint,
-)
+from lic_core.models.hpcm import CONFIGS, HPCMConfig, count_parameters, hpcm, kmacs_per_pixel, save_checkpoint
+from lic_core.models.loading import load_checkpoint
 from lic_core.models.schedule import SCALE_OF_STEP, STEPS, geometry, scale_positions, s2_hyper_source
 
 
