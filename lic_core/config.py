@@ -315,6 +315,7 @@ ALIASES: dict[str, str] = {
     "steps": "run.steps", "seed": "run.seed", "batch": "data.batch", "patch": "data.patch",
     "train_dir": "data.train", "test_dir": "data.test", "test_limit": "data.test_limit", "lr": "optim.lr",
     "gamma": "balance.gamma", "w_lr": "balance.w_lr", "gamma_schedule": "balance.gamma_schedule",
+    "eval_every": "run.eval_every",
 }
 
 

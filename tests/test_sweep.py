@@ -85,7 +85,7 @@ def test_load_sweep_errors_name_the_file(tmp_path):
         load_sweep(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
-    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML at line 1, column"):
         load_sweep(bad)
 
 
