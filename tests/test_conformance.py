@@ -80,7 +80,7 @@ def test_large_arrays(large, name):
     compare(ref, ours, name)
 
 
-def test_command_prints_every_difference(capsys):
+def test_command_prints_every_difference(reference_dir, capsys):
     """``python -m lic_core conformance`` prints the numbers the README quotes (fast parts here)."""
     from lic_core.conformance import main
 
