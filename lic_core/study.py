@@ -40,7 +40,7 @@ from lic_core.atomic import write_file
 from lic_core.config import dataclass_from, read_yaml
 from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
-from lic_core.store import INDEX, export, verify_store
+from lic_core.store import export, is_store, read_index, verify_store
 from lic_core.training import checkpoint as ckpt
 from lic_core.training.logging import load_history
 
@@ -440,7 +440,7 @@ def base_points(st: Study) -> list[dict[str, Any]]:
     bitstreams once its curve is evaluated; before that, the training run's last evaluation
     (estimated rates on the 256-px centre crops), said so in ``source``."""
     rows = []
-    index = json.loads((st.store_dir / INDEX).read_text()) if (st.store_dir / INDEX).is_file() else {}
+    index = read_index(st.store_dir) if is_store(st.store_dir) else {}
     for s in st.trunk.seeds:
         if evaluated(st, "base", s, None):
             c = load_image_curve(st, "base", s, None)
@@ -466,7 +466,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """The RESULTS.md block of the study, from its files only; also its summary and base rows."""
-    trunks = json.loads((st.store_dir / INDEX).read_text())
+    trunks = read_index(st.store_dir)
     lines = [f"### `{st.name}`: reported {datetime.now(timezone.utc).date()}", ""]
     commits = sorted({sess["commit"] for run in st.out_dir.glob("*/study.json")
                       for sess in json.loads(run.read_text())["sessions"]})
