@@ -3,10 +3,14 @@ images per second.
 
     python benchmarks/bench_train.py                      # tiny HPCM, 128 px, batch 2, on CPU
     python benchmarks/bench_train.py --model base --patch 256 --batch 8 --speed   # on CUDA:
-        # also bf16 / channels_last / compile, each against float32 on the same GPU
+        # bf16 / channels_last / compile, each against float32 on the same GPU (on a CPU: compile)
+    python benchmarks/bench_train.py --batch 8 --modes standard,balanced,balanced-next-batch --compile
+        # Solution 1's overhead with the compiled forward
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
     python benchmarks/bench_train.py --engine --batch 8 --steps 30 --modes standard,balanced
         # whole runs (data loading, logging included): the decoded-photo cache off vs on
+    python benchmarks/bench_train.py --layout --batch 8 --steps 30 --modes standard,balanced
+        # whole CLI runs: 1 process x 2 threads vs torchrun 2 ranks x 1 thread, eager and compiled
 
 Variants run in interleaved rounds (A B C, A B C, ...) on the same batch; a ratio is taken within
 each round and the median of the per-round ratios is reported with its min and max, so one burst
@@ -18,8 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,6 +65,44 @@ def time_steps(tr: Trainer, x: torch.Tensor, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+# Process layouts of one run on a CPU: (ranks, threads per rank). With ranks > 1 the run goes
+# through torchrun (DDP over gloo) and data.batch is per rank, so the global batch is the same.
+LAYOUTS: dict[str, tuple[int, int]] = {"1 process x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
+
+
+def cli_seconds(ov: dict, ranks: int, threads: int, out: str, name: str) -> float:
+    """Wall seconds of ``python -m lic_core train`` with ``ov`` (through torchrun when ranks > 1)."""
+    sets = [f"--set={k}={v}" for k, v in {**ov, "run.out": out, "run.name": name, "run.resume": "never",
+                                          "run.progress": False, "run.wandb_mode": "disabled"}.items()]
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, *launch, "-m", "lic_core", "train", *sets], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def layout_rounds(base: dict, variants: dict[str, tuple[dict, int, int]], rounds: int, steps: int,
+                  short: int = 5) -> dict[str, list[float]]:
+    """Seconds per step of whole runs in each process layout: the wall time of a run of
+    ``short + steps`` steps minus that of ``short`` steps, over ``steps``, so process start-up,
+    torch.compile and the final checkpoint cancel out. One warm-up pair per variant first."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with tempfile.TemporaryDirectory() as out:
+        def per_step(name: str, r: int) -> float:
+            ov, ranks, threads = variants[name]
+            t = [cli_seconds({**base, **ov, "run.steps": n, "run.ckpt_every": n, "run.eval_every": n}, ranks,
+                             threads, out, f"{name.replace('/', '-').replace(' ', '_')}-{r}-{n}")
+                 for n in (short, short + steps)]
+            return (t[1] - t[0]) / steps
+        for name in variants:
+            per_step(name, -1)
+        for r in range(rounds):
+            for name in variants:
+                times[name].append(per_step(name, r))
+    return times
+
+
 def engine_rounds(base: dict, variants: dict[str, dict], rounds: int, steps: int) -> dict[str, list[float]]:
     """Seconds per step of whole training runs (``Trainer.fit``: data loading from the photos,
     logging, checkpoint at the end), a fresh run of ``steps`` steps per variant and round."""
@@ -88,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", action="store_true", help="standard step over --batches x --patches")
     ap.add_argument("--batches", default="2,4,8,16")
     ap.add_argument("--patches", default="64,128,256")
+    ap.add_argument("--compile", action="store_true", help="every variant with speed.compile (modes, grid)")
+    ap.add_argument("--layout", action="store_true",
+                    help="whole runs (CLI, photos) as 1 process x 2 threads vs torchrun 2 ranks x 1 thread, each "
+                         "without and with speed.compile; --batch is the global batch")
     ap.add_argument("--engine", action="store_true",
                     help="whole runs over the photos (data loading included): each mode with the decoded-photo "
                          "cache off (data.cache_mb=0) and on")
@@ -102,8 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid:
         variants = {f"batch {b} x {p}px": {"data.batch": int(b), "data.patch": int(p)}
                     for p in args.patches.split(",") for b in args.batches.split(",")}
-    if args.speed:
-        variants = {f"{m}/{s}": {**MODES[m], **sov} for m in ("standard", "balanced") for s, sov in SPEED.items()}
+    if args.speed:  # on a CPU only compile applies (bf16 and channels_last are GPU options)
+        opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in ("fp32", "compile")}
+        variants = {f"{m}/{s}": {**MODES[m], **sov} for m in args.modes.split(",") for s, sov in opts.items()}
+    base["speed.compile"] = args.compile  # explicit: auto would compile these endless runs
+    if args.layout:
+        base = {**base, "run.log_every": 10**6, "data.test": ""}  # no evaluation: its compile is not the step
+        lay = {f"{m}/{lname}/{'compiled' if c else 'eager'}":
+               ({**MODES[m], "speed.compile": c, "data.batch": args.batch // ranks}, ranks, threads)
+               for m in args.modes.split(",") for c in (False, True) for lname, (ranks, threads) in LAYOUTS.items()}
+        times = layout_rounds(base, lay, args.rounds, args.steps)
+        return report(times, {k: args.batch for k in times}, "layout", args, torch.device("cpu"),
+                      base.get("model.name", "micro"))
     if args.engine:
         variants = {f"{m}/{c}": {**MODES[m], "data.cache_mb": mb} for m in args.modes.split(",")
                     for c, mb in (("no cache", 0), ("cache", 1024))}
@@ -138,14 +197,24 @@ def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args
     first = next(iter(times))
     print(f"model {model}{' (micro)' if args.micro else ''}, {args.batch}x{args.patch}px, {card}, "
           f"{args.rounds} rounds x {args.steps} steps, load average {load:.2f}")
-    print(f"{'variant':<28}{'s/step':>10}{'img/s':>8}{'ratio (median, min-max of rounds)':>38}")
+    width = max(map(len, times)) + 2
+    cross = kind == "speed"  # also each option's mode ratio to the first mode with the same option
+    print(f"{'variant':<{width}}{'s/step':>10}{'img/s':>8}{'ratio (median, min-max of rounds)':>38}"
+          + (f"{'to ' + first.split('/')[0] + ' (same option)':>38}" if cross else ""))
     refs = {"speed": lambda n: n.split("/")[0] + "/fp32", "engine": lambda n: n.split("/")[0] + "/no cache",
-            "modes": lambda n: first}
+            "layout": lambda n: n.split("/")[0] + f"/{next(iter(LAYOUTS))}/eager", "modes": lambda n: first}
+
+    def ratios(name: str, ref: str) -> str:
+        r = sorted(a / b for a, b in zip(times[name], times[ref]))
+        return f"{statistics.median(r):.2f} ({r[0]:.2f}-{r[-1]:.2f})"
     for name, ts in times.items():
         med = statistics.median(ts)
-        r = sorted(a / b for a, b in zip(ts, times[refs[kind](name)]))
-        print(f"{name:<28}{med:>10.4f}{batch[name] / med:>8.1f}{statistics.median(r):>20.2f} ({r[0]:.2f}-{r[-1]:.2f})")
-    what = {"speed": "the same mode in fp32", "engine": "the same mode without the photo cache", "modes": first}
+        line = f"{name:<{width}}{med:>10.4f}{batch[name] / med:>8.1f}{ratios(name, refs[kind](name)):>38}"
+        if cross:
+            line += f"{ratios(name, first.split('/')[0] + '/' + name.split('/', 1)[1]):>38}"
+        print(line)
+    what = {"speed": "the same mode in fp32", "engine": "the same mode without the photo cache",
+            "layout": f"the same mode, {next(iter(LAYOUTS))}, eager", "modes": first}
     print(f"(ratio: to {what[kind]}, within each round)")
     return 0
 

@@ -28,6 +28,7 @@ GAMMA_SCHEDULES = ("constant", "linear", "cosine", "step")
 OPTIMIZERS = ("auto", "adam", "cautious")
 WANDB_MODES = ("offline", "online", "disabled")
 MODULE_GROUPS = ("transform", "hyper", "context")
+COMPILE_MIN_STEPS = 1000  # speed.compile=auto: shorter runs would spend a large share compiling
 MSSSIM_MIN_SIDE = 161  # pytorch_msssim's default 5 scales with an 11-tap window
 
 
@@ -123,7 +124,9 @@ class SpeedConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # autocast the transforms; entropy math stays float32
     channels_last: bool = False
-    compile: bool = False
+    # torch.compile of the model's forward (inductor; on CPU it needs a C++ compiler): true, false,
+    # or auto = on for runs of at least COMPILE_MIN_STEPS steps, where the minute of compiling pays
+    compile: bool | str = "auto"
 
 
 @dataclass
@@ -483,6 +486,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     for k in ("log_every", "eval_every", "ckpt_every", "keep_last"):
         _check(getattr(r, k) > 0, f"run.{k}", f"must be > 0, got {getattr(r, k)}")
     _check_choice(r.wandb_mode, "run.wandb_mode", WANDB_MODES)
+    _check(s.compile in (True, False, "auto"), "speed.compile", f"{s.compile!r} is not true, false or auto")
     _check(s.device in ("auto", "cpu", "cuda") or s.device.startswith("cuda:"), "speed.device",
            f"{s.device!r} is not auto, cpu, cuda or cuda:N")
     if check_paths:

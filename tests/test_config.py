@@ -96,10 +96,13 @@ def test_gpu_options_refused_on_cpu(folder, monkeypatch):
     from lic_core.training.engine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for k in ("bf16", "channels_last", "compile"):
+    for k in ("bf16", "channels_last"):
         cfg = validate(from_dict({"data": {"train": str(folder)}, "speed": {k: True}}))
         with pytest.raises(ConfigError, match=rf"^speed\.{k}: a GPU option"):
             resolve_device(cfg)
+    assert resolve_device(validate(from_dict({"data": {"train": str(folder)}, "speed": {"compile": True}}))).type == "cpu"
+    with pytest.raises(ConfigError, match=r"^speed\.compile: 'sometimes' is not true, false or auto"):
+        validate(from_dict({"data": {"train": str(folder)}, "speed": {"compile": "sometimes"}}))
     with pytest.raises(ConfigError, match=r"^speed\.device: 'cuda'"):
         resolve_device(validate(from_dict({"data": {"train": str(folder)}, "speed": {"device": "cuda"}})))
 

@@ -11,7 +11,9 @@ import argparse
 import math
 import os
 import random
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lic_core import losses, metrics
-from lic_core.config import TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
+from lic_core.config import COMPILE_MIN_STEPS, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
 from lic_core.data import load_test_set, train_loader
 from lic_core.errors import ConfigError, command
 from lic_core.models.hpcm import HPCM, build, read_checkpoint
@@ -106,13 +108,53 @@ def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"speed.device: {s.device!r} asked for, but CUDA is not available")
     dev = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
     if dev.type != "cuda":
-        for k in ("bf16", "channels_last", "compile"):
+        for k in ("bf16", "channels_last"):
             if getattr(s, k):
                 raise ConfigError(f"speed.{k}: a GPU option, refused on device {dev} "
                                   "(the CPU path is the float32 reference)")
     elif s.bf16 and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"speed.bf16: {torch.cuda.get_device_name(dev)} does not support bfloat16")
     return dev
+
+
+def wants_compile(cfg: TrainConfig) -> bool:
+    """``speed.compile``: true, or auto on a run of at least ``COMPILE_MIN_STEPS`` steps."""
+    c = cfg.speed.compile
+    return c is True or (c == "auto" and cfg.run.steps >= COMPILE_MIN_STEPS)
+
+
+def compiler_missing(dev: torch.device) -> str:
+    """Why ``torch.compile`` cannot build kernels for ``dev`` here ("" when it can)."""
+    if dev.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return "" if has_triton() else "Triton is not installed"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as e:  # InvalidCxxCompiler, or an inductor without a CPU backend
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ""
+
+
+def compile_forward(model: HPCM, dev: torch.device) -> bool:
+    """``torch.compile`` the model's forward in place (inductor); where this machine cannot,
+    one line on stderr and the eager forward. Returns whether it compiled."""
+    why = compiler_missing(dev)
+    if why:
+        print(f"speed.compile: {why}; training without torch.compile", file=sys.stderr)
+        return False
+    # schedule.geometry is an lru_cache keyed by the latent's shape, which dynamo guards on, so
+    # tracing through the cache (what this warning is about) cannot reuse a stale entry.
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+    import torch._inductor.config as inductor
+
+    # the training noise from torch's generator, as in eager: the same draws for the same seed
+    # (inductor's own RNG would train on other noise) and the checkpointed RNG state still decides them
+    inductor.fallback_random = True
+    model.compile()
+    return True
 
 
 def bf16_transforms(model: HPCM, device_type: str) -> None:
@@ -191,8 +233,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if cfg.speed.bf16:
             bf16_transforms(self.model, self.dev.type)
-        if cfg.speed.compile:
-            self.model.compile()
+        self.compiled = wants_compile(cfg) and compile_forward(self.model, self.dev)
         self.net = self._wrap()
         self.tests = load_test_set(cfg.data.test, cfg.data.test_patch, cfg.data.test_limit) \
             if cfg.data.test and self.dist.main else []
