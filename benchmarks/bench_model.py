@@ -41,6 +41,7 @@ from lic_core import codec  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.losses import distortion  # noqa: E402
 from lic_core.models.authors import authors_name  # noqa: E402
+from lic_core.study import commit, cpu_name  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
@@ -150,12 +151,8 @@ def coding(model, images: list[Path], crop: int) -> dict[str, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python "
+            f"{platform.python_version()}, commit {commit()}")
 
 
 def build(name: str, checkpoints: dict[str, str]):

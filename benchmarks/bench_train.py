@@ -8,7 +8,8 @@ images per second.
         # Solution 1's overhead with the compiled forward
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
     python benchmarks/bench_train.py --engine --batch 8 --steps 30 --modes standard,balanced
-        # whole runs (data loading, logging included): the decoded-photo cache off vs on
+        # whole runs (CLI, photos, loader, logging): no photo cache (as issue 14 found the engine),
+        # cache, cache + compile
     python benchmarks/bench_train.py --layout --batch 8 --steps 30 --modes standard,balanced
         # whole CLI runs: 1 process x 2 threads vs torchrun 2 ranks x 1 thread, eager and compiled
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,7 @@ import torch
 
 from lic_core.config import PRESETS, TrainConfig
 from lic_core.data import train_loader
+from lic_core.study import commit, cpu_name
 from lic_core.training.engine import Trainer, as_config
 
 MODES: dict[str, dict] = {
@@ -68,6 +71,10 @@ def time_steps(tr: Trainer, x: torch.Tensor, n: int) -> float:
 # Process layouts of one run on a CPU: (ranks, threads per rank). With ranks > 1 the run goes
 # through torchrun (DDP over gloo) and data.batch is per rank, so the global batch is the same.
 LAYOUTS: dict[str, tuple[int, int]] = {"1 process x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
+# The engine as issue 14 found it (every crop decoded from its JPEG), with the decoded-photo cache,
+# and with the cache and torch.compile: one process, 2 threads.
+ENGINE: dict[str, dict] = {"no cache": {"data.cache_mb": 0}, "cache": {},
+                           "cache, compiled": {"speed.compile": True}}
 
 
 def cli_seconds(ov: dict, ranks: int, threads: int, out: str, name: str) -> float:
@@ -82,39 +89,26 @@ def cli_seconds(ov: dict, ranks: int, threads: int, out: str, name: str) -> floa
     return time.perf_counter() - t0
 
 
-def layout_rounds(base: dict, variants: dict[str, tuple[dict, int, int]], rounds: int, steps: int,
-                  short: int = 5) -> dict[str, list[float]]:
-    """Seconds per step of whole runs in each process layout: the wall time of a run of
+def whole_runs(base: dict, variants: dict[str, tuple[dict, int, int]], rounds: int, steps: int,
+               short: int = 5) -> dict[str, list[float]]:
+    """Seconds per step of whole runs (photos, loader, logging): ``variants`` maps a name to
+    (overrides, ranks, threads per rank). A step's time is the wall time of a run of
     ``short + steps`` steps minus that of ``short`` steps, over ``steps``, so process start-up,
-    torch.compile and the final checkpoint cancel out. One warm-up pair per variant first."""
+    torch.compile and the final checkpoint cancel out (there is no evaluation). One warm-up run
+    per variant first (it fills torch.compile's cache on disk)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as out:
         def per_step(name: str, r: int) -> float:
             ov, ranks, threads = variants[name]
             t = [cli_seconds({**base, **ov, "run.steps": n, "run.ckpt_every": n, "run.eval_every": n}, ranks,
-                             threads, out, f"{name.replace('/', '-').replace(' ', '_')}-{r}-{n}")
+                             threads, out, re.sub(r"[^\w.-]+", "_", f"{name}-{r}-{n}"))
                  for n in (short, short + steps)]
             return (t[1] - t[0]) / steps
-        for name in variants:
-            per_step(name, -1)
+        for i, (ov, ranks, threads) in enumerate(variants.values()):
+            cli_seconds({**base, **ov, "run.steps": short}, ranks, threads, out, f"warm-up-{i}")
         for r in range(rounds):
             for name in variants:
                 times[name].append(per_step(name, r))
-    return times
-
-
-def engine_rounds(base: dict, variants: dict[str, dict], rounds: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per step of whole training runs (``Trainer.fit``: data loading from the photos,
-    logging, checkpoint at the end), a fresh run of ``steps`` steps per variant and round."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    with tempfile.TemporaryDirectory() as out:
-        for r in range(rounds):
-            for name, ov in variants.items():
-                tr = make_trainer({**base, "run.steps": steps, "run.ckpt_every": steps, "run.eval_every": steps},
-                                  ov, out, f"{name.replace('/', '-')}-{r}")
-                t0 = time.perf_counter()
-                tr.fit()
-                times[name].append((time.perf_counter() - t0) / steps)
     return times
 
 
@@ -155,19 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in ("fp32", "compile")}
         variants = {f"{m}/{s}": {**MODES[m], **sov} for m in args.modes.split(",") for s, sov in opts.items()}
     base["speed.compile"] = args.compile  # explicit: auto would compile these endless runs
-    if args.layout:
-        base = {**base, "run.log_every": 10**6, "data.test": ""}  # no evaluation: its compile is not the step
-        lay = {f"{m}/{lname}/{'compiled' if c else 'eager'}":
-               ({**MODES[m], "speed.compile": c, "data.batch": args.batch // ranks}, ranks, threads)
-               for m in args.modes.split(",") for c in (False, True) for lname, (ranks, threads) in LAYOUTS.items()}
-        times = layout_rounds(base, lay, args.rounds, args.steps)
-        return report(times, {k: args.batch for k in times}, "layout", args, torch.device("cpu"),
-                      base.get("model.name", "micro"))
-    if args.engine:
-        variants = {f"{m}/{c}": {**MODES[m], "data.cache_mb": mb} for m in args.modes.split(",")
-                    for c, mb in (("no cache", 0), ("cache", 1024))}
-        times = engine_rounds(base, variants, args.rounds, args.steps)
-        return report(times, {k: base.get("data.batch", args.batch) for k in times}, "engine", args,
+    if args.engine or args.layout:
+        base = {**base, "run.log_every": 10**6, "data.test": ""}  # the step, not an evaluation
+        modes = args.modes.split(",")
+        if args.engine:
+            runs = {f"{m}/{v}": ({**MODES[m], **ov}, 1, 2) for m in modes for v, ov in ENGINE.items()}
+        else:
+            runs = {f"{m}/{lname}/{'compiled' if c else 'eager'}":
+                    ({**MODES[m], "speed.compile": c, "data.batch": args.batch // ranks}, ranks, threads)
+                    for m in modes for c in (False, True) for lname, (ranks, threads) in LAYOUTS.items()}
+        times = whole_runs(base, runs, args.rounds, args.steps)
+        return report(times, {k: args.batch for k in times}, "engine" if args.engine else "layout", args,
                       torch.device("cpu"), base.get("model.name", "micro"))
     with tempfile.TemporaryDirectory() as out:
         trainers = {name: make_trainer(base, ov, out, name.replace("/", "-")) for name, ov in variants.items()}
@@ -184,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name, tr in trainers.items():
                 times[name].append(time_steps(tr, xs[name], args.steps))
-    kind = "speed" if args.speed else "modes"
+    kind = "speed" if args.speed else "grid" if args.grid else "modes"
     return report(times, {k: tr.cfg.data.batch for k, tr in trainers.items()}, kind, args, first.dev, cfg.model.name)
 
 
@@ -192,17 +184,19 @@ def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args
            dev: torch.device, model: str) -> int:
     """The table: median s/step, images/s, and the median (min-max) of per-round ratios to the
     reference (modes: the first; speed: the same mode in fp32; engine: the same mode without cache)."""
-    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     first = next(iter(times))
-    print(f"model {model}{' (micro)' if args.micro else ''}, {args.batch}x{args.patch}px, {card}, "
-          f"{args.rounds} rounds x {args.steps} steps, load average {load:.2f}")
+    shape = "batch x patch grid" if kind == "grid" else f"{args.batch}x{args.patch}px"
+    print(f"model {model}{' (micro)' if args.micro else ''}, {shape}, {card}, "
+          f"{args.rounds} rounds x {args.steps} steps, load average {load:.2f}, commit {commit()}")
     width = max(map(len, times)) + 2
-    cross = kind == "speed"  # also each option's mode ratio to the first mode with the same option
+    cross = kind in ("speed", "engine")  # also each mode's ratio to the first mode, same option
     print(f"{'variant':<{width}}{'s/step':>10}{'img/s':>8}{'ratio (median, min-max of rounds)':>38}"
           + (f"{'to ' + first.split('/')[0] + ' (same option)':>38}" if cross else ""))
     refs = {"speed": lambda n: n.split("/")[0] + "/fp32", "engine": lambda n: n.split("/")[0] + "/no cache",
-            "layout": lambda n: n.split("/")[0] + f"/{next(iter(LAYOUTS))}/eager", "modes": lambda n: first}
+            "layout": lambda n: n.split("/")[0] + f"/{next(iter(LAYOUTS))}/eager", "modes": lambda n: first,
+            "grid": lambda n: first}
 
     def ratios(name: str, ref: str) -> str:
         r = sorted(a / b for a, b in zip(times[name], times[ref]))
@@ -214,7 +208,7 @@ def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args
             line += f"{ratios(name, first.split('/')[0] + '/' + name.split('/', 1)[1]):>38}"
         print(line)
     what = {"speed": "the same mode in fp32", "engine": "the same mode without the photo cache",
-            "layout": f"the same mode, {next(iter(LAYOUTS))}, eager", "modes": first}
+            "layout": f"the same mode, {next(iter(LAYOUTS))}, eager", "modes": first, "grid": first}
     print(f"(ratio: to {what[kind]}, within each round)")
     return 0
 

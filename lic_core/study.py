@@ -149,7 +149,8 @@ def run_overrides(st: Study, name: str, lmbda: float, seed: int, steps: int, lr:
     return ov
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), or the architecture where that is not readable."""
     try:
         return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
@@ -160,7 +161,7 @@ def _record(run_dir: Path, **info: Any) -> None:
     """``study.json`` of a run: what trained it (commit, machine), appended to on every (re)start."""
     path = run_dir / "study.json"
     rec = json.loads(path.read_text()) if path.is_file() else {"sessions": []}
-    rec["sessions"].append({"commit": commit(), "code": str(REPO), "host": os.uname().nodename, "cpu": _cpu(),
+    rec["sessions"].append({"commit": commit(), "code": str(REPO), "host": os.uname().nodename, "cpu": cpu_name(),
                             "cpus": os.cpu_count(),
                             "torch": torch.__version__, "threads": torch.get_num_threads(),
                             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info})
