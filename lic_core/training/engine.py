@@ -153,7 +153,9 @@ def compile_forward(model: HPCM, dev: torch.device) -> bool:
     # the training noise from torch's generator, as in eager: the same draws for the same seed
     # (inductor's own RNG would train on other noise) and the checkpointed RNG state still decides them
     inductor.fallback_random = True
-    model.compile()
+    # static shapes: a run has one training and one evaluation shape, and dynamo's automatic dynamic
+    # shapes (on the second shape) take minutes of symbolic tracing over HPCM's index maps
+    model.compile(dynamic=False)
     return True
 
 
