@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="whole runs (CLI, photos) as 1 process x 2 threads vs torchrun 2 ranks x 1 thread, each "
                          "without and with speed.compile; --batch is the global batch")
     ap.add_argument("--engine", action="store_true",
-                    help="whole runs over the photos (data loading included): each mode with the decoded-photo "
-                         "cache off (data.cache_mb=0) and on")
+                    help="whole CLI runs over the photos (loader included), each mode: no photo cache "
+                         "(data.cache_mb=0), cache, cache + speed.compile")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
