@@ -256,17 +256,31 @@ def run_branch(st: Study, seed: int, lmbda: float) -> Path:
 
 
 def run_compare(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> Path:
-    """Fine-tune base (``seed``, ``lmbda``) with ``arm``'s objective; crops from ``ft_seed``."""
+    """Fine-tune base (``seed``, ``lmbda``) with ``arm``'s objective, crops from ``ft_seed``; then
+    evaluate it with real bitstreams at once. Its per-image file is committed, its weights are not:
+    a run whose file holds every test image is done, also on a machine without its checkpoint."""
     c = st.compare
-    init = st.store_dir / f"{base_name(lmbda, seed)}.pt"
     name = compare_name(arm, lmbda, seed, ft_seed)
-    done = st.out_dir / name / "checkpoints" / f"step_{c.steps:08d}.pt"
-    if done.is_file():
-        return done
-    every = max(1, c.steps // 4)
-    return _train(run_overrides(st, name, lmbda, ft_seed, c.steps, c.lr, c.milestones, c.step_lrs, init=init,
-                                extra={**c.arms[arm], "run.eval_every": every, "run.ckpt_every": every,
-                                       "run.keep_last": 1, "run.log_every": 10}))
+    final = compare_checkpoint(st, arm, seed, lmbda, ft_seed)
+    if point_result(st, final) is None:
+        if not final.is_file():
+            every = max(1, c.steps // 4)
+            _train(run_overrides(st, name, lmbda, ft_seed, c.steps, c.lr, c.milestones, c.step_lrs,
+                                 init=st.store_dir / f"{base_name(lmbda, seed)}.pt",
+                                 extra={**c.arms[arm], "run.eval_every": every, "run.ckpt_every": every,
+                                        "run.keep_last": 1, "run.log_every": 10}))
+        evaluate_point(st, final)
+    return st.out_dir / "eval" / f"{point_name(final)}.images.json"
+
+
+def compare_checkpoint(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> Path:
+    """Where a comparison run's final checkpoint is (or was: only its evaluation is committed)."""
+    return st.out_dir / compare_name(arm, lmbda, seed, ft_seed) / "checkpoints" / f"step_{st.compare.steps:08d}.pt"
+
+
+def compare_done(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> bool:
+    """Whether a comparison run is trained and evaluated on every test image."""
+    return point_result(st, compare_checkpoint(st, arm, seed, lmbda, ft_seed)) is not None
 
 
 def curve_checkpoints(st: Study, arm: str, seed: int, ft_seed: int | None) -> list[Path]:
@@ -274,21 +288,51 @@ def curve_checkpoints(st: Study, arm: str, seed: int, ft_seed: int | None) -> li
     one arm's fine-tuned models."""
     if arm == "base":
         return [st.store_dir / f"{base_name(lam, seed)}.pt" for lam in st.branch.lambdas]
-    return [st.out_dir / compare_name(arm, lam, seed, ft_seed) / "checkpoints" / f"step_{st.compare.steps:08d}.pt"
-            for lam in st.branch.lambdas]
+    return [compare_checkpoint(st, arm, seed, lam, ft_seed) for lam in st.branch.lambdas]
 
 
 def curve_name(arm: str, seed: int, ft_seed: int | None) -> str:
     return f"{arm}-s{seed}" + ("" if ft_seed is None else f"-f{ft_seed}")
 
 
+def point_name(ckpt: Path) -> str:
+    """The evaluation name of one checkpoint (``<run>-step_<n>`` for a run's checkpoint)."""
+    from lic_core.evaluation import model_names
+
+    return model_names([str(ckpt)])[0]
+
+
+def eval_images(st: Study) -> tuple[str, list[Path]]:
+    """(name, images) of the full test set every model is evaluated on."""
+    from lic_core.datasets import resolve
+
+    return resolve(st.path(st.test_dir))
+
+
+def point_result(st: Study, ckpt: Path) -> dict[str, Any] | None:
+    """The committed per-image result of checkpoint ``ckpt`` on every test image, if there is one."""
+    from lic_core.evaluation import stored
+
+    return stored(st.out_dir / "eval", point_name(ckpt), eval_images(st)[1])
+
+
+def evaluate_point(st: Study, ckpt: Path) -> dict[str, Any]:
+    """Real-bitstream evaluation of one checkpoint on the full test images (resumes per image)."""
+    from lic_core.evaluation import evaluate_model
+
+    return point_result(st, ckpt) or evaluate_model(str(ckpt), eval_images(st)[1], st.out_dir / "eval",
+                                                    name=point_name(ckpt), progress=False)
+
+
 def run_evaluate(st: Study, arm: str, seed: int, ft_seed: int | None) -> Path:
-    """Real-bitstream evaluation of one curve on the full test images (per-image files resume)."""
-    from lic_core.evaluation import evaluate
+    """One curve's summary (CompressAI JSON) from its points' per-image results, evaluating the
+    points that have none yet."""
+    from lic_core.evaluation import write_summary
 
     name = curve_name(arm, seed, ft_seed)
-    evaluate([str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)], st.path(st.test_dir),
-             st.out_dir / "eval", name=name, progress=False)
+    ds, images = eval_images(st)
+    runs = [evaluate_point(st, p) for p in curve_checkpoints(st, arm, seed, ft_seed)]
+    write_summary(runs, st.out_dir / "eval", name, ds, len(images))
     return st.out_dir / "eval" / f"{name}.json"
 
 
@@ -307,12 +351,13 @@ def tasks(st: Study, stage: str) -> list[Task]:
     out = [Task(trunk_name(s), run_trunk, (st, s)) for s in seeds]
     if k >= 1:
         out += [Task(base_name(lam, s), run_branch, (st, s, lam), (trunk_name(s),)) for s in seeds for lam in lams]
-    if k >= 2:
-        out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f), (base_name(lam, s),))
-                for s in seeds for f in fts for lam in lams for a in arms]
-    if k >= 3:
+    if k >= 3:  # the bases' curves first: cheap, and committed before the long compare stage
         out += [Task(f"eval-{curve_name('base', s, None)}", run_evaluate, (st, "base", s, None),
                      tuple(base_name(lam, s) for lam in lams)) for s in seeds]
+    if k >= 2:  # fine-tune seed outermost, so both trunks' blocks of one seed finish first
+        out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f), (base_name(lam, s),))
+                for f in fts for s in seeds for lam in lams for a in arms]
+    if k >= 3:
         out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
                      tuple(compare_name(a, lam, s, f) for lam in lams)) for s in seeds for f in fts for a in arms]
     return out
@@ -396,19 +441,31 @@ def comparisons(st: Study) -> list[tuple[str, str]]:
     return pairs
 
 
-def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic")) -> list[dict[str, Any]]:
-    """One row per (comparison, trunk seed, fine-tune seed, method): strict BD-rate or NaN + reason."""
+def blocks(st: Study) -> list[tuple[int, int]]:
+    """The (trunk seed, fine-tune seed) blocks of the protocol, in the order the study runs them."""
+    return [(s, f) for f in st.compare.seeds for s in st.trunk.seeds]
+
+
+def evaluated_blocks(st: Study) -> list[tuple[int, int]]:
+    """The blocks whose every arm's curve is evaluated (blocks finish in a fixed order, not chosen
+    by their outcome, so an interim report over them selects nothing)."""
+    return [(s, f) for s, f in blocks(st) if all(evaluated(st, a, s, f) for a in st.compare.arms)]
+
+
+def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
+            among: list[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
+    """One row per (comparison, trunk seed, fine-tune seed, method): strict BD-rate or NaN + reason;
+    over the blocks ``among`` (default: all of them)."""
     from lic_core.bdrate import bd_rate_or_nan
 
     rows = []
     for test, anchor in comparisons(st):
-        for s in st.trunk.seeds:
-            for f in st.compare.seeds:
-                a, t = load_image_curve(st, anchor, s, f), load_image_curve(st, test, s, f)
-                for m in methods:
-                    v, why = bd_rate_or_nan(a.mean(), t.mean(), m)
-                    rows.append({"test": test, "anchor": anchor, "seed": s, "ft_seed": f, "method": m,
-                                 "bd_rate": v, "note": why})
+        for s, f in among if among is not None else blocks(st):
+            a, t = load_image_curve(st, anchor, s, f), load_image_curve(st, test, s, f)
+            for m in methods:
+                v, why = bd_rate_or_nan(a.mean(), t.mean(), m)
+                rows.append({"test": test, "anchor": anchor, "seed": s, "ft_seed": f, "method": m,
+                             "bd_rate": v, "note": why})
     return rows
 
 
@@ -488,16 +545,17 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     lines += [f"| {b['seed']}, {b['lmbda']} | {b['bpp']:.4f} | {b['psnr']:.2f} | {b['L_D']:.2f} | "
               f"{'yes' if 0.3 <= b['L_D'] <= 3 else 'no'} | {b['source']} |" for b in bases]
     runs = [t for t in tasks(st, "compare") if t.fn is run_compare]
-    done = sum((st.out_dir / t.name / "checkpoints" / f"step_{st.compare.steps:08d}.pt").is_file() for t in runs)
-    curves = [(a, s, f) for a in ("base", *st.compare.arms) for s in st.trunk.seeds
-              for f in ((None,) if a == "base" else st.compare.seeds)]
-    ready = sum(evaluated(st, *c) for c in curves)
-    if ready < len(curves):
-        lines += ["", f"Comparisons pending: {done} of {len(runs)} fine-tuning runs finished, {ready} of "
-                      f"{len(curves)} curves evaluated with real bitstreams. No BD-rate is reported before "
-                      "every curve of the protocol is."]
+    done = sum(compare_done(st, *t.args[1:]) for t in runs)
+    ready = evaluated_blocks(st) if all(evaluated(st, "base", s, None) for s in st.trunk.seeds) else []
+    if not ready:
+        lines += ["", f"Comparisons pending: {done} of {len(runs)} fine-tuning runs finished and evaluated with "
+                      "real bitstreams; no (trunk, fine-tune seed) block has every arm yet, so no BD-rate."]
         return "\n".join(lines) + "\n", [], bases
-    summary = summarize(st, bd_rows(st), samples)
+    if len(ready) < len(blocks(st)):
+        lines += ["", f"**Interim**: {done} of {len(runs)} fine-tuning runs done; BD-rates over the "
+                      f"{len(ready)} of {len(blocks(st))} (trunk, fine-tune seed) blocks evaluated so far "
+                      f"({', '.join(f's{s}-f{f}' for s, f in ready)}; blocks run in a fixed order)."]
+    summary = summarize(st, bd_rows(st, among=ready), samples)
     lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
               "|---|---|---:|---:|---|---|---|"]
     for r in summary:
@@ -524,7 +582,7 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
         rd = [{"name": f"base s{s}", "results": {"bpp": c.bpp.mean(1).tolist(), "psnr-rgb": c.quality.mean(1).tolist()}}
               for s, c in zip(st.trunk.seeds, curves)]
         for arm in st.compare.arms:
-            cs = [load_image_curve(st, arm, s, f) for s in st.trunk.seeds for f in st.compare.seeds]
+            cs = [load_image_curve(st, arm, s, f) for s, f in evaluated_blocks(st)]
             rd.append({"name": arm, "results": {"bpp": np.mean([c.bpp.mean(1) for c in cs], 0).tolist(),
                                                 "psnr-rgb": np.mean([c.quality.mean(1) for c in cs], 0).tolist()}})
         viz.save_figure(viz.rd_curves(rd, title=f"{st.name}: Kodak (24 images)"), "rd_curves", figures)
@@ -532,7 +590,7 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
                                **{f"seed {i}": v for i, v in enumerate(r["values"])}} for r in summary])
         if table.loc[table["method"] == "pchip", "mean"].notna().any():
             viz.save_figure(bd_bars_ci(table, "pchip"), "bd_rate_ci", figures)
-        body += f"\nFigures: `{figures}` (R-D curves: the mean over trunks and fine-tune seeds; BD bars: defined values only).\n"
+        body += f"\nFigures: `{figures}` (R-D curves: the mean over the evaluated blocks; BD bars: defined values only).\n"
     return write_results(results, st.name, body)
 
 
@@ -546,11 +604,15 @@ def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
             f = st.out_dir / "eval" / f"{name}.json"
             rows.append({"task": t.name, "state": "done" if f.is_file() else "pending"})
             continue
-        stored = (st.store_dir / f"{name}.pt").is_file()
         run_dir = st.out_dir / name
         step, ev = current_step(run_dir), last_eval(run_dir)
-        final = t.fn is run_compare and step == st.compare.steps
-        rows.append({"task": t.name, "state": "done" if stored or final else ("partial" if step else "pending"),
+        if t.fn is run_compare:  # done once evaluated; "trained" while only its checkpoint exists
+            final = compare_checkpoint(st, *t.args[1:])
+            state = "done" if point_result(st, final) else "trained" if final.is_file() else ""
+            step = st.compare.steps if state == "done" else step
+        else:
+            state = "done" if (st.store_dir / f"{name}.pt").is_file() else ""
+        rows.append({"task": t.name, "state": state or ("partial" if step else "pending"),
                      "step": step, "psnr": ev and round(ev["psnr"], 2), "L_D": ev and round(ev["D"], 3)})
     return rows
 

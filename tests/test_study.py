@@ -95,6 +95,33 @@ def test_finished_stage_is_not_run_again(micro):
     assert {p: p.stat().st_mtime_ns for p in micro.store_dir.glob("*.pt")} == before
 
 
+def test_comparisons_are_evaluated_at_once_and_done_without_their_weights(micro):
+    """A new machine has the committed per-image files, not the fine-tuned weights: the study must
+    count those runs as done and build curves and the report from the files, without retraining."""
+    run = micro.out_dir / "balanced-l0.025-s0-f100"
+    images = json.loads((micro.out_dir / "eval" / "balanced-l0.025-s0-f100-step_00000002.images.json").read_text())
+    assert [r["image"] for r in images["images"]] == sorted(p.name for p in micro.path("test").glob("*.png"))
+    assert all(r["bpp"] > 0 and 5 < r["psnr-rgb"] < 60 for r in images["images"])
+    moved = run / "checkpoints.away"
+    (run / "checkpoints").rename(moved)
+    try:
+        metrics = (run / "metrics.jsonl").stat().st_mtime_ns
+        assert {r["state"] for r in study.status(micro) if r["task"].startswith("balanced-")} == {"done"}
+        assert set(study.run_stage(micro, "evaluate").values()) == {"done"}
+        assert (run / "metrics.jsonl").stat().st_mtime_ns == metrics and not (run / "checkpoints").exists()
+        assert study.evaluated_blocks(micro) == [(0, 100)]
+        broken = micro.out_dir / "eval" / "balanced-l0.025-s0-f100-step_00000002.images.json"
+        text = broken.read_text()
+        broken.write_text(json.dumps({**images, "images": images["images"][:1]}))  # one image short
+        try:
+            assert not study.compare_done(micro, "balanced", 0, 0.025, 100)
+            assert study.evaluated_blocks(micro) == []
+        finally:
+            broken.write_text(text)
+    finally:
+        moved.rename(run / "checkpoints")
+
+
 def test_bd_rows_are_strict(micro):
     rows = study.bd_rows(micro)
     assert {(r["test"], r["anchor"]) for r in rows} == {("balanced", "adam")}
