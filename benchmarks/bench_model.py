@@ -41,7 +41,7 @@ from lic_core import codec  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.losses import distortion  # noqa: E402
 from lic_core.models.authors import authors_name  # noqa: E402
-from lic_core.study import commit, cpu_name  # noqa: E402
+from lic_core.provenance import commit, cpu_name  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402

@@ -34,7 +34,7 @@ import torch
 
 from lic_core.config import PRESETS, TrainConfig
 from lic_core.data import train_loader
-from lic_core.study import commit, cpu_name
+from lic_core.provenance import commit, cpu_name
 from lic_core.training.engine import Trainer, as_config
 
 MODES: dict[str, dict] = {

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from lic_core.atomic import write_file
 from lic_core.config import dataclass_from, read_yaml
 from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
+from lic_core.provenance import commit, cpu_name
 from lic_core.store import export, is_store, read_index, verify_store
 from lic_core.training import checkpoint as ckpt
 from lic_core.training.logging import load_history
@@ -125,14 +125,6 @@ def load_study(path: str | Path, root: str | Path = ".") -> Study:
 # ------------------------------------------------------------------------------------- runs
 
 
-def commit() -> str:
-    """The commit of the code that runs (``+dirty`` when it has uncommitted changes)."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
-    head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def run_overrides(st: Study, name: str, lmbda: float, seed: int, steps: int, lr: float,
                   milestones: list[float] | None = None, step_lrs: list[float] | None = None,
                   init: Path | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -147,14 +139,6 @@ def run_overrides(st: Study, name: str, lmbda: float, seed: int, steps: int, lr:
           "run.out": str(st.out_dir), "run.name": name, "run.progress": False, "run.wandb_mode": "disabled",
           "finetune.init": str(init) if init else "", **st.overrides, **(extra or {})}
     return ov
-
-
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo``), or the architecture where that is not readable."""
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return os.uname().machine
 
 
 def _record(run_dir: Path, **info: Any) -> None:
