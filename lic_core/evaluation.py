@@ -119,16 +119,15 @@ def image_keys(images: Sequence[Path]) -> list[str]:
     return [str(p.relative_to(root)) for p in images]
 
 
-def stored(out: Path, name: str, images: Sequence[Path], crop: int = 0) -> dict[str, Any] | None:
-    """The per-image file ``out/NAME.images.json`` when it already holds every one of ``images`` at
-    ``crop``, in their order; else None. Its checkpoint need not exist any more: a study commits
-    these files, not the weights of every fine-tuned run."""
+def stored(out: Path, name: str, keys: Sequence[str], crop: int = 0) -> dict[str, Any] | None:
+    """The per-image file ``out/NAME.images.json`` when it already holds every image of ``keys``
+    (:func:`image_keys`) at ``crop``, in their order; else None. Its checkpoint need not exist any
+    more: a study commits these files, not the weights of every fine-tuned run."""
     path = out / f"{name}.images.json"
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
     by_key = {r["image"]: r for r in data.get("images", [])}
-    keys = image_keys(images)
     if data.get("model") != name or data.get("crop") != crop or not set(keys) <= set(by_key):
         return None
     return {**data, "images": [by_key[k] for k in keys]}
@@ -138,6 +137,8 @@ def evaluate_model(spec: str, images: Sequence[Path], out: Path, crop: int = 0,
                    name: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate one checkpoint (or config name) on ``images``; returns the per-image file's dict."""
     name = name or model_names([spec])[0]
+    if not Path(spec).is_file() and (kept := stored(out, name, image_keys(images), crop)) is not None:
+        return kept  # the weights are gone (not committed), their complete result is not
     model, fingerprint = load_model(spec)
     meta = {"model": name, "checkpoint": str(spec), "fingerprint": fingerprint, "crop": crop}
     path = out / f"{name}.images.json"
@@ -179,13 +180,8 @@ def evaluate(specs: Sequence[str], dataset: str | Path, out: str | Path, limit: 
     out.mkdir(parents=True, exist_ok=True)
     ds_name, images = resolve(dataset, limit)
     runs = [evaluate_model(s, images, out, crop, n, progress) for s, n in zip(specs, model_names(specs))]
-    return write_summary(runs, out, name or "-".join(r["model"] for r in runs), ds_name, len(images), crop)
-
-
-def write_summary(runs: Sequence[dict[str, Any]], out: Path, name: str, ds_name: str, n_images: int,
-                  crop: int = 0) -> dict[str, Any]:
-    """Writes and returns ``out/NAME.json``: the CompressAI summary of per-image results ``runs``."""
-    desc = (f"lic_core real-bitstream evaluation on {ds_name} ({n_images} images"
+    name = name or "-".join(r["model"] for r in runs)
+    desc = (f"lic_core real-bitstream evaluation on {ds_name} ({len(images)} images"
             + (f", center crops {crop}px" if crop else "") + ")")
     data = aggregate(runs, name, desc)
     write_file(out / f"{name}.json", json.dumps(data, indent=2) + "\n")

@@ -46,6 +46,7 @@ from lic_core.atomic import write_file
 from lic_core.config import parse_yaml
 from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
+from lic_core.training.logging import METRICS_FILE
 from lic_core.sweep import SweepSpec, load_sweep, run_sweep, spec_from_dict, summarize, sweep_results
 
 TRAIN_MODES = ("standard", "balanced", "hierarchical")
@@ -130,7 +131,7 @@ def _run_config(path: Path) -> dict[str, Any] | None:
     """A training run's ``config.yaml`` (None for other files of that name, e.g. wandb's)."""
     cfg = yaml.safe_load(path.read_text())
     ok = isinstance(cfg, dict) and all(isinstance(cfg.get(k), dict) for k in ("loss", "run", "finetune"))
-    return cfg if ok and (path.parent / "checkpoints").is_dir() else None
+    return cfg if ok and (path.parent / METRICS_FILE).is_file() else None
 
 
 def collect_runs(sweep_dir: str | Path, jobs: Sequence[str] | None = None) -> pd.DataFrame:
@@ -138,9 +139,10 @@ def collect_runs(sweep_dir: str | Path, jobs: Sequence[str] | None = None) -> pd
     ``job, stage (train | finetune), mode, lmbda, seed, steps, run_dir, checkpoint``.
 
     Read from each run's own ``config.yaml``, so nothing depends on folder names; a checkpoint is
-    the newest ``step_*.pt``. Two runs of one (stage, mode, λ, seed) are an error.
+    the newest ``step_*.pt``, or where the final one was when the weights are gone (a committed run
+    keeps its config, metrics and evaluations). Two runs of one (stage, mode, λ, seed) are an error.
     """
-    from lic_core.training.checkpoint import latest
+    from lic_core.training.checkpoint import latest, step_file
 
     sweep_dir = Path(sweep_dir)
     done = sweep_results(sweep_dir)
@@ -151,7 +153,9 @@ def collect_runs(sweep_dir: str | Path, jobs: Sequence[str] | None = None) -> pd
             cfg = _run_config(cfg_file)
             if cfg is None:
                 continue
-            ckpt = latest(cfg_file.parent / "checkpoints")
+            # weights are not committed: a done job's run without them is named by its final checkpoint
+            ckpt = latest(cfg_file.parent / "checkpoints") or step_file(cfg_file.parent / "checkpoints",
+                                                                        int(cfg["run"]["steps"]))
             rows.append({"job": job, "stage": "finetune" if cfg["finetune"].get("init") else "train",
                          "mode": cfg["loss"]["mode"], "lmbda": float(cfg["loss"]["lmbda"]),
                          "seed": int(cfg["run"]["seed"]), "steps": int(cfg["run"]["steps"]),
@@ -293,7 +297,7 @@ def load_curves(runs: pd.DataFrame, out: str | Path) -> dict[tuple[str, str, int
         if not path.is_file():
             raise LicError(f"{path} does not exist: run the evaluate stage first")
         curve = json.loads(path.read_text())
-        have, want = set(curve["results"].get("checkpoint", [])), {str(c) for c in g["checkpoint"]}
+        have, want = set(_names(curve["results"].get("checkpoint", []))), set(_names(g["checkpoint"]))
         if have != want:
             raise LicError(f"{path} holds checkpoints {sorted(have - want)} instead of {sorted(want - have)}: "
                            "evaluate again")
@@ -301,13 +305,21 @@ def load_curves(runs: pd.DataFrame, out: str | Path) -> dict[tuple[str, str, int
     return curves
 
 
+def _names(ckpts: Sequence[Any]) -> list[str]:
+    """Checkpoints as evaluations name them (``<run>-<stem>``): the same on every machine, unlike
+    the absolute paths a curve file records."""
+    from lic_core.evaluation import model_names
+
+    return model_names([str(c) for c in ckpts])
+
+
 def points(curves: Mapping[tuple[str, str, int], dict], runs: pd.DataFrame) -> pd.DataFrame:
     """Long table of R-D points: ``stage, mode, label, seed, lmbda`` and the curve's results."""
-    lmbda_of = {str(c): lm for c, lm in zip(runs["checkpoint"], runs["lmbda"])}
+    lmbda_of = dict(zip(_names(runs["checkpoint"]), runs["lmbda"]))
     rows = []
     for (stage, mode, seed), curve in curves.items():
         res = curve["results"]
-        for i, ck in enumerate(res["checkpoint"]):
+        for i, ck in enumerate(_names(res["checkpoint"])):
             rows.append({"stage": stage, "mode": mode, "label": label(stage, mode), "seed": seed,
                          "lmbda": lmbda_of.get(ck, math.nan),
                          **{k: v[i] for k, v in res.items() if isinstance(v, list) and k != "checkpoint"}})

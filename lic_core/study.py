@@ -218,7 +218,7 @@ def export_trunk(st: Study, seed: int, why: str) -> Path:
     meta = {"stage": "trunk", "seed": seed, "lmbda": st.trunk.lmbda, "step": step, "gate_ld": st.trunk.gate_ld,
             "gate_met": bool(ev and ev["step"] == step and ev["D"] <= st.trunk.gate_ld), "stopped": why,
             "eval": ev, "commit": commit()}
-    return export(run_dir / "checkpoints" / f"step_{step:08d}.pt", st.store_dir / f"{trunk_name(seed)}.pt", meta)
+    return export(ckpt.step_file(run_dir / "checkpoints", step), st.store_dir / f"{trunk_name(seed)}.pt", meta)
 
 
 def run_branch(st: Study, seed: int, lmbda: float) -> Path:
@@ -259,7 +259,7 @@ def run_compare(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> P
 
 def compare_checkpoint(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> Path:
     """Where a comparison run's final checkpoint is (or was: only its evaluation is committed)."""
-    return st.out_dir / compare_name(arm, lmbda, seed, ft_seed) / "checkpoints" / f"step_{st.compare.steps:08d}.pt"
+    return ckpt.step_file(st.out_dir / compare_name(arm, lmbda, seed, ft_seed) / "checkpoints", st.compare.steps)
 
 
 def compare_done(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> bool:
@@ -279,44 +279,50 @@ def curve_name(arm: str, seed: int, ft_seed: int | None) -> str:
     return f"{arm}-s{seed}" + ("" if ft_seed is None else f"-f{ft_seed}")
 
 
-def point_name(ckpt: Path) -> str:
+def point_name(path: Path) -> str:
     """The evaluation name of one checkpoint (``<run>-step_<n>`` for a run's checkpoint)."""
     from lic_core.evaluation import model_names
 
-    return model_names([str(ckpt)])[0]
+    return model_names([str(path)])[0]
 
 
-def eval_images(st: Study) -> tuple[str, list[Path]]:
-    """(name, images) of the full test set every model is evaluated on."""
-    from lic_core.datasets import resolve
+def test_keys(st: Study) -> list[str] | None:
+    """The test images every point is evaluated on, as the per-image files name them: those of the
+    bases' evaluation (the study's first evaluation; None before it). Read from the committed files,
+    so that the report needs neither the weights nor the test images."""
+    seed, lam = st.trunk.seeds[0], st.branch.lambdas[0]
+    if not (st.out_dir / "eval" / f"{curve_name('base', seed, None)}.json").is_file():
+        return None
+    path = st.out_dir / "eval" / f"{point_name(st.store_dir / f'{base_name(lam, seed)}.pt')}.images.json"
+    return [r["image"] for r in json.loads(path.read_text())["images"]]
 
-    return resolve(st.path(st.test_dir))
 
-
-def point_result(st: Study, ckpt: Path) -> dict[str, Any] | None:
-    """The committed per-image result of checkpoint ``ckpt`` on every test image, if there is one."""
+def point_result(st: Study, path: Path) -> dict[str, Any] | None:
+    """The per-image result of checkpoint ``path`` on every test image, if there is one."""
     from lic_core.evaluation import stored
 
-    return stored(st.out_dir / "eval", point_name(ckpt), eval_images(st)[1])
+    keys = test_keys(st)
+    return None if keys is None else stored(st.out_dir / "eval", point_name(path), keys)
 
 
-def evaluate_point(st: Study, ckpt: Path) -> dict[str, Any]:
-    """Real-bitstream evaluation of one checkpoint on the full test images (resumes per image)."""
+def evaluate_point(st: Study, path: Path) -> dict[str, Any]:
+    """Real-bitstream evaluation of one checkpoint on the full test images (resumes per image; a
+    complete result stands for a checkpoint that is gone)."""
+    from lic_core.datasets import resolve
     from lic_core.evaluation import evaluate_model
 
-    return point_result(st, ckpt) or evaluate_model(str(ckpt), eval_images(st)[1], st.out_dir / "eval",
-                                                    name=point_name(ckpt), progress=False)
+    return evaluate_model(str(path), resolve(st.path(st.test_dir))[1], st.out_dir / "eval",
+                          name=point_name(path), progress=False)
 
 
 def run_evaluate(st: Study, arm: str, seed: int, ft_seed: int | None) -> Path:
-    """One curve's summary (CompressAI JSON) from its points' per-image results, evaluating the
-    points that have none yet."""
-    from lic_core.evaluation import write_summary
+    """Real-bitstream evaluation of one curve on the full test images (per-image files resume; a
+    point whose weights are gone is represented by its complete per-image file)."""
+    from lic_core.evaluation import evaluate
 
     name = curve_name(arm, seed, ft_seed)
-    ds, images = eval_images(st)
-    runs = [evaluate_point(st, p) for p in curve_checkpoints(st, arm, seed, ft_seed)]
-    write_summary(runs, st.out_dir / "eval", name, ds, len(images))
+    evaluate([str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)], st.path(st.test_dir),
+             st.out_dir / "eval", name=name, progress=False)
     return st.out_dir / "eval" / f"{name}.json"
 
 
@@ -331,19 +337,20 @@ class Task:
 def tasks(st: Study, stage: str) -> list[Task]:
     """The runs of ``stage`` and of the stages before it, each with the runs it needs."""
     k = STAGES.index(stage)
-    seeds, lams, arms, fts = st.trunk.seeds, st.branch.lambdas, list(st.compare.arms), st.compare.seeds
+    seeds, lams, arms = st.trunk.seeds, st.branch.lambdas, list(st.compare.arms)
     out = [Task(trunk_name(s), run_trunk, (st, s)) for s in seeds]
     if k >= 1:
         out += [Task(base_name(lam, s), run_branch, (st, s, lam), (trunk_name(s),)) for s in seeds for lam in lams]
     if k >= 3:  # the bases' curves first: cheap, and committed before the long compare stage
         out += [Task(f"eval-{curve_name('base', s, None)}", run_evaluate, (st, "base", s, None),
                      tuple(base_name(lam, s) for lam in lams)) for s in seeds]
-    if k >= 2:  # fine-tune seed outermost, so both trunks' blocks of one seed finish first
-        out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f), (base_name(lam, s),))
-                for f in fts for s in seeds for lam in lams for a in arms]
-    if k >= 3:
-        out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
-                     tuple(compare_name(a, lam, s, f) for lam in lams)) for s in seeds for f in fts for a in arms]
+    if k >= 2:  # block by block, fine-tune seed outermost, each block's curve summaries after its runs
+        for s, f in blocks(st):
+            out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f), (base_name(lam, s),))
+                    for lam in lams for a in arms]
+            if k >= 3:
+                out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
+                             tuple(compare_name(a, lam, s, f) for lam in lams)) for a in arms]
     return out
 
 
@@ -388,30 +395,26 @@ def run_stage(st: Study, stage: str, jobs: int | None = None) -> dict[str, str]:
 def load_image_curve(st: Study, arm: str, seed: int, ft_seed: int | None) -> Any:
     """Per-image R-D points of one evaluated curve (:class:`lic_core.bdrate.ImageCurve`)."""
     from lic_core.bdrate import image_curve
-    from lic_core.evaluation import model_names
 
-    ckpts = [str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)]
-    files = [st.out_dir / "eval" / f"{n}.images.json" for n in model_names(ckpts)]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise LicError(f"curve {curve_name(arm, seed, ft_seed)} is not evaluated: {', '.join(missing)}")
-    return image_curve([_images(str(f), f.stat().st_mtime_ns) for f in files], curve_name(arm, seed, ft_seed))
+    files = [st.out_dir / "eval" / f"{point_name(p)}.images.json" for p in curve_checkpoints(st, arm, seed, ft_seed)]
+    if not evaluated(st, arm, seed, ft_seed):
+        raise LicError(f"curve {curve_name(arm, seed, ft_seed)} is not evaluated on every test image: "
+                       f"{', '.join(str(f) for f in files)}")
+    keys = test_keys(st)
+    return image_curve([[by[k] for k in keys] for by in (_images(str(f), f.stat().st_mtime_ns) for f in files)],
+                       curve_name(arm, seed, ft_seed))
 
 
 def evaluated(st: Study, arm: str, seed: int, ft_seed: int | None) -> bool:
-    """Whether every point of one curve has its evaluation file."""
-    try:
-        load_image_curve(st, arm, seed, ft_seed)
-    except LicError:
-        return False
-    return True
+    """Whether every point of one curve has its result on every test image."""
+    return all(point_result(st, p) is not None for p in curve_checkpoints(st, arm, seed, ft_seed))
 
 
 @lru_cache(maxsize=512)
-def _images(path: str, mtime_ns: int) -> list[dict[str, Any]]:
-    """Per-image records of one evaluation file, read once per version of the file: the report
-    asks for the same curves in its table, its bootstrap and its figures."""
-    return json.loads(Path(path).read_text())["images"]
+def _images(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    """Per-image records of one evaluation file by image, read once per version of the file: the
+    report asks for the same curves in its table, its bootstrap and its figures."""
+    return {r["image"]: r for r in json.loads(Path(path).read_text())["images"]}
 
 
 def comparisons(st: Study) -> list[tuple[str, str]]:
@@ -510,8 +513,8 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     """The RESULTS.md block of the study, from its files only; also its summary and base rows."""
     trunks = read_index(st.store_dir)
     lines = [f"### `{st.name}`: reported {datetime.now(timezone.utc).date()}", ""]
-    commits = sorted({sess["commit"] for run in st.out_dir.glob("*/study.json")
-                      for sess in json.loads(run.read_text())["sessions"]})
+    commits = sorted({sess["commit"] for run in finished_runs(st)
+                      for sess in json.loads((run / "study.json").read_text())["sessions"]})
     lines += [f"- model `{st.model}`, batch {st.batch}, patch {st.patch}; code: {', '.join(c[:10] for c in commits)}",
               f"- trunks: λ {st.trunk.lmbda}, seeds {st.trunk.seeds}, lr {st.trunk.lr}, gate L_D <= {st.trunk.gate_ld} "
               f"on {st.test_patch}-px test crops every {st.trunk.check_every} steps, cap {st.trunk.max_steps}",
@@ -601,11 +604,18 @@ def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
     return rows
 
 
+def finished_runs(st: Study) -> list[Path]:
+    """Run folders of finished runs: trunks and bases in the store, comparisons evaluated."""
+    return [st.out_dir / t.name for t in tasks(st, "compare")
+            if (compare_done(st, *t.args[1:]) if t.fn is run_compare else (st.store_dir / f"{t.name}.pt").is_file())
+            and (st.out_dir / t.name / "study.json").is_file()]
+
+
 def committable(st: Study) -> list[Path]:
     """The compact outputs worth committing: the store (weights, manifest, index) and, of every
     run folder, ``config.yaml``, ``metrics.jsonl`` and ``study.json``; evaluation files."""
     keep = [p for p in st.store_dir.glob("*") if p.is_file() and not p.name.startswith(".")]
-    for run in sorted(p for p in st.out_dir.glob("*") if (p / "study.json").is_file()):
+    for run in finished_runs(st):
         keep += [run / f for f in ("config.yaml", "metrics.jsonl", "study.json") if (run / f).is_file()]
     keep += sorted((st.out_dir / "eval").glob("*.json"))
     return keep

@@ -34,3 +34,29 @@ def test_every_cited_file_exists(doc):
 def test_benchmark_results_cited_by_the_readme_exist():
     results = [p for p in cited("README.md") if p.startswith("benchmarks/results/")]
     assert results and all((REPO / p).is_file() for p in results)
+
+
+def _block(text: str, name: str) -> str:
+    """RESULTS.md's block ``name`` without what legitimately differs between two reports of the
+    same files: the date and the folder the figures were written to."""
+    begin, end = f"<!-- BEGIN experiment:{name} -->", f"<!-- END experiment:{name} -->"
+    body = text[text.index(begin):text.index(end)]
+    body = re.sub(r"reported \d{4}-\d{2}-\d{2}", "reported DATE", body)
+    body = re.sub(r"\]\([^)]*?([\w-]+\.png)\)", r"](\1)", body)
+    return re.sub(r"Figures: `[^`]*`", "Figures: FOLDER", body)
+
+
+@pytest.mark.parametrize("name", ["experiment_cpu", "study_tiny"])
+def test_results_blocks_regenerate_from_committed_files(name, tmp_path):
+    """Each report block of RESULTS.md is what its documented command writes from the committed
+    files alone (no weights, no test images): commit the files and the block together."""
+    from lic_core import experiment, study
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text((REPO / "RESULTS.md").read_text())
+    if name == "experiment_cpu":
+        spec = experiment.load_protocol(REPO / "sweeps" / "experiment_cpu.yaml", {}, {}, "")
+        experiment.report(spec, results, tmp_path / "fig")
+    else:
+        study.report(study.load_study(REPO / "sweeps" / "studies" / "tiny.yaml", REPO), results, tmp_path / "fig")
+    assert _block(results.read_text(), name) == _block((REPO / "RESULTS.md").read_text(), name)

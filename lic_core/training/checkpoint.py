@@ -95,6 +95,11 @@ def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for m, p in found if m)
 
 
+def step_file(folder: str | Path, step: int) -> Path:
+    """The checkpoint of ``step`` in ``folder`` (whether or not it exists)."""
+    return Path(folder) / f"step_{step:08d}.pt"
+
+
 def latest(folder: str | Path) -> Path | None:
     """The newest step checkpoint in ``folder`` (None when there is none)."""
     ckpts = step_checkpoints(folder)
@@ -117,7 +122,7 @@ def save_rotating(payload: dict[str, Any], folder: str | Path, step: int, keep_l
     """Save ``step_<step>.pt``, also as ``best.pt`` when ``best``, and delete all but the newest
     ``keep_last`` step files (``best.pt`` is kept apart)."""
     folder = Path(folder)
-    path = save_atomic(payload, folder / f"step_{step:08d}.pt")
+    path = save_atomic(payload, step_file(folder, step))
     if best:
         _link_atomic(path, folder / BEST)
     for _, old in step_checkpoints(folder)[:-keep_last]:
