@@ -44,7 +44,7 @@ from lic_core.store import export, is_store, read_index, verify_store
 from lic_core.training import checkpoint as ckpt
 from lic_core.training.logging import load_history
 
-STAGES = ("trunk", "branch", "compare", "evaluate")
+STAGES = ("trunk", "branch", "compare", "evaluate", "scratch")
 
 
 # ------------------------------------------------------------------------------------ protocol
@@ -80,6 +80,16 @@ class CompareSpec:
 
 
 @dataclass
+class ScratchSpec:
+    """Issue 13 item 3: objectives trained from scratch beside a trunk, whose Adam run is the other
+    half of each pair (same seed, so the same init and crops; same λ and lr)."""
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm name -> config overrides
+    seeds: list[int] = field(default_factory=lambda: [0])  # trunk seeds to pair with
+    steps: int = 0  # 0: no such stage
+    share: float = 0.25  # a_D level that counts as "risen" (the standard loss D + R has 0.5)
+
+
+@dataclass
 class Study:
     """One study, read from YAML (``sweeps/studies/tiny.yaml``); paths are relative to ``root``."""
 
@@ -99,6 +109,7 @@ class Study:
     trunk: TrunkSpec = field(default_factory=TrunkSpec)
     branch: BranchSpec = field(default_factory=BranchSpec)
     compare: CompareSpec = field(default_factory=CompareSpec)
+    scratch: ScratchSpec = field(default_factory=ScratchSpec)
     root: str = "."
 
     def path(self, p: str) -> Path:
@@ -267,6 +278,69 @@ def compare_done(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> 
     return point_result(st, compare_checkpoint(st, arm, seed, lmbda, ft_seed)) is not None
 
 
+def scratch_name(arm: str, seed: int) -> str:
+    return f"scratch-{arm}-s{seed}"
+
+
+def run_scratch(st: Study, arm: str, seed: int) -> Path:
+    """Train ``arm`` from scratch as trunk ``seed`` was trained (seed, λ, lr, measurement every
+    ``trunk.check_every`` steps), for ``scratch.steps``; resumes from its last checkpoint."""
+    t, name = st.trunk, scratch_name(arm, seed)
+    final = ckpt.step_file(st.out_dir / name / "checkpoints", st.scratch.steps)
+    if scratch_done(st, arm, seed):
+        return final
+    return _train(run_overrides(st, name, t.lmbda, seed, st.scratch.steps, t.lr,
+                                extra={**st.scratch.arms[arm], "run.eval_every": t.check_every,
+                                       "run.ckpt_every": t.check_every, "run.keep_last": 1,
+                                       "run.log_every": max(1, min(50, t.check_every // 4))}))
+
+
+def scratch_done(st: Study, arm: str, seed: int) -> bool:
+    """Whether the run reached its last measurement (its record is committed, its weights are not)."""
+    ev = last_eval(st.out_dir / scratch_name(arm, seed))
+    return ev is not None and ev["step"] >= st.scratch.steps
+
+
+def scratch_rows(st: Study, arm: str, seed: int) -> list[dict[str, Any]]:
+    """Per measurement (every ``trunk.check_every`` steps): the Adam trunk's and the from-scratch
+    run's Kodak-crop PSNR, bpp and ``L_D``, and the run's mean ``z_D`` and ``a_D`` over the steps
+    since the previous measurement."""
+    trunk = {e["step"]: e for e in load_history(st.out_dir / trunk_name(seed), "eval")}
+    run = st.out_dir / scratch_name(arm, seed)
+    train = [h for h in load_history(run, "train") if "a_D" in h]
+    rows, prev = [], 0
+    for e in load_history(run, "eval"):
+        window = [h for h in train if prev < h["step"] <= e["step"]]
+        a = trunk.get(e["step"], {})
+        rows.append({"step": e["step"], "adam_psnr": a.get("psnr", float("nan")), "adam_bpp": a.get("bpp", float("nan")),
+                     "adam_L_D": a.get("D", float("nan")), "psnr": e["psnr"], "bpp": e["bpp"], "L_D": e["D"],
+                     "z_D": float(np.mean([h["z_D"] for h in window])) if window else float("nan"),
+                     "a_D": float(np.mean([h["a_D"] for h in window])) if window else float("nan")})
+        prev = e["step"]
+    return rows
+
+
+def scratch_markdown(st: Study) -> list[str]:
+    """The report's lines for the from-scratch pairs (none when the stage is off or not run)."""
+    lines = []
+    for arm in st.scratch.arms:
+        for seed in st.scratch.seeds:
+            rows = scratch_rows(st, arm, seed)
+            if not rows:
+                continue
+            risen = next((r["step"] for r in rows if r["a_D"] >= st.scratch.share), None)
+            lines += ["", f"From scratch, {arm} beside trunk {seed} (Adam; same seed, init, crops, λ {st.trunk.lmbda}, "
+                          f"lr {st.trunk.lr}); {rows[-1]['step']} of {st.scratch.steps} steps; Kodak-crop measurements, "
+                          f"`z_D`/`a_D` the mean over the steps since the previous row:", "",
+                      "| step | Adam PSNR | Adam bpp | Adam L_D | PSNR | bpp | L_D | z_D | a_D |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {r['step']} | {r['adam_psnr']:.2f} | {r['adam_bpp']:.4f} | {r['adam_L_D']:.2f} | {r['psnr']:.2f} | "
+                      f"{r['bpp']:.4f} | {r['L_D']:.2f} | {r['z_D']:.3f} | {r['a_D']:.3f} |" for r in rows]
+            lines += ["", f"`a_D` first reaches {st.scratch.share} (the standard loss has 0.5) "
+                          + (f"in the window ending at step {risen}." if risen else f"in none of these {len(rows)} windows.")]
+    return lines
+
+
 def curve_checkpoints(st: Study, arm: str, seed: int, ft_seed: int | None) -> list[Path]:
     """The checkpoints of one R-D curve over ``branch.lambdas``: a base curve (``arm`` "base") or
     one arm's fine-tuned models."""
@@ -351,6 +425,9 @@ def tasks(st: Study, stage: str) -> list[Task]:
             if k >= 3:
                 out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
                              tuple(compare_name(a, lam, s, f) for lam in lams)) for a in arms]
+    if k >= 4:  # the from-scratch pairs: each needs its trunk's record, not its weights
+        out += [Task(scratch_name(a, s), run_scratch, (st, a, s), (trunk_name(s),))
+                for a in st.scratch.arms for s in st.scratch.seeds if st.scratch.steps > 0]
     return out
 
 
@@ -537,7 +614,7 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     if not ready:
         lines += ["", f"Comparisons pending: {done} of {len(runs)} fine-tuning runs finished and evaluated with "
                       "real bitstreams; no (trunk, fine-tune seed) block has every arm yet, so no BD-rate."]
-        return "\n".join(lines) + "\n", [], bases
+        return "\n".join(lines + scratch_markdown(st)) + "\n", [], bases
     if len(ready) < len(blocks(st)):
         lines += ["", f"**Interim**: {done} of {len(runs)} fine-tuning runs done; BD-rates over the "
                       f"{len(ready)} of {len(blocks(st))} (trunk, fine-tune seed) blocks evaluated so far "
@@ -553,7 +630,7 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     notes = sorted({n for r in summary for n in r["notes"]})
     if notes:
         lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n", summary, bases
+    return "\n".join(lines + scratch_markdown(st)) + "\n", summary, bases
 
 
 def report(st: Study, results: Path, figures: Path | None = None, samples: int = 1000) -> Path:
@@ -593,22 +670,29 @@ def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
             continue
         run_dir = st.out_dir / name
         step, ev = current_step(run_dir), last_eval(run_dir)
+        state = "done" if finished(st, t) else ""
         if t.fn is run_compare:  # done once evaluated; "trained" while only its checkpoint exists
-            final = compare_checkpoint(st, *t.args[1:])
-            state = "done" if point_result(st, final) else "trained" if final.is_file() else ""
+            state = state or ("trained" if compare_checkpoint(st, *t.args[1:]).is_file() else "")
             step = st.compare.steps if state == "done" else step
-        else:
-            state = "done" if (st.store_dir / f"{name}.pt").is_file() else ""
         rows.append({"task": t.name, "state": state or ("partial" if step else "pending"),
                      "step": step, "psnr": ev and round(ev["psnr"], 2), "L_D": ev and round(ev["D"], 3)})
     return rows
 
 
+def finished(st: Study, t: Task) -> bool:
+    """Whether a training task is done by the committed files: trunks and bases in the store,
+    comparisons evaluated, from-scratch runs measured at their last step."""
+    if t.fn is run_compare:
+        return compare_done(st, *t.args[1:])
+    if t.fn is run_scratch:
+        return scratch_done(st, *t.args[1:])
+    return (st.store_dir / f"{t.name}.pt").is_file()
+
+
 def finished_runs(st: Study) -> list[Path]:
-    """Run folders of finished runs: trunks and bases in the store, comparisons evaluated."""
-    return [st.out_dir / t.name for t in tasks(st, "compare")
-            if (compare_done(st, *t.args[1:]) if t.fn is run_compare else (st.store_dir / f"{t.name}.pt").is_file())
-            and (st.out_dir / t.name / "study.json").is_file()]
+    """Run folders of finished training runs."""
+    return [st.out_dir / t.name for t in tasks(st, STAGES[-1])
+            if t.fn is not run_evaluate and finished(st, t) and (st.out_dir / t.name / "study.json").is_file()]
 
 
 def committable(st: Study) -> list[Path]:

@@ -34,10 +34,11 @@ def micro(tmp_path_factory, kodak_dir, wikiphotos_dir) -> study.Study:
            "branch": {"lambdas": [0.0067, 0.025], "steps": 2},
            "compare": {"seeds": [100], "steps": 2,
                        "arms": {"adam": {"loss.mode": "standard", "optim.optimizer": "adam"},
-                                "balanced": {"loss.mode": "balanced"}}}}
+                                "balanced": {"loss.mode": "balanced"}}},
+           "scratch": {"arms": {"balanced": {"loss.mode": "balanced"}}, "seeds": [0], "steps": 4}}
     (root / "study.yaml").write_text(yaml.safe_dump(raw))
     st = study.load_study(root / "study.yaml", root)
-    states = study.run_stage(st, "evaluate")
+    states = study.run_stage(st, "scratch")
     assert set(states.values()) == {"done"}, states
     return st
 
@@ -91,7 +92,7 @@ def test_branches_start_from_the_trunk_and_comparisons_from_the_base(micro):
 
 def test_finished_stage_is_not_run_again(micro):
     before = {p: p.stat().st_mtime_ns for p in micro.store_dir.glob("*.pt")}
-    assert set(study.run_stage(micro, "evaluate").values()) == {"done"}
+    assert set(study.run_stage(micro, "scratch").values()) == {"done"}
     assert {p: p.stat().st_mtime_ns for p in micro.store_dir.glob("*.pt")} == before
 
 
@@ -118,6 +119,28 @@ def test_comparisons_are_evaluated_at_once_and_done_without_their_weights(micro)
             assert study.evaluated_blocks(micro) == []
         finally:
             broken.write_text(text)
+    finally:
+        moved.rename(run / "checkpoints")
+
+
+def test_from_scratch_pair_is_measured_beside_its_trunk(micro):
+    """Item 3: the from-scratch run has the trunk's seed, λ, lr and measurement steps, and the
+    report puts both side by side with the distortion's gradient share over each window."""
+    run = micro.out_dir / "scratch-balanced-s0"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    trunk = yaml.safe_load((micro.out_dir / "trunk-s0" / "config.yaml").read_text())
+    assert cfg["finetune"]["init"] == "" and cfg["loss"]["mode"] == "balanced"
+    assert [cfg[k][f] for k, f in (("run", "seed"), ("loss", "lmbda"), ("optim", "lr"))] == \
+        [trunk[k][f] for k, f in (("run", "seed"), ("loss", "lmbda"), ("optim", "lr"))]
+    rows = study.scratch_rows(micro, "balanced", 0)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(math.isfinite(r["adam_psnr"]) and 0 < r["a_D"] < 1 and 0 < r["z_D"] < 1 for r in rows)
+    text = "\n".join(study.scratch_markdown(micro))
+    assert "From scratch, balanced beside trunk 0" in text and "| 4 |" in text and "`a_D` first reaches 0.25" in text
+    moved = run / "checkpoints.away"
+    (run / "checkpoints").rename(moved)
+    try:  # done by its record: a new machine does not train it again
+        assert study.scratch_done(micro, "balanced", 0) and run in study.finished_runs(micro)
     finally:
         moved.rename(run / "checkpoints")
 
