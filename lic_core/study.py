@@ -413,6 +413,9 @@ def tasks(st: Study, stage: str) -> list[Task]:
     k = STAGES.index(stage)
     seeds, lams, arms = st.trunk.seeds, st.branch.lambdas, list(st.compare.arms)
     out = [Task(trunk_name(s), run_trunk, (st, s)) for s in seeds]
+    if k >= 4:  # the from-scratch pairs, the longest runs, start first (beside the other stages' runs)
+        out += [Task(scratch_name(a, s), run_scratch, (st, a, s), (trunk_name(s),))
+                for a in st.scratch.arms for s in st.scratch.seeds if st.scratch.steps > 0]
     if k >= 1:
         out += [Task(base_name(lam, s), run_branch, (st, s, lam), (trunk_name(s),)) for s in seeds for lam in lams]
     if k >= 3:  # the bases' curves first: cheap, and committed before the long compare stage
@@ -425,9 +428,6 @@ def tasks(st: Study, stage: str) -> list[Task]:
             if k >= 3:
                 out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
                              tuple(compare_name(a, lam, s, f) for lam in lams)) for a in arms]
-    if k >= 4:  # the from-scratch pairs: each needs its trunk's record, not its weights
-        out += [Task(scratch_name(a, s), run_scratch, (st, a, s), (trunk_name(s),))
-                for a in st.scratch.arms for s in st.scratch.seeds if st.scratch.steps > 0]
     return out
 
 
