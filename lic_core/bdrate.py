@@ -275,6 +275,19 @@ def bd_rate_or_nan(anchor: Curve, test: Curve, method: str = "pchip", min_overla
     return r.bd_rate, "; ".join(w for w in r.warnings if w.startswith("BD-rate"))
 
 
+def quality_gaps(anchor: Curve, test: Curve) -> list[float]:
+    """Quality of each ``test`` point minus ``anchor``'s curve at the same rate (PCHIP in log rate),
+    for the test points inside the anchor's rate range, in rate order: where the curves overlap too
+    little for a BD-rate, whether the test points lie above (+) or below (-) the anchor's curve."""
+    from scipy.interpolate import PchipInterpolator
+
+    if not np.all(np.diff(anchor.bpp) > 0):  # no curve to read a rate from (e.g. an untrained model)
+        return []
+    curve = PchipInterpolator(np.log(anchor.bpp), anchor.quality)
+    inside = (test.bpp >= anchor.bpp[0]) & (test.bpp <= anchor.bpp[-1])
+    return [float(q - curve(np.log(b))) for b, q in zip(test.bpp[inside], test.quality[inside])]
+
+
 def paired_bootstrap(pairs: Sequence[tuple[ImageCurve, ImageCurve]], method: str = "pchip",
                      samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Percentile interval of the mean BD-rate over ``pairs`` (anchor, test) when the test images

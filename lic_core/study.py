@@ -505,6 +505,14 @@ def comparisons(st: Study) -> list[tuple[str, str]]:
     return pairs
 
 
+def sorted_curve(c: Any) -> Any:
+    """``c`` (:class:`lic_core.bdrate.Curve`) with its points in increasing rate."""
+    from dataclasses import replace
+
+    order = np.argsort(c.bpp)
+    return replace(c, bpp=c.bpp[order], quality=c.quality[order])
+
+
 def blocks(st: Study) -> list[tuple[int, int]]:
     """The (trunk seed, fine-tune seed) blocks of the protocol, in the order the study runs them."""
     return [(s, f) for f in st.compare.seeds for s in st.trunk.seeds]
@@ -520,16 +528,17 @@ def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
             among: list[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
     """One row per (comparison, trunk seed, fine-tune seed, method): strict BD-rate or NaN + reason;
     over the blocks ``among`` (default: all of them)."""
-    from lic_core.bdrate import bd_rate_or_nan
+    from lic_core.bdrate import bd_rate_or_nan, quality_gaps
 
     rows = []
     for test, anchor in comparisons(st):
         for s, f in among if among is not None else blocks(st):
             a, t = load_image_curve(st, anchor, s, f), load_image_curve(st, test, s, f)
+            gaps = quality_gaps(sorted_curve(a.mean()), t.mean())
             for m in methods:
                 v, why = bd_rate_or_nan(a.mean(), t.mean(), m)
                 rows.append({"test": test, "anchor": anchor, "seed": s, "ft_seed": f, "method": m,
-                             "bd_rate": v, "note": why})
+                             "bd_rate": v, "note": why, "gaps": gaps})
     return rows
 
 
@@ -553,7 +562,8 @@ def summarize(st: Study, rows: list[dict[str, Any]], samples: int = 1000) -> lis
                         "mean": ci.mean, "t_low": ci.low, "t_high": ci.high,
                         "boot_low": boot["low"], "boot_high": boot["high"], "boot_samples": boot["samples"],
                         "values": [r["bd_rate"] for r in sel],
-                        "notes": sorted({r["note"] for r in sel if r["note"]})})
+                        "notes": sorted({f"{test} vs {anchor}, block s{r['seed']}-f{r['ft_seed']}: {r['note']}"
+                                         for r in sel if r["note"]})})
     return out
 
 
@@ -619,7 +629,8 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
         lines += ["", f"**Interim**: {done} of {len(runs)} fine-tuning runs done; BD-rates over the "
                       f"{len(ready)} of {len(blocks(st))} (trunk, fine-tune seed) blocks evaluated so far "
                       f"({', '.join(f's{s}-f{f}' for s, f in ready)}; blocks run in a fixed order)."]
-    summary = summarize(st, bd_rows(st, among=ready), samples)
+    rows = bd_rows(st, among=ready)
+    summary = summarize(st, rows, samples)
     lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
               "|---|---|---:|---:|---|---|---|"]
     for r in summary:
@@ -630,6 +641,12 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     notes = sorted({n for r in summary for n in r["notes"]})
     if notes:
         lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
+    lines += ["", "Each test point against its anchor's curve at the same rate (PSNR dB, PCHIP in log rate; "
+                  "only points inside the anchor's rate range, in rate order): where a BD-rate is undefined, "
+                  "whether the points lie above (+) or below (-) the anchor's curve.", "",
+              "| comparison | block | points inside | PSNR difference at equal rate (dB) |", "|---|---|---:|---|"]
+    lines += [f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | {len(r['gaps'])}/{len(st.branch.lambdas)} | "
+              f"{', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} |" for r in rows if r["method"] == rows[0]["method"]]
     return "\n".join(lines + scratch_markdown(st)) + "\n", summary, bases
 
 
@@ -654,7 +671,7 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
                                **{f"seed {i}": v for i, v in enumerate(r["values"])}} for r in summary])
         if table.loc[table["method"] == "pchip", "mean"].notna().any():
             viz.save_figure(bd_bars_ci(table, "pchip"), "bd_rate_ci", figures)
-        body += f"\nFigures: `{figures}` (R-D curves: the mean over the evaluated blocks; BD bars: defined values only).\n"
+        body += f"\nFigures: `{os.path.relpath(figures, results.parent)}` (R-D curves: the mean over the evaluated blocks; BD bars: defined values only).\n"
     return write_results(results, st.name, body)
 
 
@@ -696,12 +713,19 @@ def finished_runs(st: Study) -> list[Path]:
 
 
 def committable(st: Study) -> list[Path]:
-    """The compact outputs worth committing: the store (weights, manifest, index) and, of every
-    run folder, ``config.yaml``, ``metrics.jsonl`` and ``study.json``; evaluation files."""
+    """The compact outputs worth committing: the store (weights, manifest, index); of every
+    finished run, ``config.yaml``, ``metrics.jsonl`` and ``study.json``; the curve summaries and
+    every per-image file that holds all test images (not one still being written)."""
+    from lic_core.evaluation import stored
+
     keep = [p for p in st.store_dir.glob("*") if p.is_file() and not p.name.startswith(".")]
     for run in finished_runs(st):
         keep += [run / f for f in ("config.yaml", "metrics.jsonl", "study.json") if (run / f).is_file()]
-    keep += sorted((st.out_dir / "eval").glob("*.json"))
+    eval_dir, keys = st.out_dir / "eval", test_keys(st)
+    for p in sorted(eval_dir.glob("*.json")):
+        name = p.name.removesuffix(".images.json")
+        if name == p.name or (keys is not None and stored(eval_dir, name, keys) is not None):
+            keep.append(p)
     return keep
 
 

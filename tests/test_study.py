@@ -116,6 +116,7 @@ def test_comparisons_are_evaluated_at_once_and_done_without_their_weights(micro)
         broken.write_text(json.dumps({**images, "images": images["images"][:1]}))  # one image short
         try:
             assert not study.compare_done(micro, "balanced", 0, 0.025, 100)
+            assert broken not in study.committable(micro)  # still being written: not committed
             assert study.evaluated_blocks(micro) == []
         finally:
             broken.write_text(text)
@@ -176,6 +177,18 @@ def test_strict_bd_rate_and_paired_bootstrap():
     assert math.isnan(v) and "increase strictly" in why
 
 
+def test_quality_gaps_at_equal_rate():
+    """A test curve 0.1 dB above the anchor at the anchor's own rates lies +0.1 dB above it; a point
+    outside the anchor's rate range is left out, not extrapolated."""
+    from lic_core.bdrate import Curve, quality_gaps
+
+    a = Curve("a", np.array([0.1, 0.2, 0.4, 0.8]), np.array([25.0, 27.0, 28.5, 29.5]), "psnr-rgb")
+    up = Curve("t", a.bpp, a.quality + 0.1, "psnr-rgb")
+    assert quality_gaps(a, up) == pytest.approx([0.1] * 4)
+    low = Curve("t", np.array([0.05, 0.1, 0.2, 0.4]), np.array([23.0, 24.9, 26.9, 28.4]), "psnr-rgb")
+    assert quality_gaps(a, low) == pytest.approx([-0.1, -0.1, -0.1])
+
+
 def test_bad_study_files(tmp_path):
     bad = tmp_path / "s.yaml"
     bad.write_text("trunk: {lmbda: 0.01}\nbranch: {lambdas: [0.0067]}\n")
@@ -203,7 +216,7 @@ def test_report_block_and_figures(micro, tmp_path):
     assert "| balanced vs adam | pchip |" in text and "| 0, 0.025 |" in text
     assert (tmp_path / "fig" / "rd_curves.png").is_file()
     for line in text.splitlines():  # an undefined value is never printed as a number
-        if line.startswith("| balanced vs adam") and "| 0/" in line:
+        if line.startswith(("| balanced vs adam | pchip", "| balanced vs adam | cubic")) and "| 0/" in line:
             assert "undefined" in line
 
 
