@@ -281,10 +281,12 @@ def quality_gaps(anchor: Curve, test: Curve) -> list[float]:
     little for a BD-rate, whether the test points lie above (+) or below (-) the anchor's curve."""
     from scipy.interpolate import PchipInterpolator
 
-    if not np.all(np.diff(anchor.bpp) > 0):  # no curve to read a rate from (e.g. an untrained model)
+    order = np.argsort(anchor.bpp)
+    bpp, quality = anchor.bpp[order], anchor.quality[order]
+    if not np.all(np.diff(bpp) > 0):  # no curve to read a rate from (e.g. an untrained model)
         return []
-    curve = PchipInterpolator(np.log(anchor.bpp), anchor.quality)
-    inside = (test.bpp >= anchor.bpp[0]) & (test.bpp <= anchor.bpp[-1])
+    curve = PchipInterpolator(np.log(bpp), quality)
+    inside = (test.bpp >= bpp[0]) & (test.bpp <= bpp[-1])
     return [float(q - curve(np.log(b))) for b, q in zip(test.bpp[inside], test.quality[inside])]
 
 

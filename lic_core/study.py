@@ -368,15 +368,25 @@ def test_keys(st: Study) -> list[str] | None:
     if not (st.out_dir / "eval" / f"{curve_name('base', seed, None)}.json").is_file():
         return None
     path = st.out_dir / "eval" / f"{point_name(st.store_dir / f'{base_name(lam, seed)}.pt')}.images.json"
-    return [r["image"] for r in json.loads(path.read_text())["images"]]
+    return list(_images(str(path), path.stat().st_mtime_ns))
 
 
 def point_result(st: Study, path: Path) -> dict[str, Any] | None:
     """The per-image result of checkpoint ``path`` on every test image, if there is one."""
+    keys, name = test_keys(st), point_name(path)
+    file = st.out_dir / "eval" / f"{name}.images.json"
+    if keys is None or not file.is_file():
+        return None
+    return _stored(str(file.parent), name, tuple(keys), file.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=1024)
+def _stored(folder: str, name: str, keys: tuple[str, ...], mtime_ns: int) -> dict[str, Any] | None:
+    """:func:`lic_core.evaluation.stored`, read once per version of the file (the report and
+    ``status`` ask for every point several times)."""
     from lic_core.evaluation import stored
 
-    keys = test_keys(st)
-    return None if keys is None else stored(st.out_dir / "eval", point_name(path), keys)
+    return stored(Path(folder), name, keys)
 
 
 def evaluate_point(st: Study, path: Path) -> dict[str, Any]:
@@ -505,14 +515,6 @@ def comparisons(st: Study) -> list[tuple[str, str]]:
     return pairs
 
 
-def sorted_curve(c: Any) -> Any:
-    """``c`` (:class:`lic_core.bdrate.Curve`) with its points in increasing rate."""
-    from dataclasses import replace
-
-    order = np.argsort(c.bpp)
-    return replace(c, bpp=c.bpp[order], quality=c.quality[order])
-
-
 def blocks(st: Study) -> list[tuple[int, int]]:
     """The (trunk seed, fine-tune seed) blocks of the protocol, in the order the study runs them."""
     return [(s, f) for f in st.compare.seeds for s in st.trunk.seeds]
@@ -534,7 +536,7 @@ def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
     for test, anchor in comparisons(st):
         for s, f in among if among is not None else blocks(st):
             a, t = load_image_curve(st, anchor, s, f), load_image_curve(st, test, s, f)
-            gaps = quality_gaps(sorted_curve(a.mean()), t.mean())
+            gaps = quality_gaps(a.mean(), t.mean())
             for m in methods:
                 v, why = bd_rate_or_nan(a.mean(), t.mean(), m)
                 rows.append({"test": test, "anchor": anchor, "seed": s, "ft_seed": f, "method": m,
