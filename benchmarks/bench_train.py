@@ -95,7 +95,7 @@ def whole_runs(base: dict, variants: dict[str, tuple[dict, int, int]], rounds: i
     (overrides, ranks, threads per rank). A step's time is the wall time of a run of
     ``short + steps`` steps minus that of ``short`` steps, over ``steps``, so process start-up,
     torch.compile and the final checkpoint cancel out (there is no evaluation). One warm-up run
-    per variant first (it fills torch.compile's cache on disk)."""
+    per compiled variant first (it fills torch.compile's cache on disk)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as out:
         def per_step(name: str, r: int) -> float:
@@ -105,7 +105,8 @@ def whole_runs(base: dict, variants: dict[str, tuple[dict, int, int]], rounds: i
                  for n in (short, short + steps)]
             return (t[1] - t[0]) / steps
         for i, (ov, ranks, threads) in enumerate(variants.values()):
-            cli_seconds({**base, **ov, "run.steps": short}, ranks, threads, out, f"warm-up-{i}")
+            if {**base, **ov}.get("speed.compile"):
+                cli_seconds({**base, **ov, "run.steps": short}, ranks, threads, out, f"warm-up-{i}")
         for r in range(rounds):
             for name in variants:
                 times[name].append(per_step(name, r))
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", action="store_true",
                     help="whole CLI runs over the photos (loader included), each mode: no photo cache "
                          "(data.cache_mb=0), cache, cache + speed.compile")
+    ap.add_argument("--variants", default=",".join(ENGINE), help=f"--engine: which of {', '.join(ENGINE)}")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         base = {**base, "run.log_every": 10**6, "data.test": ""}  # the step, not an evaluation
         modes = args.modes.split(",")
         if args.engine:
-            runs = {f"{m}/{v}": ({**MODES[m], **ov}, 1, 2) for m in modes for v, ov in ENGINE.items()}
+            unknown = set(args.variants.split(",")) - set(ENGINE)
+            if unknown:
+                ap.error(f"--variants: unknown {sorted(unknown)} (known: {', '.join(ENGINE)})")
+            runs = {f"{m}/{v}": ({**MODES[m], **ENGINE[v]}, 1, 2) for m in modes for v in args.variants.split(",")}
         else:
             runs = {f"{m}/{lname}/{'compiled' if c else 'eager'}":
                     ({**MODES[m], "speed.compile": c, "data.batch": args.batch // ranks}, ranks, threads)

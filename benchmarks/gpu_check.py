@@ -76,13 +76,18 @@ def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int, dev: torch.devi
     return out
 
 
-def train_options(model: str, batch: int, patch: int, rounds: int, dev: torch.device, out: str) -> list[str]:
+def train_options(model: str, batch: int, patch: int, rounds: int, dev: torch.device, out: str,
+                  smoke: bool = False) -> list[str]:
     """fp32 / bf16 / channels_last / compile train steps of ``model``: ratio to fp32 and the first
-    step's loss against fp32 (same initial weights, same batch)."""
+    step's loss against fp32 (same initial weights, same batch). ``smoke`` on a CPU leaves out
+    compile, which takes minutes there (tests/test_train_compile.py checks the CPU compile)."""
     base = {"model.name": model, "data.patch": patch, "data.batch": batch, "optim.schedule": "constant",
-            "run.steps": 10**6, "speed.device": str(dev)}
+            "run.steps": 10**6, "speed.device": str(dev), "speed.compile": False, "data.test": ""}
     trainers, refused = {}, {}
     for name, ov in SPEED.items():
+        if smoke and dev.type == "cpu" and ov.get("speed.compile"):
+            refused[name] = "not timed in --smoke on a CPU (compiling takes minutes)"
+            continue
         try:
             trainers[name] = make_trainer(base, ov, out, f"speed-{name}")
         except LicError as e:  # e.g. GPU-only options on a CPU
@@ -157,7 +162,7 @@ def cross_device(model_name: str, encoded: list[tuple[str, torch.Tensor, bytes]]
 def throughput(model: str, batch: int, patch: int, rounds: int, dev: torch.device, out: str) -> list[str]:
     """Standard vs Solution 1 (balanced): images/s and the ratio within each round."""
     base = {"model.name": model, "data.patch": patch, "data.batch": batch, "optim.schedule": "constant",
-            "run.steps": 10**6, "speed.device": str(dev)}
+            "run.steps": 10**6, "speed.device": str(dev), "speed.compile": False, "data.test": ""}
     trs = {m: make_trainer(base, MODES[m], out, f"tp-{model}-{m}") for m in ("standard", "balanced")}
     x = next(train_loader(trs["standard"].cfg.train_dir, patch, batch, seed=0)).to(dev)
     t = timed_rounds({m: (lambda tr=tr: tr.train_step(x)) for m, tr in trs.items()}, rounds, dev)
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         encoded: list = []
         sections: list[tuple[str, Callable[[], list[str]]]] = [
-            ("train options", lambda: train_options(big, 1 if a.smoke else 8, 128 if a.smoke else 256, rounds, dev, tmp)),
+            ("train options", lambda: train_options(big, 1 if a.smoke else 8, 128 if a.smoke else 256, rounds, dev, tmp,
+                                                      a.smoke)),
             ("coding", lambda: _keep(encoded, coding(big, images, crop, dev))),
             ("cross-device", lambda: cross_device(big, encoded, dev)),
             ("throughput", lambda: throughput("tiny", tiny_b, tiny_p, rounds, dev, tmp)

@@ -70,6 +70,16 @@ class BranchSpec:
 
 
 @dataclass
+class ExtendSpec:
+    """Quality-matched sampling: ``arms`` whose models sit lower on the R-D curve than the anchor's
+    at the same λ are also fine-tuned at ``lambdas`` above the grid (from the base at λ ``base``, as
+    no higher base exists), so that their curves span the anchor's PSNR range (the 75 % rule)."""
+    arms: list[str] = field(default_factory=list)
+    lambdas: list[float] = field(default_factory=list)
+    base: float = 0.0
+
+
+@dataclass
 class CompareSpec:
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm name -> config overrides
     seeds: list[int] = field(default_factory=lambda: [100, 101])  # fine-tune crop orders
@@ -77,6 +87,7 @@ class CompareSpec:
     lr: float = 5e-5
     milestones: list[float] = field(default_factory=lambda: [0.8])
     step_lrs: list[float] = field(default_factory=lambda: [1e-5])
+    extend: ExtendSpec = field(default_factory=ExtendSpec)
 
 
 @dataclass
@@ -130,6 +141,13 @@ def load_study(path: str | Path, root: str | Path = ".") -> Study:
     st = dataclass_from(Study, {**read_yaml(path, "study"), "root": str(Path(root).resolve())})
     if st.trunk.lmbda not in st.branch.lambdas:
         raise ConfigError(f"trunk.lmbda: {st.trunk.lmbda} is not in branch.lambdas {st.branch.lambdas}")
+    ext = st.compare.extend
+    if set(ext.arms) - set(st.compare.arms):
+        raise ConfigError(f"compare.extend.arms: {sorted(set(ext.arms) - set(st.compare.arms))} not in compare.arms")
+    if ext.arms and (not ext.lambdas or ext.base not in st.branch.lambdas):
+        raise ConfigError(f"compare.extend: needs lambdas and a base in branch.lambdas {st.branch.lambdas}")
+    if set(ext.lambdas) & set(st.branch.lambdas):
+        raise ConfigError(f"compare.extend.lambdas: {ext.lambdas} overlap branch.lambdas {st.branch.lambdas}")
     return st
 
 
@@ -250,6 +268,17 @@ def run_branch(st: Study, seed: int, lmbda: float) -> Path:
     return export(last, dest, meta)
 
 
+def arm_lambdas(st: Study, arm: str) -> list[float]:
+    """The λ of one arm's curve: the grid, then ``compare.extend.lambdas`` for an extended arm."""
+    ext = st.compare.extend
+    return [*st.branch.lambdas, *(ext.lambdas if arm in ext.arms else [])]
+
+
+def base_lmbda(st: Study, lmbda: float) -> float:
+    """The λ of the base a comparison at ``lmbda`` starts from."""
+    return lmbda if lmbda in st.branch.lambdas else st.compare.extend.base
+
+
 def run_compare(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> Path:
     """Fine-tune base (``seed``, ``lmbda``) with ``arm``'s objective, crops from ``ft_seed``; then
     evaluate it with real bitstreams at once. Its per-image file is committed, its weights are not:
@@ -261,7 +290,7 @@ def run_compare(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> P
         if not final.is_file():
             every = max(1, c.steps // 4)
             _train(run_overrides(st, name, lmbda, ft_seed, c.steps, c.lr, c.milestones, c.step_lrs,
-                                 init=st.store_dir / f"{base_name(lmbda, seed)}.pt",
+                                 init=st.store_dir / f"{base_name(base_lmbda(st, lmbda), seed)}.pt",
                                  extra={**c.arms[arm], "run.eval_every": every, "run.ckpt_every": every,
                                         "run.keep_last": 1, "run.log_every": 10}))
         evaluate_point(st, final)
@@ -342,11 +371,11 @@ def scratch_markdown(st: Study) -> list[str]:
 
 
 def curve_checkpoints(st: Study, arm: str, seed: int, ft_seed: int | None) -> list[Path]:
-    """The checkpoints of one R-D curve over ``branch.lambdas``: a base curve (``arm`` "base") or
-    one arm's fine-tuned models."""
+    """The checkpoints of one R-D curve: a base curve over ``branch.lambdas`` (``arm`` "base") or
+    one arm's fine-tuned models over :func:`arm_lambdas`."""
     if arm == "base":
         return [st.store_dir / f"{base_name(lam, seed)}.pt" for lam in st.branch.lambdas]
-    return [compare_checkpoint(st, arm, seed, lam, ft_seed) for lam in st.branch.lambdas]
+    return [compare_checkpoint(st, arm, seed, lam, ft_seed) for lam in arm_lambdas(st, arm)]
 
 
 def curve_name(arm: str, seed: int, ft_seed: int | None) -> str:
@@ -432,12 +461,14 @@ def tasks(st: Study, stage: str) -> list[Task]:
         out += [Task(f"eval-{curve_name('base', s, None)}", run_evaluate, (st, "base", s, None),
                      tuple(base_name(lam, s) for lam in lams)) for s in seeds]
     if k >= 2:  # block by block, fine-tune seed outermost, each block's curve summaries after its runs
+        ext = st.compare.extend
+        runs = [(a, lam) for lam in lams for a in arms] + [(a, lam) for lam in ext.lambdas for a in ext.arms]
         for s, f in blocks(st):
-            out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f), (base_name(lam, s),))
-                    for lam in lams for a in arms]
+            out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f),
+                         (base_name(base_lmbda(st, lam), s),)) for a, lam in runs]
             if k >= 3:
                 out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
-                             tuple(compare_name(a, lam, s, f) for lam in lams)) for a in arms]
+                             tuple(compare_name(a, lam, s, f) for lam in arm_lambdas(st, a))) for a in arms]
     return out
 
 
@@ -609,7 +640,12 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
               f"on {st.test_patch}-px test crops every {st.trunk.check_every} steps, cap {st.trunk.max_steps}",
               f"- bases: λ {st.branch.lambdas}, {st.branch.steps} steps from each trunk",
               f"- comparisons: arms {list(st.compare.arms)}, fine-tune seeds {st.compare.seeds}, "
-              f"{st.compare.steps} steps, lr {st.compare.lr} -> {st.compare.step_lrs} at {st.compare.milestones}", ""]
+              f"{st.compare.steps} steps, lr {st.compare.lr} -> {st.compare.step_lrs} at {st.compare.milestones}"]
+    ext = st.compare.extend
+    if ext.arms:
+        lines.append(f"- quality-matched sampling: {ext.arms} also at λ {ext.lambdas}, fine-tuned from the "
+                     f"λ {ext.base} bases")
+    lines.append("")
     lines += ["| trunk | steps | gate met | crop PSNR | crop L_D |", "|---|---:|---|---:|---:|"]
     for s in st.trunk.seeds:
         m = trunks.get(f"{trunk_name(s)}.pt")
@@ -647,7 +683,7 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
                   "only points inside the anchor's rate range, in rate order): where a BD-rate is undefined, "
                   "whether the points lie above (+) or below (-) the anchor's curve.", "",
               "| comparison | block | points inside | PSNR difference at equal rate (dB) |", "|---|---|---:|---|"]
-    lines += [f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | {len(r['gaps'])}/{len(st.branch.lambdas)} | "
+    lines += [f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | {len(r['gaps'])}/{len(arm_lambdas(st, r['test']))} | "
               f"{', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} |" for r in rows if r["method"] == rows[0]["method"]]
     return "\n".join(lines + scratch_markdown(st)) + "\n", summary, bases
 
@@ -684,8 +720,8 @@ def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
     for t in tasks(st, stage):
         name = t.name.removeprefix("eval-")
         if t.name.startswith("eval-"):
-            f = st.out_dir / "eval" / f"{name}.json"
-            rows.append({"task": t.name, "state": "done" if f.is_file() else "pending"})
+            done = (st.out_dir / "eval" / f"{name}.json").is_file() and evaluated(st, *t.args[1:])
+            rows.append({"task": t.name, "state": "done" if done else "pending"})
             continue
         run_dir = st.out_dir / name
         step, ev = current_step(run_dir), last_eval(run_dir)
@@ -738,7 +774,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train a stage (and what it needs); resumes")
     r.add_argument("--study", required=True)
     r.add_argument("--stage", choices=STAGES, default="branch")
-    r.add_argument("--jobs", type=int, default=None)
+    r.add_argument("--jobs", type=int, default=None, help="processes side by side (default: the study's jobs)")
+    r.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the study's)")
     r.add_argument("--root", default=".", help="folder the study's relative paths start at")
     for name, text in (("status", "state of every run of a stage"),
                        ("files", "the compact outputs to commit, one path a line")):
@@ -788,6 +825,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if bad else 0
     st = load_study(args.study, args.root)
     t0 = time.time()
+    if args.threads:
+        st.threads = args.threads
     states = run_stage(st, args.stage, args.jobs)
     print(f"[study] {args.stage}: {sum(s == 'done' for s in states.values())}/{len(states)} done "
           f"in {(time.time() - t0) / 60:.1f} min")

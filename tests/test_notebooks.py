@@ -137,16 +137,18 @@ def test_06_lambda_explorer(tmp_path, shared_runs, tiny_store):
 
 
 def test_07_experiment(tmp_path, kodak_dir, wikiphotos_dir):
-    """The whole issue-7 pipeline at smoke size: train sweep, fine-tune sweep, real bitstreams, report."""
+    """The whole issue-7 pipeline at smoke size: train sweep, fine-tune sweep, real bitstreams, report
+    (one seed: every job is a notebook in its own kernel, minutes on 2 cores; the report's
+    per-seed statistics are tested in test_experiment.py)."""
     out = tmp_path / "07"
     nb = run("07_experiment", tmp_path, output=str(out / "train"), results=str(out / "RESULTS.md"),
-             figures_dir=str(out / "figures"), limit=1, crop=128, grid={"lmbda": [0.0067, 0.025], "seed": [0, 1]},
+             figures_dir=str(out / "figures"), limit=1, crop=128, grid={"lmbda": [0.0067, 0.025], "seed": [0]},
              sweep_params={"steps": 2, "batch": 1, "train_dir": str(wikiphotos_dir), "test_dir": str(kodak_dir)})
     for folder in ("train", "train-finetune"):
         jobs = json.loads((out / folder / "manifest.json").read_text())["jobs"]
-        assert len(jobs) == 4 and {j["state"] for j in jobs.values()} == {"done"}, folder
+        assert len(jobs) == 2 and {j["state"] for j in jobs.values()} == {"done"}, folder
     curves = sorted(p.stem for p in (out / "train-eval").rglob("*-s[01].json"))
-    assert len(curves) == 2 * 6  # (standard, balanced, hierarchical, ft-qp, ft-balanced, ft-standard) x 2 seeds
+    assert len(curves) == 6  # standard, balanced, hierarchical, ft-qp, ft-balanced, ft-standard
     block = (out / "RESULTS.md").read_text()
     assert "<!-- BEGIN experiment:experiment_cpu -->" in block
     assert all(f"**{t} vs " in block for t in ("balanced", "hierarchical", "ft-qp", "ft-balanced"))

@@ -34,7 +34,8 @@ def micro(tmp_path_factory, kodak_dir, wikiphotos_dir) -> study.Study:
            "branch": {"lambdas": [0.0067, 0.025], "steps": 2},
            "compare": {"seeds": [100], "steps": 2,
                        "arms": {"adam": {"loss.mode": "standard", "optim.optimizer": "adam"},
-                                "balanced": {"loss.mode": "balanced"}}},
+                                "balanced": {"loss.mode": "balanced"}},
+                       "extend": {"arms": ["balanced"], "lambdas": [0.05], "base": 0.025}},
            "scratch": {"arms": {"balanced": {"loss.mode": "balanced"}}, "seeds": [0], "steps": 4}}
     (root / "study.yaml").write_text(yaml.safe_dump(raw))
     st = study.load_study(root / "study.yaml", root)
@@ -84,10 +85,24 @@ def test_no_step_is_skipped_after_a_store_round_trip(micro):
 def test_branches_start_from_the_trunk_and_comparisons_from_the_base(micro):
     cfg = yaml.safe_load((micro.out_dir / "base-l0.025-s0" / "config.yaml").read_text())
     assert cfg["finetune"]["init"].endswith("trunk-s0.pt") and cfg["loss"]["lmbda"] == 0.025
-    for arm, mode in (("adam", "standard"), ("balanced", "balanced")):
-        cfg = yaml.safe_load((micro.out_dir / f"{arm}-l0.025-s0-f100" / "config.yaml").read_text())
-        assert cfg["finetune"]["init"].endswith("base-l0.025-s0.pt")
-        assert (cfg["loss"]["mode"], cfg["run"]["seed"], cfg["run"]["steps"]) == (mode, 100, 2)
+    for arm, mode, lam in (("adam", "standard", 0.025), ("balanced", "balanced", 0.025), ("balanced", "balanced", 0.05)):
+        cfg = yaml.safe_load((micro.out_dir / f"{arm}-l{lam:g}-s0-f100" / "config.yaml").read_text())
+        assert cfg["finetune"]["init"].endswith("base-l0.025-s0.pt")  # the extended λ 0.05 too
+        assert (cfg["loss"]["mode"], cfg["loss"]["lmbda"], cfg["run"]["seed"], cfg["run"]["steps"]) == (mode, lam, 100, 2)
+    assert not (micro.out_dir / "adam-l0.05-s0-f100").exists()  # only the extended arm
+
+
+def test_extended_arm_has_the_extra_points_on_its_curve(micro):
+    """Quality-matched sampling: the extended arm's curve has the grid's λ and the extra ones, each
+    a real-bitstream point; the anchor keeps the grid; the gaps table counts the test arm's points."""
+    assert study.arm_lambdas(micro, "balanced") == [0.0067, 0.025, 0.05] and study.arm_lambdas(micro, "adam") == [0.0067, 0.025]
+    curve = study.load_image_curve(micro, "balanced", 0, 100)
+    assert curve.bpp.shape == (3, 2) and study.load_image_curve(micro, "adam", 0, 100).bpp.shape == (2, 2)
+    summary = json.loads((micro.out_dir / "eval" / "balanced-s0-f100.json").read_text())["results"]
+    assert len(summary["bpp"]) == 3
+    text, _, _ = study.report_markdown(micro, samples=10)
+    assert "['balanced'] also at λ [0.05], fine-tuned from the λ 0.025 bases" in text
+    assert "| balanced vs adam | s0-f100 |" in text and "/3 |" in text
 
 
 def test_finished_stage_is_not_run_again(micro):
@@ -196,6 +211,15 @@ def test_bad_study_files(tmp_path):
         study.load_study(bad)
     bad.write_text("trunk: {gate: 1}\n")
     with pytest.raises(ConfigError, match="trunk.gate: unknown key"):
+        study.load_study(bad)
+    bad.write_text("compare: {arms: {adam: {}}, extend: {arms: [balanced], lambdas: [0.05], base: 0.025}}\n")
+    with pytest.raises(ConfigError, match=r"compare.extend.arms: \['balanced'\] not in compare.arms"):
+        study.load_study(bad)
+    bad.write_text("compare: {arms: {b: {}}, extend: {arms: [b], lambdas: [0.05], base: 0.04}}\n")
+    with pytest.raises(ConfigError, match="compare.extend: needs lambdas and a base in branch.lambdas"):
+        study.load_study(bad)
+    bad.write_text("compare: {arms: {b: {}}, extend: {arms: [b], lambdas: [0.025], base: 0.025}}\n")
+    with pytest.raises(ConfigError, match="compare.extend.lambdas: .* overlap"):
         study.load_study(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         study.load_study(tmp_path / "missing.yaml")
