@@ -14,7 +14,9 @@ import torch  # noqa: E402
 
 from lic_core.paths import datasets_root, reference_root  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two threads per test process, or the cores shared out among pytest-xdist's workers (`./run test`
+# runs two): side by side, 1-thread processes get more done on 2 cores than one 2-thread process.
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 def skip_or_fail(msg: str) -> None:
