@@ -350,13 +350,14 @@ def scratch_rows(st: Study, arm: str, seed: int) -> list[dict[str, Any]]:
 
 
 def scratch_markdown(st: Study) -> list[str]:
-    """The report's lines for the from-scratch pairs (none when the stage is off or not run)."""
+    """The report's lines for the finished from-scratch pairs (an unfinished run's files are not
+    committed, so the report, which must regenerate from committed files, leaves it out)."""
     lines = []
     for arm in st.scratch.arms:
         for seed in st.scratch.seeds:
-            rows = scratch_rows(st, arm, seed)
-            if not rows:
+            if not scratch_done(st, arm, seed):
                 continue
+            rows = scratch_rows(st, arm, seed)
             risen = next((r["step"] for r in rows if r["a_D"] >= st.scratch.share), None)
             lines += ["", f"From scratch, {arm} beside trunk {seed} (Adam; same seed, init, crops, λ {st.trunk.lmbda}, "
                           f"lr {st.trunk.lr}); {rows[-1]['step']} of {st.scratch.steps} steps; Kodak-crop measurements, "
