@@ -290,6 +290,22 @@ def quality_gaps(anchor: Curve, test: Curve) -> list[float]:
     return [float(q - curve(np.log(b))) for b, q in zip(test.bpp[inside], test.quality[inside])]
 
 
+def rate_gaps(anchor: Curve, test: Curve) -> list[float]:
+    """Rate of each ``test`` point against ``anchor``'s curve at the same quality, in percent (PCHIP
+    of log rate in quality; negative: fewer bits), for the test points inside the anchor's quality
+    range, in quality order: the point-wise counterpart of a BD-rate where the curves overlap too
+    little for one."""
+    from scipy.interpolate import PchipInterpolator
+
+    order = np.argsort(anchor.quality)
+    bpp, quality = anchor.bpp[order], anchor.quality[order]
+    if not (np.all(np.diff(quality) > 0) and np.all(np.diff(bpp) > 0)):  # not a monotone curve
+        return []
+    log_rate = PchipInterpolator(quality, np.log(bpp))
+    inside = (test.quality >= quality[0]) & (test.quality <= quality[-1])
+    return [float(100 * (b / np.exp(log_rate(q)) - 1)) for b, q in zip(test.bpp[inside], test.quality[inside])]
+
+
 def paired_bootstrap(pairs: Sequence[tuple[ImageCurve, ImageCurve]], method: str = "pchip",
                      samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Percentile interval of the mean BD-rate over ``pairs`` (anchor, test) when the test images

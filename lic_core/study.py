@@ -562,17 +562,17 @@ def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
             among: list[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
     """One row per (comparison, trunk seed, fine-tune seed, method): strict BD-rate or NaN + reason;
     over the blocks ``among`` (default: all of them)."""
-    from lic_core.bdrate import bd_rate_or_nan, quality_gaps
+    from lic_core.bdrate import bd_rate_or_nan, quality_gaps, rate_gaps
 
     rows = []
     for test, anchor in comparisons(st):
         for s, f in among if among is not None else blocks(st):
             a, t = load_image_curve(st, anchor, s, f), load_image_curve(st, test, s, f)
-            gaps = quality_gaps(a.mean(), t.mean())
+            gaps, rgaps = quality_gaps(a.mean(), t.mean()), rate_gaps(a.mean(), t.mean())
             for m in methods:
                 v, why = bd_rate_or_nan(a.mean(), t.mean(), m)
                 rows.append({"test": test, "anchor": anchor, "seed": s, "ft_seed": f, "method": m,
-                             "bd_rate": v, "note": why, "gaps": gaps})
+                             "bd_rate": v, "note": why, "gaps": gaps, "rate_gaps": rgaps})
     return rows
 
 
@@ -680,12 +680,18 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     notes = sorted({n for r in summary for n in r["notes"]})
     if notes:
         lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
-    lines += ["", "Each test point against its anchor's curve at the same rate (PSNR dB, PCHIP in log rate; "
-                  "only points inside the anchor's rate range, in rate order): where a BD-rate is undefined, "
-                  "whether the points lie above (+) or below (-) the anchor's curve.", "",
-              "| comparison | block | points inside | PSNR difference at equal rate (dB) |", "|---|---|---:|---|"]
-    lines += [f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | {len(r['gaps'])}/{len(arm_lambdas(st, r['test']))} | "
-              f"{', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} |" for r in rows if r["method"] == rows[0]["method"]]
+    lines += ["", "Each test point against its anchor's curve (PCHIP): its PSNR minus the anchor's at the same "
+                  "rate (points inside the anchor's rate range, in rate order), and its rate against the "
+                  "anchor's at the same PSNR (points inside the anchor's PSNR range, in PSNR order; negative: "
+                  "fewer bits). Where a BD-rate is undefined, whether the points lie above or below the anchor's "
+                  "curve; each cell gives the points inside of the arm's points.", "",
+              "| comparison | block | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
+              "|---|---|---|---|"]
+    for r in (r for r in rows if r["method"] == rows[0]["method"]):
+        n = len(arm_lambdas(st, r["test"]))
+        lines.append(f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | "
+                     f"{len(r['gaps'])}/{n}: {', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} | "
+                     f"{len(r['rate_gaps'])}/{n}: {', '.join(f'{g:+.1f}' for g in r['rate_gaps']) or '-'} |")
     return "\n".join(lines + scratch_markdown(st)) + "\n", summary, bases
 
 

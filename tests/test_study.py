@@ -102,7 +102,7 @@ def test_extended_arm_has_the_extra_points_on_its_curve(micro):
     assert len(summary["bpp"]) == 3
     text, _, _ = study.report_markdown(micro, samples=10)
     assert "['balanced'] also at λ [0.05], fine-tuned from the λ 0.025 bases" in text
-    assert "| balanced vs adam | s0-f100 |" in text and "/3 |" in text
+    assert "| balanced vs adam | s0-f100 |" in text and "/3: " in text
 
 
 def test_finished_stage_is_not_run_again(micro):
@@ -202,6 +202,19 @@ def test_quality_gaps_at_equal_rate():
     assert quality_gaps(a, up) == pytest.approx([0.1] * 4)
     low = Curve("t", np.array([0.05, 0.1, 0.2, 0.4]), np.array([23.0, 24.9, 26.9, 28.4]), "psnr-rgb")
     assert quality_gaps(a, low) == pytest.approx([-0.1, -0.1, -0.1])
+
+
+def test_rate_gaps_at_equal_quality():
+    """A test curve with 5 % fewer bits at the anchor's own qualities is -5 % at every point; a point
+    outside the anchor's quality range is left out; a non-monotone anchor gives no gaps."""
+    from lic_core.bdrate import Curve, rate_gaps
+
+    a = Curve("a", np.array([0.1, 0.2, 0.4, 0.8]), np.array([25.0, 27.0, 28.5, 29.5]), "psnr-rgb")
+    assert rate_gaps(a, Curve("t", a.bpp * 0.95, a.quality, "psnr-rgb")) == pytest.approx([-5.0] * 4)
+    up = Curve("t", np.array([0.1, 0.2, 0.4, 0.8]), np.array([24.0, 27.0, 28.5, 30.0]), "psnr-rgb")
+    assert rate_gaps(a, up) == pytest.approx([0.0, 0.0])
+    bent = Curve("a", a.bpp, np.array([25.0, 27.0, 26.5, 29.5]), "psnr-rgb")
+    assert rate_gaps(bent, up) == []
 
 
 def test_bad_study_files(tmp_path):
