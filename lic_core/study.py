@@ -683,8 +683,8 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     lines += ["", "Each test point against its anchor's curve (PCHIP): its PSNR minus the anchor's at the same "
                   "rate (points inside the anchor's rate range, in rate order), and its rate against the "
                   "anchor's at the same PSNR (points inside the anchor's PSNR range, in PSNR order; negative: "
-                  "fewer bits). Where a BD-rate is undefined, whether the points lie above or below the anchor's "
-                  "curve; each cell gives the points inside of the arm's points.", "",
+                  "fewer bits); each cell starts with how many of the arm's points lie inside. Where a BD-rate is "
+                  "undefined, this says whether the points lie above or below the anchor's curve.", "",
               "| comparison | block | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
               "|---|---|---|---|"]
     for r in (r for r in rows if r["method"] == rows[0]["method"]):
