@@ -217,23 +217,24 @@ def test_rate_gaps_at_equal_quality():
     assert rate_gaps(bent, up) == []
 
 
+BAD_STUDIES = [  # (YAML, the error it must raise)
+    ("trunk: {lmbda: 0.01}\nbranch: {lambdas: [0.0067]}\n", "trunk.lmbda"),
+    ("trunk: {gate: 1}\n", "trunk.gate: unknown key"),
+    ("compare: {arms: {adam: {}}, extend: {arms: [balanced], lambdas: [0.05], base: 0.025}}\n",
+     r"compare.extend.arms: \['balanced'\] not in compare.arms"),
+    ("compare: {arms: {b: {}}, extend: {arms: [b], lambdas: [0.05], base: 0.04}}\n",
+     "compare.extend: needs lambdas and a base in branch.lambdas"),
+    ("compare: {arms: {b: {}}, extend: {arms: [b], lambdas: [0.025], base: 0.025}}\n",
+     "compare.extend.lambdas: .* overlap"),
+]
+
+
 def test_bad_study_files(tmp_path):
     bad = tmp_path / "s.yaml"
-    bad.write_text("trunk: {lmbda: 0.01}\nbranch: {lambdas: [0.0067]}\n")
-    with pytest.raises(ConfigError, match="trunk.lmbda"):
-        study.load_study(bad)
-    bad.write_text("trunk: {gate: 1}\n")
-    with pytest.raises(ConfigError, match="trunk.gate: unknown key"):
-        study.load_study(bad)
-    bad.write_text("compare: {arms: {adam: {}}, extend: {arms: [balanced], lambdas: [0.05], base: 0.025}}\n")
-    with pytest.raises(ConfigError, match=r"compare.extend.arms: \['balanced'\] not in compare.arms"):
-        study.load_study(bad)
-    bad.write_text("compare: {arms: {b: {}}, extend: {arms: [b], lambdas: [0.05], base: 0.04}}\n")
-    with pytest.raises(ConfigError, match="compare.extend: needs lambdas and a base in branch.lambdas"):
-        study.load_study(bad)
-    bad.write_text("compare: {arms: {b: {}}, extend: {arms: [b], lambdas: [0.025], base: 0.025}}\n")
-    with pytest.raises(ConfigError, match="compare.extend.lambdas: .* overlap"):
-        study.load_study(bad)
+    for text, error in BAD_STUDIES:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=error):
+            study.load_study(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         study.load_study(tmp_path / "missing.yaml")
 
