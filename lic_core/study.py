@@ -601,6 +601,24 @@ def summarize(st: Study, rows: list[dict[str, Any]], samples: int = 1000) -> lis
     return out
 
 
+def gap_summary(st: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per comparison: each block's mean point-wise gap (dB at equal rate, % at equal PSNR; the
+    measure that stays defined where the curves overlap too little for a BD-rate), then the mean
+    and 95 % t-interval over the blocks. A block with no point inside the anchor's range gives none."""
+    from lic_core.experiment import mean_ci
+
+    out = []
+    first = rows[0]["method"] if rows else None
+    for test, anchor in comparisons(st):
+        sel = [r for r in rows if (r["test"], r["anchor"], r["method"]) == (test, anchor, first)]
+        row: dict[str, Any] = {"test": test, "anchor": anchor}
+        for key in ("gaps", "rate_gaps"):
+            ci = mean_ci([float(np.mean(r[key])) if r[key] else float("nan") for r in sel])
+            row[key] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "of": len(sel)}
+        out.append(row)
+    return out
+
+
 def base_points(st: Study) -> list[dict[str, Any]]:
     """Every base model: bpp, PSNR and ``L_D = λ·255²·mean MSE`` on the full test images with real
     bitstreams once its curve is evaluated; before that, the training run's last evaluation
@@ -692,6 +710,19 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
         lines.append(f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | "
                      f"{len(r['gaps'])}/{n}: {', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} | "
                      f"{len(r['rate_gaps'])}/{n}: {', '.join(f'{g:+.1f}' for g in r['rate_gaps']) or '-'} |")
+
+    def cell(g: dict[str, Any], digits: int) -> str:
+        if g["n"] == 0:
+            return f"0/{g['of']}: undefined"
+        t_ci = f"[{_fmt(g['low'], digits)}, {_fmt(g['high'], digits)}]" if g["n"] >= 2 else "undefined (< 2 blocks)"
+        return f"{g['n']}/{g['of']}: {_fmt(g['mean'], digits)} {t_ci}"
+
+    lines += ["", "The same gaps, averaged within each block (the block's points inside the anchor's range), "
+                  "then over the blocks: mean and 95 % t-interval over blocks (n/N: blocks with a point inside).", "",
+              "| comparison | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
+              "|---|---|---|"]
+    lines += [f"| {g['test']} vs {g['anchor']} | {cell(g['gaps'], 3)} | {cell(g['rate_gaps'], 2)} |"
+              for g in gap_summary(st, rows)]
     return "\n".join(lines + scratch_markdown(st)) + "\n", summary, bases
 
 

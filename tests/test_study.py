@@ -217,6 +217,21 @@ def test_rate_gaps_at_equal_quality():
     assert rate_gaps(bent, up) == []
 
 
+def test_gap_summary_averages_within_then_over_blocks():
+    """Block means of the point-wise gaps, then their mean and t-interval over blocks (t(0.975, 2)
+    = 4.303); a block with no point inside the anchor's range counts as missing, not as 0."""
+    st = study.load_study(Path(study.REPO) / "sweeps" / "studies" / "tiny.yaml")
+    gaps = [[0.01, 0.03], [0.02], [0.03, 0.03, 0.03], []]
+    rows = [{"test": "balanced", "anchor": "adam", "method": "pchip", "gaps": g, "rate_gaps": [-2 * 100 * x for x in g]}
+            for g in gaps]
+    g = next(r for r in study.gap_summary(st, rows) if (r["test"], r["anchor"]) == ("balanced", "adam"))
+    half = 4.302653 * float(np.std([0.02, 0.02, 0.03], ddof=1)) / math.sqrt(3)
+    assert (g["gaps"]["n"], g["gaps"]["of"]) == (3, 4)
+    assert g["gaps"]["mean"] == pytest.approx(0.07 / 3)
+    assert (g["gaps"]["low"], g["gaps"]["high"]) == pytest.approx((0.07 / 3 - half, 0.07 / 3 + half))
+    assert g["rate_gaps"]["mean"] == pytest.approx(-14 / 3)
+
+
 BAD_STUDIES = [  # (YAML, the error it must raise)
     ("trunk: {lmbda: 0.01}\nbranch: {lambdas: [0.0067]}\n", "trunk.lmbda"),
     ("trunk: {gate: 1}\n", "trunk.gate: unknown key"),
