@@ -36,6 +36,7 @@ from lic_core.config import PRESETS, TrainConfig
 from lic_core.data import train_loader
 from lic_core.provenance import commit, cpu_name
 from lic_core.training.engine import Trainer, as_config
+from lic_core.training.logging import load_history
 
 MODES: dict[str, dict] = {
     "standard": {"loss.mode": "standard"},
@@ -92,18 +93,21 @@ def cli_seconds(ov: dict, ranks: int, threads: int, out: str, name: str) -> floa
 def whole_runs(base: dict, variants: dict[str, tuple[dict, int, int]], rounds: int, steps: int,
                short: int = 5) -> dict[str, list[float]]:
     """Seconds per step of whole runs (photos, loader, logging): ``variants`` maps a name to
-    (overrides, ranks, threads per rank). A step's time is the wall time of a run of
-    ``short + steps`` steps minus that of ``short`` steps, over ``steps``, so process start-up,
-    torch.compile and the final checkpoint cancel out (there is no evaluation). One warm-up run
-    per compiled variant first (it fills torch.compile's cache on disk)."""
+    (overrides, ranks, threads per rank). Each run takes ``short + steps`` steps and logs every
+    step; a step's time is the wall clock between the records of steps ``short`` and
+    ``short + steps`` (``wall`` in ``metrics.jsonl``) over ``steps``, so process start-up,
+    torch.compile (which happens in the first steps) and the final checkpoint are left out.
+    One warm-up run per compiled variant first (it fills torch.compile's cache on disk)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
+    n = short + steps
     with tempfile.TemporaryDirectory() as out:
         def per_step(name: str, r: int) -> float:
             ov, ranks, threads = variants[name]
-            t = [cli_seconds({**base, **ov, "run.steps": n, "run.ckpt_every": n, "run.eval_every": n}, ranks,
-                             threads, out, re.sub(r"[^\w.-]+", "_", f"{name}-{r}-{n}"))
-                 for n in (short, short + steps)]
-            return (t[1] - t[0]) / steps
+            run = re.sub(r"[^\w.-]+", "_", f"{name}-{r}")
+            cli_seconds({**base, **ov, "run.steps": n, "run.ckpt_every": n, "run.eval_every": n, "run.log_every": 1},
+                        ranks, threads, out, run)
+            wall = {h["step"]: h["wall"] for h in load_history(Path(out) / run, "train")}
+            return (wall[n] - wall[short]) / steps
         for i, (ov, ranks, threads) in enumerate(variants.values()):
             if {**base, **ov}.get("speed.compile"):
                 cli_seconds({**base, **ov, "run.steps": short}, ranks, threads, out, f"warm-up-{i}")

@@ -358,7 +358,7 @@ class Trainer:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
         rec = {"kind": "train", "step": self.step, "loss": rd, "psnr": psnr, "lr": lr, "grad_norm": gnorm,
-               "step_time": time.perf_counter() - t0, "skipped": self.skipped}
+               "step_time": time.perf_counter() - t0, "wall": time.time(), "skipped": self.skipped}
         return self._record(rec, terms, task)
 
     def _update_frozen(self) -> None:
