@@ -75,7 +75,7 @@ LAYOUTS: dict[str, tuple[int, int]] = {"1 process x 2 threads": (1, 2), "2 ranks
 # The engine as issue 14 found it (every crop decoded from its JPEG), with the decoded-photo cache,
 # and with the cache and torch.compile: one process, 2 threads.
 ENGINE: dict[str, dict] = {"no cache": {"data.cache_mb": 0}, "cache": {},
-                           "cache, compiled": {"speed.compile": True}}
+                           "cache + compiled": {"speed.compile": True}}
 
 
 def cli_seconds(ov: dict, ranks: int, threads: int, out: str, name: str) -> float:

@@ -84,6 +84,7 @@ def test_bench_train_engine_and_modes_tables_at_smoke_size(wikiphotos_dir, capsy
     with pytest.raises(SystemExit):
         bench_train.main(["--micro", "--engine", "--variants", "cache,warp"])
     assert "--variants: unknown ['warp']" in capsys.readouterr().err
+    assert all("," not in name for name in bench_train.ENGINE)  # the default --variants is their comma list
     assert "without the photo cache" in out and "commit " in out
     assert bench_train.main(["--micro", "--modes", "standard,balanced", "--steps", "1", "--rounds", "1",
                              "--warmup", "0", "--batch", "1"]) == 0
