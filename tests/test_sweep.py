@@ -18,8 +18,8 @@ import yaml
 
 from lic_core.errors import ConfigError
 from lic_core.paths import REPO
-from lic_core.sweep import (_claim, _manifest, _prepare, job_name, load_sweep, main,
-                            read_manifest, run_sweep, spec_from_dict, sweep_results)
+from lic_core.sweep import (_claim, _manifest, _prepare, _process_alive, job_name, load_sweep,
+                            main, read_manifest, run_sweep, spec_from_dict, sweep_results)
 
 NOTEBOOK = Path(__file__).parent / "data" / "sweep_job.ipynb"
 
@@ -232,6 +232,9 @@ def test_killed_sweep_rerun_finishes_only_missing_jobs(tmp_path):
         proc.wait()
     before = read_manifest(sweep_dir)["jobs"]
     assert [before[n]["state"] for n in names] == ["done", "running", "pending"]
+    # SIGKILL is delivered asynchronously: the orphaned worker may still be exiting, and a rerun
+    # rightly leaves a job alone while its process lives (CI saw exactly that under load)
+    _wait(lambda: not _process_alive(before[names[1]]["pid"]), "the killed worker to exit", 30)
     token = _metrics(sweep_dir, names[0])["token"]
 
     release.touch()
