@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import importlib
 import platform
@@ -46,6 +47,7 @@ from lic_core.provenance import commit, cpu_name  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
+from lic_core.training.engine import bf16_transforms, cpu_bf16  # noqa: E402
 
 AUTHORS = ("base", "large")  # the models their repository has
 COLUMNS = ("train step", "eval forward", "encode", "decode")
@@ -228,20 +230,34 @@ def authors_model(checkout: Path, name: str, ours: torch.nn.Module) -> torch.nn.
     return theirs
 
 
-def side_by_side(ours: torch.nn.Module, theirs: torch.nn.Module, batch: int, size: int, eh: int, ew: int,
-                 repeat: int) -> dict[str, object]:
-    """Train step and eval forward of both implementations in interleaved rounds: per-round
-    ours/theirs ratios (median, min, max), median seconds, and the largest eval ``x_hat``
-    difference (the same weights should give the same image)."""
+def side_by_side(ours: dict[str, torch.nn.Module], theirs: torch.nn.Module, batch: int, size: int, eh: int,
+                 ew: int, repeat: int) -> dict[str, dict[str, object]]:
+    """Train step and eval forward of each variant of ours and of theirs in interleaved rounds,
+    per variant: per-round ours/theirs ratios (median, min, max), median seconds, and the largest
+    eval ``x_hat`` difference to theirs (the same weights should give the same image)."""
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():  # before the train steps, which move the two copies of the weights apart
-        diff = (ours.eval()(x)["x_hat"] - theirs.eval()(x)["x_hat"]).abs().max().item()
-    t = rounds({"eval ours": eval_forward_fn(ours, eh, ew), "eval theirs": eval_forward_fn(theirs, eh, ew),
-                "train ours": train_step_fn(ours, batch, size), "train theirs": train_step_fn(theirs, batch, size)},
-               repeat)
-    return {**{k: statistics.median(v) for k, v in t.items()}, "x_hat max diff": diff,
-            "train ratio": per_round(t["train ours"], t["train theirs"]),
-            "eval ratio": per_round(t["eval ours"], t["eval theirs"])}
+    with torch.no_grad():  # before the train steps, which move the copies of the weights apart
+        ref = theirs.eval()(x)["x_hat"]
+        diff = {k: (m.eval()(x)["x_hat"] - ref).abs().max().item() for k, m in ours.items()}
+    fns = {"eval theirs": eval_forward_fn(theirs, eh, ew), "train theirs": train_step_fn(theirs, batch, size)}
+    for k, m in ours.items():
+        fns |= {f"eval {k}": eval_forward_fn(m, eh, ew), f"train {k}": train_step_fn(m, batch, size)}
+    t = rounds(fns, repeat)
+    return {k: {"train": statistics.median(t[f"train {k}"]), "eval": statistics.median(t[f"eval {k}"]),
+                "train theirs": statistics.median(t["train theirs"]),
+                "eval theirs": statistics.median(t["eval theirs"]), "x_hat max diff": diff[k],
+                "train ratio": per_round(t[f"train {k}"], t["train theirs"]),
+                "eval ratio": per_round(t[f"eval {k}"], t["eval theirs"])} for k in ours}
+
+
+def variants(model: torch.nn.Module, bf16: bool) -> dict[str, torch.nn.Module]:
+    """Ours as is and, with ``bf16``, a copy with the engine's ``speed.bf16`` (transforms under
+    bfloat16 autocast; not like-for-like with their float32, so it gets its own row)."""
+    out = {"ours": model}
+    if bf16:
+        out["ours, speed.bf16"] = copy.deepcopy(model)
+        bf16_transforms(out["ours, speed.bf16"], "cpu")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny only, small sizes, 1 run")
     ap.add_argument("--authors", type=Path, metavar="CHECKOUT",
                     help="a checkout of lyq133/LIC-HPCM: time its base/large side by side with ours")
+    ap.add_argument("--bf16", action="store_true",
+                    help="with --authors: also ours with speed.bf16 (CPUs with oneDNN bfloat16 kernels)")
     a = ap.parse_args(argv)
+    if a.bf16 and not cpu_bf16():
+        raise SystemExit("--bf16: oneDNN has no bfloat16 kernels for this CPU (it needs AVX-512)")
     torch.set_num_threads(a.threads)
     names = ["tiny"] if a.quick and not a.authors else a.models.split(",")
     big = any(n != "tiny" for n in names)  # Base / Large pad to multiples of 256
@@ -308,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             ours = build(name, checkpoints)
-            r = side_by_side(ours, authors_model(a.authors, name, ours), a_batch, a_size, a_eh, a_ew, repeat)
-            print(f"| {name} | {r['train ours']:.2f} s | {r['train theirs']:.2f} s | {spread(r['train ratio'], 3)} | "
-                  f"{r['eval ours']:.2f} s | {r['eval theirs']:.2f} s | {spread(r['eval ratio'], 3)} | "
-                  f"{r['x_hat max diff']:.2e} |")
+            res = side_by_side(variants(ours, a.bf16), authors_model(a.authors, name, ours), a_batch, a_size,
+                               a_eh, a_ew, repeat)
+            for k, r in res.items():
+                label = name if k == "ours" else f"{name} ({k})"
+                print(f"| {label} | {r['train']:.2f} s | {r['train theirs']:.2f} s | {spread(r['train ratio'], 3)} | "
+                      f"{r['eval']:.2f} s | {r['eval theirs']:.2f} s | {spread(r['eval ratio'], 3)} | "
+                      f"{r['x_hat max diff']:.2e} |")
     return 0
 
 

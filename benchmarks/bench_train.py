@@ -3,7 +3,8 @@ images per second.
 
     python benchmarks/bench_train.py                      # tiny HPCM, 128 px, batch 2, on CPU
     python benchmarks/bench_train.py --model base --patch 256 --batch 8 --speed   # on CUDA:
-        # bf16 / channels_last / compile, each against float32 on the same GPU (on a CPU: compile)
+        # bf16 / channels_last / compile, each against float32 on the same GPU (on a CPU: compile,
+        # and bf16 where oneDNN has bfloat16 kernels)
     python benchmarks/bench_train.py --batch 8 --modes standard,balanced,balanced-next-batch --compile
         # Solution 1's overhead with the compiled forward
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
@@ -32,11 +33,13 @@ from pathlib import Path
 
 import torch
 
-from lic_core.config import PRESETS, TrainConfig
-from lic_core.data import train_loader
-from lic_core.provenance import commit, cpu_name
-from lic_core.training.engine import Trainer, as_config
-from lic_core.training.logging import load_history
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's lic_core, as the runs use
+
+from lic_core.config import PRESETS, TrainConfig  # noqa: E402
+from lic_core.data import train_loader  # noqa: E402
+from lic_core.provenance import commit, cpu_name  # noqa: E402
+from lic_core.training.engine import Trainer, as_config, cpu_bf16  # noqa: E402
+from lic_core.training.logging import load_history  # noqa: E402
 
 MODES: dict[str, dict] = {
     "standard": {"loss.mode": "standard"},
@@ -151,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid:
         variants = {f"batch {b} x {p}px": {"data.batch": int(b), "data.patch": int(p)}
                     for p in args.patches.split(",") for b in args.batches.split(",")}
-    if args.speed:  # on a CPU only compile applies (bf16 and channels_last are GPU options)
-        opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in ("fp32", "compile")}
+    if args.speed:  # on a CPU: compile, and bf16 where oneDNN has kernels (channels_last is GPU-only)
+        cpu = ("fp32", "compile", *(("bf16",) if cpu_bf16() else ()))
+        opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in cpu}
         variants = {f"{m}/{s}": {**MODES[m], **sov} for m in args.modes.split(",") for s, sov in opts.items()}
     base["speed.compile"] = args.compile  # explicit: auto would compile these endless runs
     if args.engine or args.layout:

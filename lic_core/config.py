@@ -122,7 +122,7 @@ class SpeedConfig:
     """Accelerator options; each is refused on a device that does not support it."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # autocast the transforms; entropy math stays float32
+    bf16: bool = False  # autocast the transforms; entropy math stays float32 (GPU, AVX-512 CPU)
     channels_last: bool = False
     # torch.compile of the model's forward (inductor; on CPU it needs a C++ compiler): true, false,
     # or auto = on for runs of at least COMPILE_MIN_STEPS steps, where the minute of compiling pays

@@ -3,6 +3,7 @@
 machine with another Python than their compiled coder's."""
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from lic_core.paths import REPO
+from lic_core.training.engine import cpu_bf16
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 bench_model = importlib.import_module("bench_model")
@@ -67,7 +69,8 @@ def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path, kodak_dir, wikiphotos_dir
     for section in ("## train options", "## coding", "## cross-device", "## throughput"):
         assert section in text
     assert "Failed" not in text and "Skipped: one device only" in text
-    assert "| fp32 |" in text and "| bf16 | refused |" in text and "| tiny 1x128px |" in text
+    assert "| fp32 |" in text and "| tiny 1x128px |" in text and "| channels_last | refused |" in text
+    assert ("| bf16 | refused |" in text) != cpu_bf16()  # timed where oneDNN has bf16 kernels
     assert "| compile | refused | - | not timed in --smoke on a CPU" in text  # minutes of compiling on 2 cores
 
 
@@ -90,3 +93,16 @@ def test_bench_train_engine_and_modes_tables_at_smoke_size(wikiphotos_dir, capsy
                              "--warmup", "0", "--batch", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("standard", "balanced"))]
     assert len(rows) == 2 and rows[0].split()[-2] == "1.00"
+
+
+def test_side_by_side_rows_per_variant_of_ours():
+    """Every variant of ours gets its own ratios to the same 'theirs' (here a copy of ours: the
+    float32 row gives the same image, the bf16 row a different one)."""
+    from lic_core.models.hpcm import hpcm
+
+    ours = hpcm("tiny").eval()
+    res = bench_model.side_by_side(bench_model.variants(ours, bf16=True), copy.deepcopy(ours), 1, 128, 128, 128, 1)
+    assert list(res) == ["ours", "ours, speed.bf16"]
+    assert res["ours"]["x_hat max diff"] == 0.0 < res["ours, speed.bf16"]["x_hat max diff"]
+    for r in res.values():
+        assert r["train"] > 0 and r["eval theirs"] > 0 and len(r["train ratio"]) == 3

