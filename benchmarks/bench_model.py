@@ -250,6 +250,21 @@ def side_by_side(ours: dict[str, torch.nn.Module], theirs: torch.nn.Module, batc
                 "eval ratio": per_round(t[f"eval {k}"], t["eval theirs"])} for k in ours}
 
 
+def profile_step(model: torch.nn.Module, batch: int, size: int, top: int = 12) -> tuple[str, float, float]:
+    """``torch.profiler`` of one train step (after a warm-up one): its op table by self CPU time,
+    and the seconds in convolutions (oneDNN forward and backward) and in everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = train_step_fn(model, batch, size)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    ops = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in ops if "convolution" in e.key) / 1e6
+    total = sum(e.self_cpu_time_total for e in ops) / 1e6
+    return ops.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40), conv, total - conv
+
+
 def variants(model: torch.nn.Module, bf16: bool) -> dict[str, torch.nn.Module]:
     """Ours as is and, with ``bf16``, a copy with the engine's ``speed.bf16`` (transforms under
     bfloat16 autocast; not like-for-like with their float32, so it gets its own row)."""
@@ -270,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny only, small sizes, 1 run")
     ap.add_argument("--authors", type=Path, metavar="CHECKOUT",
                     help="a checkout of lyq133/LIC-HPCM: time its base/large side by side with ours")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --authors: profile one train step of ours and theirs (convolutions vs the rest)")
     ap.add_argument("--bf16", action="store_true",
                     help="with --authors: also ours with speed.bf16 (CPUs with oneDNN bfloat16 kernels)")
     a = ap.parse_args(argv)
@@ -300,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks += peak
         util = per_round([kmacs * 1e3 * eh * ew / f / 1e9 for f in t["forward"]], [p / 2 for p in peak])
         train, fwd = statistics.median(t["train"]), statistics.median(t["forward"])
-        c = coding(model, kodak, crop) if kodak else {}
+        c = coding(build(name, checkpoints), kodak, crop) if kodak else {}  # not the train-stepped copy
         rows.append((name, count_parameters(model), kmacs, train, fwd, kmacs * 1e3 * eh * ew / fwd / 1e9, util, c))
         print(f"[{name}] train {train:.2f} s, forward {fwd:.2f} s, {c}", file=sys.stderr, flush=True)
     peak = statistics.median(peaks)
@@ -335,6 +352,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {label} | {r['train']:.2f} s | {r['train theirs']:.2f} s | {spread(r['train ratio'], 3)} | "
                       f"{r['eval']:.2f} s | {r['eval theirs']:.2f} s | {spread(r['eval ratio'], 3)} | "
                       f"{r['x_hat max diff']:.2e} |")
+        if a.profile:
+            print("\nOne profiled train step each (self CPU time; one step, so shares count more than seconds):")
+            for name in names:
+                ours = build(name, checkpoints)
+                prof = {"ours": profile_step(ours, a_batch, a_size),
+                        "theirs": profile_step(authors_model(a.authors, name, ours), a_batch, a_size)}
+                for who, (table, conv, rest) in prof.items():
+                    print(f"\n{name}, {who}: convolutions {conv:.2f} s ({100 * conv / (conv + rest):.0f} %), "
+                          f"the rest {rest:.2f} s\n```\n{table}```")
+                (_, conv, _), (_, c2, r2) = prof["ours"], prof["theirs"]
+                print(f"\n{name}: ours with nothing but its convolutions would take {conv / (c2 + r2):.2f}x "
+                      "theirs (a bound on what code around the convolutions can reach)")
     return 0
 
 

@@ -106,3 +106,10 @@ def test_side_by_side_rows_per_variant_of_ours():
     assert res["ours"]["x_hat max diff"] == 0.0 < res["ours, speed.bf16"]["x_hat max diff"]
     for r in res.values():
         assert r["train"] > 0 and r["eval theirs"] > 0 and len(r["train ratio"]) == 3
+
+
+def test_profile_step_splits_convolutions_from_the_rest():
+    from lic_core.models.hpcm import hpcm
+
+    table, conv, rest = bench_model.profile_step(hpcm("tiny"), 1, 128)
+    assert "convolution" in table and conv > 0 and rest > 0
