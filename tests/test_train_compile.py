@@ -3,13 +3,15 @@ within 1e-5 relative over 20 steps), resumes bit-identically, and a machine with
 one line and the eager path."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from train_helpers import images, micro_config, no_wandb  # noqa: F401 (fixtures)
 
 from lic_core.config import COMPILE_MIN_STEPS
 from lic_core.training import checkpoint as ckpt
-from lic_core.training.engine import Trainer, train, wants_compile
+from lic_core.training.engine import Trainer, cpu_bf16, train, wants_compile
 from lic_core.training.logging import load_history
 
 
@@ -63,3 +65,17 @@ def test_auto_compiles_long_runs_only(tmp_path, images):
     cfg = lambda steps, c="auto": micro_config(tmp_path, images, run__steps=steps, speed__compile=c)  # noqa: E731
     assert not wants_compile(cfg(COMPILE_MIN_STEPS - 1)) and wants_compile(cfg(COMPILE_MIN_STEPS))
     assert not wants_compile(cfg(10**6, False)) and wants_compile(cfg(1, True))
+
+
+def test_compiled_bf16_trains_like_eager_bf16(tmp_path, images):
+    """``speed.bf16`` and ``speed.compile`` together on the CPU: the autocast hooks around the
+    transforms compile, and the compiled run follows the eager bfloat16 one."""
+    if not cpu_bf16():
+        pytest.skip("speed.bf16: oneDNN has no bfloat16 kernels for this CPU (needs AVX-512)")
+    runs = {c: train(micro_config(tmp_path, images, run__name=f"bf16-{c}", run__steps=6, speed__bf16=True,
+                                  speed__compile=c, optim__lr=1e-4))
+            for c in (False, True)}
+    eager, compiled = (_losses(runs[c].run_dir) for c in (False, True))
+    assert len(compiled) == 6 and all(math.isfinite(v) for v in compiled)
+    rel = max(abs(a - b) / abs(a) for a, b in zip(eager, compiled))
+    assert rel < 1e-2, f"compiled vs eager bf16 loss: {rel:.2e} relative"
