@@ -169,20 +169,20 @@ def compile_forward(model: HPCM, dev: torch.device) -> bool:
 
 def bf16_transforms(model: HPCM, device_type: str) -> None:
     """Run g_a, g_s, h_a, h_s under bfloat16 autocast and hand float32 back, so the context model
-    and the entropy math (likelihoods, rates) stay in float32."""
+    and the entropy math (likelihoods, rates) stay in float32. Each transform's forward is wrapped
+    in a ``with torch.autocast`` block (hooks that enter and leave autocast separately do not
+    compile); copy a model before this, not after."""
     for name in TRANSFORMS:
-        stack: list[torch.autocast] = []
+        mod = getattr(model, name)
+        mod.forward = _autocast_bf16(mod.forward, device_type)
 
-        def enter(mod: nn.Module, args: Any, stack=stack) -> None:
-            stack.append(torch.autocast(device_type, dtype=torch.bfloat16))
-            stack[-1].__enter__()
 
-        def leave(mod: nn.Module, args: Any, out: Tensor, stack=stack) -> Tensor:
-            stack.pop().__exit__(None, None, None)
-            return out.float()
-
-        getattr(model, name).register_forward_pre_hook(enter)
-        getattr(model, name).register_forward_hook(leave)
+def _autocast_bf16(forward: Any, device_type: str) -> Any:
+    def run(*args: Any) -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            out = forward(*args)
+        return out.float()
+    return run
 
 
 def _seed_all(seed: int) -> None:
