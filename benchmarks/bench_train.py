@@ -54,6 +54,7 @@ SPEED: dict[str, dict] = {
     "bf16": {"speed.bf16": True},
     "channels_last": {"speed.channels_last": True},
     "compile": {"speed.compile": True},
+    "bf16 + compile": {"speed.bf16": True, "speed.compile": True},
     "all": {"speed.bf16": True, "speed.channels_last": True, "speed.compile": True},
 }
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = {f"batch {b} x {p}px": {"data.batch": int(b), "data.patch": int(p)}
                     for p in args.patches.split(",") for b in args.batches.split(",")}
     if args.speed:  # on a CPU: compile, and bf16 where oneDNN has kernels (channels_last is GPU-only)
-        cpu = ("fp32", "compile", *(("bf16",) if cpu_bf16() else ()))
+        cpu = ("fp32", "compile", *(("bf16", "bf16 + compile") if cpu_bf16() else ()))
         opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in cpu}
         variants = {f"{m}/{s}": {**MODES[m], **sov} for m in args.modes.split(",") for s, sov in opts.items()}
     base["speed.compile"] = args.compile  # explicit: auto would compile these endless runs
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(times, {k: args.batch for k in times}, "engine" if args.engine else "layout", args,
                       torch.device("cpu"), base.get("model.name", "micro"))
     with tempfile.TemporaryDirectory() as out:
-        trainers = {name: make_trainer(base, ov, out, name.replace("/", "-")) for name, ov in variants.items()}
+        trainers = {name: make_trainer(base, ov, out, re.sub(r"[^\w.-]+", "_", name)) for name, ov in variants.items()}
         first = next(iter(trainers.values()))
         cfg: TrainConfig = first.cfg
         xs = {}
