@@ -10,7 +10,7 @@ images per second.
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
     python benchmarks/bench_train.py --engine --batch 8 --steps 30 --modes standard,balanced
         # whole runs (CLI, photos, loader, logging): no photo cache (as issue 14 found the engine),
-        # cache, cache + compile
+        # cache, cache + compile, and cache + bf16 + compile where the CPU has bfloat16 kernels
     python benchmarks/bench_train.py --layout --batch 8 --steps 30 --modes standard,balanced
         # whole CLI runs: 1 process x 2 threads vs torchrun 2 ranks x 1 thread, eager and compiled
 
@@ -79,7 +79,8 @@ LAYOUTS: dict[str, tuple[int, int]] = {"1 process x 2 threads": (1, 2), "2 ranks
 # The engine as issue 14 found it (every crop decoded from its JPEG), with the decoded-photo cache,
 # and with the cache and torch.compile: one process, 2 threads.
 ENGINE: dict[str, dict] = {"no cache": {"data.cache_mb": 0}, "cache": {},
-                           "cache + compiled": {"speed.compile": True}}
+                           "cache + compiled": {"speed.compile": True},
+                           "cache + bf16 + compiled": {"speed.bf16": True, "speed.compile": True}}
 
 
 def cli_seconds(ov: dict, ranks: int, threads: int, out: str, name: str) -> float:
@@ -142,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                          "without and with speed.compile; --batch is the global batch")
     ap.add_argument("--engine", action="store_true",
                     help="whole CLI runs over the photos (loader included), each mode: no photo cache "
-                         "(data.cache_mb=0), cache, cache + speed.compile")
-    ap.add_argument("--variants", default=",".join(ENGINE), help=f"--engine: which of {', '.join(ENGINE)}")
+                         "(data.cache_mb=0), cache, cache + speed.compile, cache + bf16 + compile")
+    ap.add_argument("--variants", default=",".join(k for k in ENGINE if "bf16" not in k or cpu_bf16()),
+                    help=f"--engine: which of {', '.join(ENGINE)} (bf16: only where it runs)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -120,8 +120,8 @@ def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
 
 
 def cpu_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 on this CPU (AVX-512; native, and fast, with AVX512-BF16 or
-    AMX: on the project's Sapphire Rapids Xeon a Base train step takes 0.8x the float32 time)."""
+    """Whether oneDNN runs bfloat16 on this CPU (AVX-512; native, and fast, only with AVX512-BF16
+    or AMX: README "Performance" has the project's Xeon measured)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
