@@ -82,6 +82,11 @@ ENGINE: dict[str, dict] = {"no cache": {"data.cache_mb": 0}, "cache": {},
                            "cache + bf16 + compiled": {"speed.bf16": True, "speed.compile": True}}
 
 
+def run_name(name: str) -> str:
+    """A run folder name from a variant name ("standard/cache + compiled" -> "standard_cache_compiled")."""
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
 def cli_seconds(ov: dict, ranks: int, threads: int, out: str, name: str) -> float:
     """Wall seconds of ``python -m lic_core train`` with ``ov`` (through torchrun when ranks > 1)."""
     sets = [f"--set={k}={v}" for k, v in {**ov, "run.out": out, "run.name": name, "run.resume": "never",
@@ -107,7 +112,7 @@ def whole_runs(base: dict, variants: dict[str, tuple[dict, int, int]], rounds: i
     with tempfile.TemporaryDirectory() as out:
         def per_step(name: str, r: int) -> float:
             ov, ranks, threads = variants[name]
-            run = re.sub(r"[^\w.-]+", "_", f"{name}-{r}")
+            run = run_name(f"{name}-{r}")
             cli_seconds({**base, **ov, "run.steps": n, "run.ckpt_every": n, "run.eval_every": n, "run.log_every": 1},
                         ranks, threads, out, run)
             wall = {h["step"]: h["wall"] for h in load_history(Path(out) / run, "train")}
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(times, {k: args.batch for k in times}, "engine" if args.engine else "layout", args,
                       torch.device("cpu"), base.get("model.name", "micro"))
     with tempfile.TemporaryDirectory() as out:
-        trainers = {name: make_trainer(base, ov, out, re.sub(r"[^\w.-]+", "_", name)) for name, ov in variants.items()}
+        trainers = {name: make_trainer(base, ov, out, run_name(name)) for name, ov in variants.items()}
         first = next(iter(trainers.values()))
         cfg: TrainConfig = first.cfg
         xs = {}

@@ -93,9 +93,8 @@ def test_unknown_yaml_key_and_missing_folders(tmp_path, folder):
 def test_gpu_options_refused_on_cpu(folder, monkeypatch):
     import torch
 
-    from lic_core.training.engine import resolve_device
-
     from lic_core.training import engine
+    from lic_core.training.engine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = validate(from_dict({"data": {"train": str(folder)}, "speed": {"channels_last": True}}))

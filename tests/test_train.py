@@ -154,7 +154,7 @@ def test_finetune_from_authors_format(tmp_path, images):
 
 
 def test_bf16_transforms_keep_entropy_math_in_float32(tmp_path, images):
-    """The hook mechanism behind ``speed.bf16`` (CPU autocast works on any CPU; the option itself
+    """The autocast wrapping behind ``speed.bf16`` (CPU autocast works on any CPU; the option itself
     needs oneDNN's AVX-512 kernels): the transforms compute in bfloat16, the rest in float32."""
     from lic_core.config import hpcm_config
     from lic_core.models.hpcm import build

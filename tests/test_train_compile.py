@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from train_helpers import images, micro_config, no_wandb  # noqa: F401 (fixtures)
+from train_helpers import images, micro_config, needs_cpu_bf16, no_wandb  # noqa: F401 (fixtures)
 
 from lic_core.config import COMPILE_MIN_STEPS
 from lic_core.training import checkpoint as ckpt
-from lic_core.training.engine import Trainer, cpu_bf16, train, wants_compile
+from lic_core.training.engine import Trainer, train, wants_compile
 from lic_core.training.logging import load_history
 
 
@@ -67,11 +67,10 @@ def test_auto_compiles_long_runs_only(tmp_path, images):
     assert not wants_compile(cfg(10**6, False)) and wants_compile(cfg(1, True))
 
 
+@needs_cpu_bf16
 def test_compiled_bf16_trains_like_eager_bf16(tmp_path, images):
-    """``speed.bf16`` and ``speed.compile`` together on the CPU: the autocast hooks around the
+    """``speed.bf16`` and ``speed.compile`` together on the CPU: the autocast blocks around the
     transforms compile, and the compiled run follows the eager bfloat16 one."""
-    if not cpu_bf16():
-        pytest.skip("speed.bf16: oneDNN has no bfloat16 kernels for this CPU (needs AVX-512)")
     runs = {c: train(micro_config(tmp_path, images, run__name=f"bf16-{c}", run__steps=6, speed__bf16=True,
                                   speed__compile=c, optim__lr=1e-4))
             for c in (False, True)}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import images, micro_config, no_wandb  # noqa: F401 (fixtures)
+from train_helpers import images, micro_config, needs_cpu_bf16, no_wandb  # noqa: F401 (fixtures)
 
 from lic_core.errors import ConfigError
 from lic_core.training import checkpoint as ckpt
-from lic_core.training.engine import Trainer, cpu_bf16, train
+from lic_core.training.engine import Trainer, train
 from lic_core.training.logging import load_history
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,11 +50,9 @@ def _metrics(run_dir: Path) -> list[dict]:
     {"loss__mode": "balanced"},
     {"loss__mode": "hierarchical", "balance__next_batch": True, "data__workers": 2},
     {"loss__mode": "qp", "optim__schedule": "plateau", "optim__patience": 0, "run__eval_every": 1},
-    {"speed__bf16": True},
+    pytest.param({"speed__bf16": True}, marks=needs_cpu_bf16),
 ])
 def test_resume_is_bit_identical(tmp_path, images, sets):
-    if sets.get("speed__bf16") and not cpu_bf16():
-        pytest.skip("speed.bf16: oneDNN has no bfloat16 kernels for this CPU (needs AVX-512)")
     full = train(micro_config(tmp_path, images, run__name="full", run__steps=6, run__ckpt_every=2, **sets))
     cfg = micro_config(tmp_path, images, run__name="cut", run__steps=6, run__ckpt_every=2, **sets)
     Trainer(cfg).fit(until=3)  # dies after step 3: its last checkpoint is step 2

@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from lic_core.config import PRESETS, TrainConfig
-from lic_core.training.engine import as_config
+from lic_core.training.engine import as_config, cpu_bf16
+
+needs_cpu_bf16 = pytest.mark.skipif(not cpu_bf16(), reason="speed.bf16: oneDNN has no bfloat16 kernels for "
+                                    "this CPU (needs AVX-512)")
 
 
 def smooth_images(folder: Path, n: int = 6, size: tuple[int, int] = (96, 80), seed: int = 0) -> Path:
