@@ -11,6 +11,7 @@ shared machine is not comparable (this project saw the same Base step take 10 s 
     python benchmarks/bench_model.py --quick         # smoke test: tiny only, small sizes
     python benchmarks/bench_model.py --models base --kodak 24 --checkpoint base=ckpt.pth.tar
     python benchmarks/bench_model.py --models base --kodak 0 --authors ~/LIC-HPCM   # + their code
+    python benchmarks/bench_model.py --models base --kodak 0 --layers   # 1x1 convs: oneDNN vs GEMM
 
 ``--authors PATH`` takes a checkout of the authors' repository (lyq133/LIC-HPCM, not shipped here)
 and times its ``src/models/HPCM_{Base,Large}.HPCM`` interleaved with ours, in this process, with
@@ -44,6 +45,7 @@ from lic_core.imageio import load_image  # noqa: E402
 from lic_core.losses import distortion  # noqa: E402
 from lic_core.models.authors import authors_name  # noqa: E402
 from lic_core.provenance import commit, cpu_name  # noqa: E402
+from lic_core.models.blocks import Conv1x1  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
@@ -51,6 +53,10 @@ from lic_core.training.engine import bf16_transforms, cpu_bf16  # noqa: E402
 
 AUTHORS = ("base", "large")  # the models their repository has
 COLUMNS = ("train step", "eval forward", "encode", "decode")
+# ops that do the multiply-accumulates: oneDNN convolutions (forward and backward) and the matrix
+# products of Conv1x1 and the attention
+COMPUTE = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm",
+           "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -252,7 +258,7 @@ def side_by_side(ours: dict[str, torch.nn.Module], theirs: torch.nn.Module, batc
 
 def profile_step(model: torch.nn.Module, batch: int, size: int, top: int = 12) -> tuple[str, float, float]:
     """``torch.profiler`` of one train step (after a warm-up one): its op table by self CPU time,
-    and the seconds in convolutions (oneDNN forward and backward) and in everything else."""
+    and the seconds in the multiply-accumulate ops (``COMPUTE``) and in everything else."""
     from torch.profiler import ProfilerActivity, profile
 
     step = train_step_fn(model, batch, size)
@@ -260,9 +266,52 @@ def profile_step(model: torch.nn.Module, batch: int, size: int, top: int = 12) -
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     ops = prof.key_averages()
-    conv = sum(e.self_cpu_time_total for e in ops if "convolution" in e.key) / 1e6
+    conv = sum(e.self_cpu_time_total for e in ops if e.key in COMPUTE) / 1e6
     total = sum(e.self_cpu_time_total for e in ops) / 1e6
     return ops.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40), conv, total - conv
+
+
+def conv1x1_calls(model: torch.nn.Module, batch: int, size: int) -> dict[tuple[int, ...], int]:
+    """Input shape -> number of calls, of every :class:`Conv1x1` in one train forward."""
+    calls: dict[tuple[int, ...], int] = {}
+
+    def hook(mod: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        key = (*inp[0].shape, mod.out_channels)
+        calls[key] = calls.get(key, 0) + 1
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Conv1x1)]
+    try:
+        train_step_fn(model, batch, size)()
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def layers_table(model: torch.nn.Module, batch: int, size: int, repeat: int) -> list[str]:
+    """Forward + backward of each of the model's Conv1x1 shapes, as the GEMM it is and as a oneDNN
+    ``nn.Conv2d`` (channels-last, as the model's other convs) with the same weights, in interleaved
+    rounds; rows by oneDNN time spent per train step, then the total."""
+    rows, tot = [], {"gemm": 0.0, "onednn": 0.0}
+    calls = conv1x1_calls(model, batch, size)
+    for (b, c, h, w, cout), n in calls.items():
+        gemm = Conv1x1(c, cout)
+        dnn = torch.nn.Conv2d(c, cout, 1).to(memory_format=torch.channels_last)
+        dnn.load_state_dict(gemm.state_dict())
+        x = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last).requires_grad_()
+        grad = torch.randn(b, cout, h, w)
+        t = rounds({k: (lambda m=m: m(x).backward(grad)) for k, m in (("gemm", gemm), ("onednn", dnn))}, repeat)
+        med = {k: statistics.median(v) for k, v in t.items()}
+        for k in tot:
+            tot[k] += n * med[k]
+        gmacs = {k: 3 * b * h * w * c * cout / v / 1e9 for k, v in med.items()}  # forward + 2 backward GEMMs
+        rows.append((n * med["onednn"], f"| {c} -> {cout} | {b}x{h}x{w} | {n} | {gmacs['onednn']:.1f} | "
+                     f"{gmacs['gemm']:.1f} | {spread(per_round(t['gemm'], t['onednn']))} |"))
+    head = ["| channels | positions (BxHxW) | calls per step | oneDNN conv GMAC/s | GEMM GMAC/s | GEMM/oneDNN per round |",
+            "|---|---|---:|---:|---:|---:|"]
+    return head + [r for _, r in sorted(rows, reverse=True)] + [
+        f"| all, weighted by calls | | {sum(calls.values())} | "
+        f"{tot['onednn']:.2f} s | {tot['gemm']:.2f} s | {tot['gemm'] / tot['onednn']:.2f} |"]
 
 
 def variants(model: torch.nn.Module, bf16: bool) -> dict[str, torch.nn.Module]:
@@ -286,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--authors", type=Path, metavar="CHECKOUT",
                     help="a checkout of lyq133/LIC-HPCM: time its base/large side by side with ours")
     ap.add_argument("--profile", action="store_true",
-                    help="with --authors: profile one train step of ours and theirs (convolutions vs the rest)")
+                    help="with --authors: profile one train step of ours and theirs (convs and GEMMs vs the rest)")
     ap.add_argument("--bf16", action="store_true",
                     help="with --authors: also ours with speed.bf16 (CPUs with oneDNN bfloat16 kernels)")
+    ap.add_argument("--layers", action="store_true",
+                    help="forward + backward of each 1x1 conv shape of the context model: GEMM vs oneDNN")
     a = ap.parse_args(argv)
     if a.bf16 and not cpu_bf16():
         raise SystemExit("--bf16: oneDNN has no bfloat16 kernels for this CPU (it needs AVX-512)")
@@ -336,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         extra = [f"{c['bpp']:.4f}", f"{100 * c['stream_vs_est']:+.2f}%", f"{c['header']:.0f}"] if c else ["-"] * 3
         util = f"{gmacs:.1f} ({spread(tuple(100 * u for u in util), 0)}%)"
         print(f"| {name} | {params / 1e6:.2f} M | {kmacs:.1f} | " + " | ".join(cells) + f" | {util} | " + " | ".join(extra) + " |")
+    if a.layers:
+        for name in names:
+            print(f"\n{name}: the context model's 1x1 convs at the train step's shapes, forward + backward, "
+                  f"as Conv1x1 computes them (GEMM) and as a oneDNN convolution; median of {repeat} interleaved "
+                  "rounds (the total row: seconds per train step)\n")
+            print("\n".join(layers_table(build(name, checkpoints), batch, size, repeat)))
     if a.authors:
         print(f"\nSide by side with the authors' code in {a.authors} (unmodified; their compiled coder stubbed "
               f"and, without CUDA, their device='cuda' mapped to the CPU, in this process only). Same weights, inputs "
@@ -359,11 +416,11 @@ def main(argv: list[str] | None = None) -> int:
                 prof = {"ours": profile_step(ours, a_batch, a_size),
                         "theirs": profile_step(authors_model(a.authors, name, ours), a_batch, a_size)}
                 for who, (table, conv, rest) in prof.items():
-                    print(f"\n{name}, {who}: convolutions {conv:.2f} s ({100 * conv / (conv + rest):.0f} %), "
+                    print(f"\n{name}, {who}: convolutions and matrix products {conv:.2f} s ({100 * conv / (conv + rest):.0f} %), "
                           f"the rest {rest:.2f} s\n```\n{table}```")
                 (_, conv, _), (_, c2, r2) = prof["ours"], prof["theirs"]
-                print(f"\n{name}: ours with nothing but its convolutions would take {conv / (c2 + r2):.2f}x "
-                      "theirs (a bound on what code around the convolutions can reach)")
+                print(f"\n{name}: ours with nothing but its convolutions and matrix products would take "
+                      f"{conv / (c2 + r2):.2f}x theirs (a bound on what code around them can reach)")
     return 0
 
 

@@ -113,3 +113,16 @@ def test_profile_step_splits_convolutions_from_the_rest():
 
     table, conv, rest = bench_model.profile_step(hpcm("tiny"), 1, 128)
     assert "convolution" in table and conv > 0 and rest > 0
+
+
+def test_layers_table_lists_every_conv1x1_shape():
+    """``--layers``: one row per Conv1x1 input shape of a tiny train step, call counts adding up to
+    the model's Conv1x1 calls, and a total row."""
+    from lic_core.models.hpcm import hpcm
+
+    model = hpcm("tiny")
+    calls = bench_model.conv1x1_calls(model, 1, 128)
+    rows = bench_model.layers_table(model, 1, 128, 1)
+    body = rows[2:-1]
+    assert len(body) == len(calls) and sum(int(r.split("|")[3]) for r in body) == sum(calls.values())
+    assert rows[-1].startswith("| all, weighted by calls |") and len(rows[-1].split("|")) == len(rows[0].split("|"))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lic_core.errors import CheckpointError, ConfigError
+from lic_core.models.blocks import Conv1x1, WindowCrossAttention
 from lic_core.models.authors import authors_name, convert_authors_state_dict, load_authors_state_dict
 from lic_core.models.hpcm import CONFIGS, HPCMConfig, count_parameters, hpcm, kmacs_per_pixel, save_checkpoint
 from lic_core.models.loading import load_checkpoint
@@ -30,6 +31,32 @@ def full():
 
 def image(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_conv1x1_is_a_1x1_convolution(layout):
+    """The GEMM form gives nn.Conv2d's output and gradients (to float32 rounding) for either input
+    layout, with the same state_dict."""
+    gemm = Conv1x1(24, 40)
+    conv = torch.nn.Conv2d(24, 40, 1)
+    conv.load_state_dict(gemm.state_dict())
+    x = torch.randn(3, 24, 5, 7).contiguous(memory_format=layout)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    outs = [m(t) for m, t in zip((gemm, conv), xs)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(outs[1])
+    for out in outs:
+        out.backward(grad)
+    for a, b in [(xs[0].grad, xs[1].grad), (gemm.weight.grad, conv.weight.grad), (gemm.bias.grad, conv.bias.grad)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_windows_round_trip():
+    """Splitting into windows and merging back is the identity (the merge writes channels-last)."""
+    attn = WindowCrossAttention(16, heads=4, window=2)
+    x = torch.randn(2, 16, 4, 6)
+    merged = attn._merge(attn._windows(x), x.shape)
+    assert torch.equal(merged, x) and merged.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("name, count", [("base", 68_505_299), ("large", 89_718_803)])

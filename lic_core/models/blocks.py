@@ -24,6 +24,27 @@ def up(cin: int, cout: int, last: bool = False) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, 2, stride=2)
 
 
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution computed as one matrix product (same parameters and state_dict as
+    ``compressai.layers.conv1x1``). The context model's convs see few positions and many channels
+    (Base: 960 <-> 1920 channels on the latent grid), a GEMM shape: there oneDNN's convolution ran
+    forward + backward at 50-60 GMAC/s and MKL's GEMM at 75-85 on the same 2-core Xeon
+    (benchmarks/bench_model.py --layers). Channels-last inputs are multiplied as (positions, C),
+    others as (C, positions) per image, so neither layout is copied."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        weight = self.weight.view(self.out_channels, c)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), weight, self.bias)
+            return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+        y = torch.matmul(weight, x.reshape(b, c, h * w)) + self.bias.view(-1, 1)
+        return y.view(b, -1, h, w)
+
+
 def _residual(x: Tensor, fc2: nn.Module, h: Tensor) -> Tensor:
     """``x + fc2(LeakyReLU(h))`` with the activation and the sum in place: ``h`` and fc2's output
     are fresh conv outputs that autograd does not keep, and skipping two allocations of the
@@ -55,8 +76,8 @@ class DWConvRB(nn.Module):
     def __init__(self, ch: int, ratio: int = 2):
         super().__init__()
         self.dw = nn.Conv2d(ch, ch, 3, padding=1, groups=ch)
-        self.fc1 = conv1x1(ch, ch * ratio)
-        self.fc2 = conv1x1(ch * ratio, ch)
+        self.fc1 = Conv1x1(ch, ch * ratio)
+        self.fc2 = Conv1x1(ch * ratio, ch)
 
     def forward(self, x: Tensor) -> Tensor:
         return _residual(x, self.fc2, self.fc1(self.dw(x)))
@@ -87,7 +108,7 @@ class SpatialPrior(nn.Module):
     def __init__(self, ch: int, out: int, n1: int, n2: int):
         super().__init__()
         self.branch_1 = nn.Sequential(*[DWConvRB(ch) for _ in range(n1)])
-        self.branch_2 = nn.Sequential(*[DWConvRB(ch) for _ in range(n2)], conv1x1(ch, out))
+        self.branch_2 = nn.Sequential(*[DWConvRB(ch) for _ in range(n2)], Conv1x1(ch, out))
 
     def forward(self, x: Tensor, q: Tensor) -> Tensor:
         return self.branch_2(self.branch_1(x) * q)
@@ -101,7 +122,7 @@ class WindowCrossAttention(nn.Module):
     def __init__(self, ch: int, heads: int, window: int):
         super().__init__()
         self.heads, self.window = heads, window
-        self.q, self.k, self.v, self.out = (conv1x1(ch, ch) for _ in range(4))
+        self.q, self.k, self.v, self.out = (Conv1x1(ch, ch) for _ in range(4))
 
     def _windows(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -110,10 +131,11 @@ class WindowCrossAttention(nn.Module):
         return x.permute(0, 3, 5, 1, 4, 6, 2).reshape(b * (h // s) * (w // s), self.heads, s * s, d)
 
     def _merge(self, x: Tensor, shape: torch.Size) -> Tensor:
+        """Windows back to (B, C, H, W), channels-last like the 1x1 convs' outputs."""
         b, c, h, w = shape
         s, d = self.window, c // self.heads
         x = x.view(b, h // s, w // s, self.heads, s, s, d)
-        return x.permute(0, 3, 6, 1, 4, 2, 5).reshape(b, c, h, w)
+        return x.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, h, w, c).permute(0, 3, 1, 2)
 
     def forward(self, psi: Tensor, ctx: Tensor) -> Tensor:
         q, k, v = (self._windows(t) for t in (self.q(psi), self.k(ctx), self.v(ctx)))

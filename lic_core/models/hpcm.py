@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from compressai.layers import conv1x1
 from torch import Tensor, nn
 
 from ..entropy import GeneralizedGaussian, round_ste, uniform_noise
 from ..errors import CheckpointError, ConfigError
 from ..atomic import write_atomic
-from .blocks import PConvRB, SpatialPrior, WindowCrossAttention, down, transform, up
+from .blocks import Conv1x1, PConvRB, SpatialPrior, WindowCrossAttention, down, transform, up
 from .schedule import N_ADAPTORS, N_QUANT, SCALE_OF_STEP, STEPS, Geometry, geometry
 
 CodeStep = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -118,13 +117,13 @@ class HPCM(nn.Module):
         )
         self.means_hyper = nn.Parameter(torch.zeros(1, n, 1, 1))
         self.scales_hyper = nn.Parameter(torch.ones(1, n, 1, 1))
-        self.adaptors = nn.ModuleList(conv1x1(c, c) for _ in range(N_ADAPTORS))
+        self.adaptors = nn.ModuleList(Conv1x1(c, c) for _ in range(N_ADAPTORS))
         self.quant = nn.ParameterList(nn.Parameter(torch.ones(1, c, 1, 1)) for _ in range(N_QUANT))
         self.priors = nn.ModuleList(
             [SpatialPrior(c, 2 * m, *cfg.prior_s12), SpatialPrior(c, 2 * m, *cfg.prior_s3)]
         )
         self.attns = nn.ModuleList(WindowCrossAttention(2 * m, cfg.heads, w) for w in cfg.windows)
-        self.transitions = nn.ModuleList(conv1x1(2 * m, 2 * m) for _ in range(2))
+        self.transitions = nn.ModuleList(Conv1x1(2 * m, 2 * m) for _ in range(2))
         self.gg = GeneralizedGaussian()
         # oneDNN runs these convs ~25-35% faster on CPU in channels-last (train and eval measured
         # side by side); load_state_dict copies into this layout. Public outputs are made
