@@ -51,6 +51,20 @@ def test_conv1x1_is_a_1x1_convolution(layout):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_training_graph_has_no_in_place_ops_on_views(tiny):
+    """Conv1x1 returns views; an in-place op on one would put CopySlices nodes (a zeroed copy, a
+    scatter and a clone of the base in every backward) into the training graph."""
+    out = tiny.train()(image(1, 128, 128))
+    loss = out["x_hat"].sum() + sum(lik.log().sum() for lik in out["likelihoods"].values())
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [nxt for nxt, _ in node.next_functions]
+    assert not [n for n in seen if type(n).__name__ in ("CopySlices", "AsStridedBackward0")]
+
+
 def test_attention_windows_round_trip():
     """Splitting into windows and merging back is the identity (the merge writes channels-last)."""
     attn = WindowCrossAttention(16, heads=4, window=2)

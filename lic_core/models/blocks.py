@@ -45,12 +45,14 @@ class Conv1x1(nn.Conv2d):
         return y.view(b, -1, h, w)
 
 
-def _residual(x: Tensor, fc2: nn.Module, h: Tensor) -> Tensor:
-    """``x + fc2(LeakyReLU(h))`` with the activation and the sum in place: ``h`` and fc2's output
-    are fresh conv outputs that autograd does not keep, and skipping two allocations of the
-    widest tensors matters on CPU."""
-    out = fc2(F.leaky_relu(h, inplace=True))
-    return out.add_(x)
+def _residual(x: Tensor, fc2: nn.Module, h: Tensor, inplace: bool = True) -> Tensor:
+    """``x + fc2(LeakyReLU(h))``, with ``inplace`` the activation and the sum in place: ``h`` and
+    fc2's output are fresh conv outputs that autograd does not keep, and skipping two allocations
+    of the widest tensors matters on CPU. Not for :class:`Conv1x1` outputs, which are views: an
+    in-place op on a view makes autograd rebuild its base in the backward (a zeroed copy, a
+    scatter and a standard-layout clone), which cost more than the allocations."""
+    out = fc2(F.leaky_relu(h, inplace=inplace))
+    return out.add_(x) if inplace else out + x
 
 
 class PConvRB(nn.Module):
@@ -80,7 +82,7 @@ class DWConvRB(nn.Module):
         self.fc2 = Conv1x1(ch * ratio, ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _residual(x, self.fc2, self.fc1(self.dw(x)))
+        return _residual(x, self.fc2, self.fc1(self.dw(x)), inplace=False)
 
 
 def transform(widths: list[int], depths: list[int], synthesis: bool = False) -> nn.Sequential:
