@@ -25,32 +25,28 @@ def up(cin: int, cout: int, last: bool = False) -> nn.ConvTranspose2d:
 
 
 class Conv1x1(nn.Conv2d):
-    """A 1x1 convolution computed as one matrix product (same parameters and state_dict as
-    ``compressai.layers.conv1x1``). The context model's convs see few positions and many channels
-    (Base: 960 <-> 1920 channels on the latent grid), a GEMM shape: there oneDNN's convolution ran
-    forward + backward at 50-60 GMAC/s and MKL's GEMM at 75-85 on the same 2-core Xeon
-    (benchmarks/bench_model.py --layers). Channels-last inputs are multiplied as (positions, C),
-    others as (C, positions) per image, so neither layout is copied."""
+    """A 1x1 convolution computed as one matrix product over the positions (same parameters and
+    state_dict as ``compressai.layers.conv1x1``). The context model's convs see few positions and
+    many channels (Base: 960 <-> 1920 channels on the latent grid), a GEMM shape, where oneDNN's
+    convolution ran forward + backward at 50-65 GMAC/s and MKL's GEMM at 60-80 on the same 2-core
+    Xeon (``benchmarks/bench_model.py --layers``). The output is a channels-last view of the
+    (positions, C) product; a channels-last input is read in place, another layout is copied once."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        weight = self.weight.view(self.out_channels, c)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), weight, self.bias)
-            return y.view(b, h, w, -1).permute(0, 3, 1, 2)
-        y = torch.matmul(weight, x.reshape(b, c, h * w)) + self.bias.view(-1, 1)
-        return y.view(b, -1, h, w)
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), self.weight.view(self.out_channels, c), self.bias)
+        return y.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 def _residual(x: Tensor, fc2: nn.Module, h: Tensor, inplace: bool = True) -> Tensor:
     """``x + fc2(LeakyReLU(h))``, with ``inplace`` the activation and the sum in place: ``h`` and
     fc2's output are fresh conv outputs that autograd does not keep, and skipping two allocations
-    of the widest tensors matters on CPU. Not for :class:`Conv1x1` outputs, which are views: an
-    in-place op on a view makes autograd rebuild its base in the backward (a zeroed copy, a
-    scatter and a standard-layout clone), which cost more than the allocations."""
+    of the widest tensors matters on CPU. Not for :class:`Conv1x1` outputs while autograd records,
+    as they are views: an in-place op on a view makes autograd rebuild its base in the backward (a
+    zeroed copy, a scatter and a standard-layout clone), which costs more than the allocations."""
     out = fc2(F.leaky_relu(h, inplace=inplace))
     return out.add_(x) if inplace else out + x
 
@@ -82,7 +78,7 @@ class DWConvRB(nn.Module):
         self.fc2 = Conv1x1(ch * ratio, ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _residual(x, self.fc2, self.fc1(self.dw(x)), inplace=False)
+        return _residual(x, self.fc2, self.fc1(self.dw(x)), inplace=not torch.is_grad_enabled())
 
 
 def transform(widths: list[int], depths: list[int], synthesis: bool = False) -> nn.Sequential:
