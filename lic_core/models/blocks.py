@@ -29,8 +29,9 @@ class Conv1x1(nn.Conv2d):
     state_dict as ``compressai.layers.conv1x1``). The context model's convs see few positions and
     many channels (Base: 960 <-> 1920 channels on the latent grid), a GEMM shape: at the Base and
     Large train steps' 4x16x16 positions, forward + backward ran at 52-71 GMAC/s as oneDNN
-    convolutions and at 63-82 as GEMMs on a 2-core Xeon (``benchmarks/bench_model.py --layers``). The output is a channels-last view of the
-    (positions, C) product; a channels-last input is read in place, another layout is copied once."""
+    convolutions and at 63-82 as GEMMs on a 2-core Xeon (``benchmarks/bench_model.py --layers``).
+    The output is a channels-last view of the (positions, C) product; a channels-last input is read
+    in place, another layout is copied once."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, 1)
