@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lic_core import codec  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
+from lic_core.config import OptimConfig  # noqa: E402
 from lic_core.losses import distortion  # noqa: E402
 from lic_core.models.authors import authors_name  # noqa: E402
 from lic_core.provenance import commit, cpu_name  # noqa: E402
@@ -49,7 +50,7 @@ from lic_core.models.blocks import Conv1x1  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
-from lic_core.training.engine import bf16_transforms, cpu_bf16  # noqa: E402
+from lic_core.training.engine import bf16_transforms, cpu_bf16, make_optimizer  # noqa: E402
 
 AUTHORS = ("base", "large")  # the models their repository has
 COLUMNS = ("train step", "eval forward", "encode", "decode")
@@ -101,11 +102,23 @@ def spread(stats: tuple[float, float, float], digits: int = 2) -> str:
     return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
-def train_step_fn(model, batch: int, size: int, lmbda: float = 0.0067) -> Callable[[], None]:
+def their_adam(params) -> torch.optim.Optimizer:
+    """The authors' optimizer as their train.py builds it (torch's default Adam: on CPU, a loop
+    over the tensors)."""
+    return torch.optim.Adam(params, lr=1e-4)
+
+
+def our_adam(params) -> torch.optim.Optimizer:
+    """Our engine's optimizer for the standard mode (torch's fused Adam), lr 1e-4 as theirs."""
+    return make_optimizer(params, OptimConfig(lr=1e-4))
+
+
+def train_step_fn(model, batch: int, size: int, lmbda: float = 0.0067,
+                  adam: Callable = our_adam) -> Callable[[], None]:
     """Forward, R-D loss (bits of every likelihood tensor, so any HPCM implementation fits),
-    backward and an Adam step."""
+    backward and a step of ``adam`` (ours: the engine's; theirs: :func:`their_adam`)."""
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = adam(model.parameters())
 
     def step() -> None:
         model.train()
@@ -245,7 +258,7 @@ def side_by_side(ours: dict[str, torch.nn.Module], theirs: torch.nn.Module, batc
     with torch.no_grad():  # before the train steps, which move the copies of the weights apart
         ref = theirs.eval()(x)["x_hat"]
         diff = {k: (m.eval()(x)["x_hat"] - ref).abs().max().item() for k, m in ours.items()}
-    fns = {"eval theirs": eval_forward_fn(theirs, eh, ew), "train theirs": train_step_fn(theirs, batch, size)}
+    fns = {"eval theirs": eval_forward_fn(theirs, eh, ew), "train theirs": train_step_fn(theirs, batch, size, adam=their_adam)}
     for k, m in ours.items():
         fns |= {f"eval {k}": eval_forward_fn(m, eh, ew), f"train {k}": train_step_fn(m, batch, size)}
     t = rounds(fns, repeat)
@@ -256,12 +269,13 @@ def side_by_side(ours: dict[str, torch.nn.Module], theirs: torch.nn.Module, batc
                 "eval ratio": per_round(t[f"eval {k}"], t["eval theirs"])} for k in ours}
 
 
-def profile_step(model: torch.nn.Module, batch: int, size: int, top: int = 12) -> tuple[str, float, float]:
+def profile_step(model: torch.nn.Module, batch: int, size: int, top: int = 12,
+                 adam: Callable = our_adam) -> tuple[str, float, float]:
     """``torch.profiler`` of one train step (after a warm-up one): its op table by self CPU time,
     and the seconds in the multiply-accumulate ops (``COMPUTE``) and in everything else."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = train_step_fn(model, batch, size)
+    step = train_step_fn(model, batch, size, adam=adam)
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -378,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n**Machine:** {machine()}; float32 matmul {peak:.1f} GFLOP/s ({peak / 2:.1f} GMAC/s; median of "
           f"every round, {min(peaks):.1f}-{max(peaks):.1f}); load average {load0:.2f} at the start, {load:.2f} at the end "
           "(this run's own 2 threads count)")
-    print(f"Train step: batch {batch} x {size}^2, forward + loss + backward + Adam; eval forward 1x3x{eh}x{ew}; "
+    print(f"Train step: batch {batch} x {size}^2, forward + loss + backward + Adam step (ours: the "
+          "engine's, torch's fused Adam; theirs: their train.py's, torch's default Adam); eval forward 1x3x{eh}x{ew}; "
           f"median of {repeat} after a warm-up. Coding: mean over {len(kodak)} Kodak image(s)"
           + (f" cropped to {crop}x{crop}" if crop else "") + ". Ratios to the authors' code: `--authors`.\n")
     print("| model | params | kMACs/px | " + " | ".join(COLUMNS) + " | forward GMAC/s (% of that round's matmul: median, min-max) | bpp | streams vs est. | header B |")
@@ -416,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 ours = build(name, checkpoints)
                 prof = {"ours": profile_step(ours, a_batch, a_size),
-                        "theirs": profile_step(authors_model(a.authors, name, ours), a_batch, a_size)}
+                        "theirs": profile_step(authors_model(a.authors, name, ours), a_batch, a_size,
+                                               adam=their_adam)}
                 for who, (table, conv, rest) in prof.items():
                     print(f"\n{name}, {who}: convolutions and matrix products {conv:.2f} s ({100 * conv / (conv + rest):.0f} %), "
                           f"the rest {rest:.2f} s\n```\n{table}```")

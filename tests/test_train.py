@@ -3,16 +3,19 @@ rotate and load, fine-tuning freezes / unfreezes / initialises from ours and the
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from train_helpers import images, micro_config, no_wandb  # noqa: F401 (fixtures)
 
+from lic_core.config import OptimConfig
 from lic_core.errors import CheckpointError
 from lic_core.models.authors import authors_name
 from lic_core.models.loading import load_checkpoint
+from lic_core.optim import CautiousAdam
 from lic_core.training import checkpoint as ckpt
-from lic_core.training.engine import Trainer, train
+from lic_core.training.engine import Trainer, make_optimizer, train
 from lic_core.training.logging import load_history
 
 
@@ -175,3 +178,33 @@ def test_bf16_transforms_keep_entropy_math_in_float32(tmp_path, images):
     assert seen == {"g_a": torch.bfloat16, "prior": torch.float32}
     assert out["y"].dtype == out["x_hat"].dtype == out["likelihoods"]["y"].dtype == torch.float32
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_optimizer_per_mode_and_foreach_checkpoints_resume_as_saved():
+    """Adam is torch's fused kernel (standard mode), Cautious Adam the balanced modes'; an Adam
+    state saved by the multi-tensor path (runs before the fused one) continues on that path, so
+    an old run still resumes bit-identically."""
+    o = OptimConfig(lr=1e-2)
+    ps = [torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(i))) for i in range(2)]
+    adam = make_optimizer(ps, o, "standard")
+    assert type(adam) is torch.optim.Adam and adam.defaults["fused"]
+    assert type(make_optimizer(ps, replace(o, weight_decay=0.1))) is torch.optim.AdamW
+    assert isinstance(make_optimizer(ps, o, "balanced"), CautiousAdam)
+
+    def run(opt, params, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            sum((p**2).sum() for p in params).backward()
+            opt.step()
+
+    old = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    a, b = torch.optim.Adam(old, lr=1e-2, foreach=True), torch.optim.Adam(ref, lr=1e-2, foreach=True)
+    run(a, old, 3), run(b, ref, 3)
+    resumed = make_optimizer(old, o, "standard")
+    resumed.load_state_dict(a.state_dict())
+    assert resumed.param_groups[0]["foreach"] and not resumed.param_groups[0]["fused"]
+    run(resumed, old, 3), run(b, ref, 3)
+    assert all(torch.equal(p, q) for p, q in zip(old, ref))
+    run(adam, ps, 6)  # the fused kernel: the same update to rounding
+    assert all(torch.allclose(p, q, rtol=1e-5, atol=1e-6) for p, q in zip(ps, ref))

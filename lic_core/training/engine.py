@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lic_core import losses, metrics
-from lic_core.config import COMPILE_MIN_STEPS, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
+from lic_core.config import COMPILE_MIN_STEPS, OptimConfig, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
 from lic_core.data import load_test_set, train_loader
 from lic_core.errors import ConfigError, command
 from lic_core.models.hpcm import HPCM, build, read_checkpoint
@@ -167,6 +167,19 @@ def compile_forward(model: HPCM, dev: torch.device) -> bool:
     return True
 
 
+def make_optimizer(params: Any, o: OptimConfig, mode: str = "standard") -> torch.optim.Optimizer:
+    """The model optimizer of ``optim.optimizer`` (``auto``: Adam for the standard mode, Cautious
+    Adam for the balanced ones) over ``params`` (tensors or groups). Adam runs torch's fused kernel,
+    one pass over each tensor where the multi-tensor path makes a dozen: on CPU that pass is what
+    the step costs for a large model (HPCM-Base: see README, "Adam"). Cautious Adam runs its
+    multi-tensor path."""
+    kind = o.optimizer if o.optimizer != "auto" else "adam" if mode == "standard" else "cautious"
+    kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if kind == "adam":
+        return (torch.optim.AdamW if o.weight_decay else torch.optim.Adam)(params, fused=True, **kw)
+    return CautiousAdam(params, foreach=True, **kw)
+
+
 def bf16_transforms(model: HPCM, device_type: str) -> None:
     """Run g_a, g_s, h_a, h_s under bfloat16 autocast and hand float32 back, so the context model
     and the entropy math (likelihoods, rates) stay in float32. Each transform's forward is wrapped
@@ -251,15 +264,7 @@ class Trainer:
     # -------------------------------------------------------------------------------- setup
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        kind = o.optimizer
-        if kind == "auto":
-            kind = "adam" if self.cfg.loss.mode == "standard" else "cautious"
-        groups = [{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups]
-        # multi-tensor updates for both optimizers (faster on CPU and GPU; same results)
-        kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, foreach=True)
-        if kind == "adam":
-            return torch.optim.AdamW(groups, **kw) if o.weight_decay else torch.optim.Adam(groups, **kw)
-        return CautiousAdam(groups, **kw)
+        return make_optimizer([{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups], o, self.cfg.loss.mode)
 
     def _wrap(self) -> nn.Module:
         if self.dist.world == 1:
