@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from lic_core.errors import CheckpointError, ConfigError
-from lic_core.models import blocks
-from lic_core.models.blocks import Conv1x1, DWConvRB, PConvRB, WindowCrossAttention
+from lic_core.models.blocks import Conv1x1, WindowCrossAttention
 from lic_core.models.authors import authors_name, convert_authors_state_dict, load_authors_state_dict
 from lic_core.models.hpcm import CONFIGS, HPCMConfig, count_parameters, hpcm, kmacs_per_pixel, save_checkpoint
 from lic_core.models.loading import load_checkpoint
@@ -50,30 +49,6 @@ def test_conv1x1_is_a_1x1_convolution(layout):
         out.backward(grad)
     for a, b in [(xs[0].grad, xs[1].grad), (gemm.weight.grad, conv.weight.grad), (gemm.bias.grad, conv.bias.grad)]:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("block", [PConvRB(32), DWConvRB(24)], ids=["PConvRB", "DWConvRB"])
-def test_fused_eval_blocks_equal_the_plain_ones(block, layout, monkeypatch):
-    """Without autograd, the residual blocks run oneDNN's fused kernels (activation and sum as
-    post-ops): the same output as the plain path to float32 rounding, in the input's layout; with
-    autograd they take the plain path (the fused kernels have no backward)."""
-    if not blocks._onednn_fusion():
-        pytest.skip("this torch has no oneDNN fused pointwise kernels: nothing to compare")
-    x = torch.randn(2, block.fc1.in_channels, 9, 7).contiguous(memory_format=layout)
-    with torch.no_grad():
-        assert blocks._fused(x, block.fc1, block.fc2)
-        fused = block(x)
-        hook = block.fc2.register_forward_hook(lambda *_: None)  # e.g. a MAC count: the plain path
-        assert not blocks._fused(x, block.fc1, block.fc2)
-        hook.remove()
-        monkeypatch.setattr(blocks, "FUSE_EVAL", False)
-        plain = block(x)
-    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(blocks, "FUSE_EVAL", True)
-    assert not blocks._fused(x.requires_grad_())
-    block(x).sum().backward()
-    assert x.grad is not None
 
 
 def test_training_graph_has_no_in_place_ops_on_views(tiny):

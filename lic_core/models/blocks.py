@@ -4,8 +4,6 @@ strided (de)convolutions of the transforms and the window cross-attention of the
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from compressai.layers import conv1x1
@@ -38,69 +36,10 @@ class Conv1x1(nn.Conv2d):
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, 1)
 
-    def matrix(self) -> Tensor:
-        """The weight as a (out, in) matrix."""
-        return self.weight.view(self.out_channels, self.in_channels)
-
     def forward(self, x: Tensor) -> Tensor:
-        return _from_rows(F.linear(_rows(x), self.matrix(), self.bias), x.shape)
-
-
-def _rows(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B*H*W, C): a view of a channels-last tensor, else one copy."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
-def _from_rows(y: Tensor, shape: torch.Size) -> Tensor:
-    """(B*H*W, C') -> a channels-last (B, C', H, W) view."""
-    b, _, h, w = shape
-    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
-
-
-SLOPE = 0.01  # LeakyReLU's negative slope (torch's default, as in the authors' blocks)
-# which blocks run their eval forward through oneDNN's fused kernels (see _fused); a switch for A/B timing
-FUSE_EVAL = True
-
-
-@functools.cache
-def _onednn_fusion() -> bool:
-    """Whether this torch has oneDNN's convolution and matmul with a fused activation or sum: the
-    kernels torch.compile's CPU inference path calls. They are not public API, hence the check."""
-    ops = torch.ops.mkldnn
-    return torch.backends.mkldnn.is_available() and all(
-        hasattr(ops, n) for n in ("_convolution_pointwise", "_linear_pointwise"))
-
-
-def _fused(x: Tensor, *layers: nn.Module) -> bool:
-    """Whether ``x + fc2(LeakyReLU(fc1(h)))`` runs as two fused oneDNN calls: float32 on the CPU,
-    without autograd (the kernels have no backward), outside autocast (bf16 transforms), not under
-    torch.compile (inductor takes these kernels only with frozen weights, and fuses by itself) and
-    with no forward hook on ``layers`` (the fused calls bypass their forward: MAC counts, probes)."""
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in layers) or _global_hooks()
-    return (FUSE_EVAL and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and not hooked
-            and _onednn_fusion())
-
-
-def _global_hooks() -> bool:
-    mod = torch.nn.modules.module
-    return bool(getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None))
-
-
-def _fused_conv_mlp(x: Tensor, fc1: nn.Conv2d, fc2: nn.Conv2d, h: Tensor) -> Tensor:
-    """``x + fc2(LeakyReLU(fc1(h)))`` for 1x1 ``nn.Conv2d`` layers: the activation and the sum
-    are oneDNN post-ops, so neither the wide activation nor the sum takes a pass of its own."""
-    geo = ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
-    conv = torch.ops.mkldnn._convolution_pointwise
-    a = conv(h, fc1.weight, fc1.bias, *geo, "leaky_relu", [SLOPE], "")
-    return conv.binary(a, x, fc2.weight, fc2.bias, *geo, "add", 1.0, None, [], None)
-
-
-def _fused_linear_mlp(x: Tensor, fc1: Conv1x1, fc2: Conv1x1, h: Tensor) -> Tensor:
-    """The same for :class:`Conv1x1` layers, as oneDNN matmuls over the positions."""
-    linear = torch.ops.mkldnn._linear_pointwise
-    a = linear(_rows(h), fc1.matrix(), fc1.bias, "leaky_relu", [SLOPE], "")
-    return _from_rows(linear.binary(a, _rows(x), fc2.matrix(), fc2.bias, "add"), x.shape)
+        b, c, h, w = x.shape
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), self.weight.view(self.out_channels, c), self.bias)
+        return y.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 def _residual(x: Tensor, fc2: nn.Module, h: Tensor, inplace: bool = True) -> Tensor:
@@ -109,7 +48,7 @@ def _residual(x: Tensor, fc2: nn.Module, h: Tensor, inplace: bool = True) -> Ten
     of the widest tensors matters on CPU. Not for :class:`Conv1x1` outputs while autograd records,
     as they are views: an in-place op on a view makes autograd rebuild its base in the backward (a
     zeroed copy, a scatter and a standard-layout clone), which costs more than the allocations."""
-    out = fc2(F.leaky_relu(h, SLOPE, inplace=inplace))
+    out = fc2(F.leaky_relu(h, inplace=inplace))
     return out.add_(x) if inplace else out + x
 
 
@@ -127,8 +66,6 @@ class PConvRB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         head, tail = x.split([self.split, x.shape[1] - self.split], dim=1)
         h = torch.cat((self.pconv(head), tail), dim=1)
-        if _fused(x, self.fc1, self.fc2):
-            return _fused_conv_mlp(x, self.fc1, self.fc2, h)
         return _residual(x, self.fc2, self.fc1(h))
 
 
@@ -142,10 +79,7 @@ class DWConvRB(nn.Module):
         self.fc2 = Conv1x1(ch * ratio, ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.dw(x)
-        if _fused(x, self.fc1, self.fc2):
-            return _fused_linear_mlp(x, self.fc1, self.fc2, h)
-        return _residual(x, self.fc2, self.fc1(h), inplace=not torch.is_grad_enabled())
+        return _residual(x, self.fc2, self.fc1(self.dw(x)), inplace=not torch.is_grad_enabled())
 
 
 def transform(widths: list[int], depths: list[int], synthesis: bool = False) -> nn.Sequential:
