@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
           f"every round, {min(peaks):.1f}-{max(peaks):.1f}); load average {load0:.2f} at the start, {load:.2f} at the end "
           "(this run's own 2 threads count)")
     print(f"Train step: batch {batch} x {size}^2, forward + loss + backward + Adam step (ours: the "
-          "engine's, torch's fused Adam; theirs: their train.py's, torch's default Adam); eval forward 1x3x{eh}x{ew}; "
+          f"engine's, torch's fused Adam; theirs: their train.py's, torch's default Adam); eval forward 1x3x{eh}x{ew}; "
           f"median of {repeat} after a warm-up. Coding: mean over {len(kodak)} Kodak image(s)"
           + (f" cropped to {crop}x{crop}" if crop else "") + ". Ratios to the authors' code: `--authors`.\n")
     print("| model | params | kMACs/px | " + " | ".join(COLUMNS) + " | forward GMAC/s (% of that round's matmul: median, min-max) | bpp | streams vs est. | header B |")

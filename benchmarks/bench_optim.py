@@ -15,6 +15,7 @@ Targets (issue 3): faithful <= 1.25x Adam (the paper reports +20-23% per epoch),
 <= 1.05x; qp is reported. Timings on a loaded machine are not final.
 
     python benchmarks/bench_optim.py [--quick] [--config tiny] [--tasks hierarchical] [--device cuda]
+    python benchmarks/bench_optim.py --optimizer-step --config base --steps 7   # opt.step() alone
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lic_core.config import LossConfig  # noqa: E402
+from lic_core.config import LossConfig, OptimConfig  # noqa: E402
 from lic_core.losses import task_losses  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.optim import CautiousAdam, QPWeighting, TaskWeighting  # noqa: E402
+from lic_core.training.engine import make_optimizer  # noqa: E402
 
 TARGETS = {"faithful": 1.25, "next-batch": 1.05}
 Step = Callable[[torch.Tensor], None]
@@ -56,9 +58,9 @@ def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str
     k = 2 if tasks == "balanced" else 5
     steps: dict[str, tuple[Step, object]] = {}
 
-    def plain(opt_cls) -> Step:
+    def plain(mode: str) -> Step:
         m = copy.deepcopy(model)
-        opt = opt_cls(m.parameters(), lr=lr, foreach=True)  # as the training engine builds both
+        opt = make_optimizer(m.parameters(), OptimConfig(lr=lr), mode)  # the engine's optimizer of the mode
 
         def step(x):
             opt.zero_grad(set_to_none=True)
@@ -97,12 +99,41 @@ def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str
             opt.step()
         return step, qp
 
-    steps["adam"] = (plain(torch.optim.Adam), None)
-    steps["cautious"] = (plain(CautiousAdam), None)
+    steps["adam"] = (plain("standard"), None)
+    steps["cautious"] = (plain("balanced"), None)
     steps["faithful"] = solution1(False)
     steps["next-batch"] = solution1(True)
     steps["qp"] = solution2()
     return steps
+
+
+OPTIMIZERS: dict[str, Callable] = {
+    "adam (torch default)": lambda ps: torch.optim.Adam(ps, lr=1e-4),
+    "adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-4, foreach=True),
+    "adam fused (engine)": lambda ps: make_optimizer(ps, OptimConfig(lr=1e-4), "standard"),
+    "cautious per tensor": lambda ps: CautiousAdam(ps, lr=1e-4, foreach=False),
+    "cautious foreach (engine)": lambda ps: make_optimizer(ps, OptimConfig(lr=1e-4), "balanced"),
+}
+
+
+def optimizer_steps(model: torch.nn.Module, rounds: int) -> dict[str, list[float]]:
+    """Seconds of ``opt.step()`` alone for each of :data:`OPTIMIZERS`, each on its own copy of the
+    model's parameters with the same fixed gradients, in interleaved rounds after one warm-up step."""
+    gen = torch.Generator().manual_seed(0)
+    opts = {}
+    for name, make in OPTIMIZERS.items():
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen).to(p)
+        opts[name] = make(ps)
+        opts[name].step()
+    times: dict[str, list[float]] = {n: [] for n in opts}
+    for _ in range(rounds):
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def measure(steps: dict[str, tuple[Step, object]], batches: list[torch.Tensor], warmup: int,
@@ -133,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed rounds")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 timed rounds, 1 warm-up")
+    p.add_argument("--optimizer-step", action="store_true",
+                   help="time opt.step() alone: torch's Adam paths and Cautious Adam's, per-round ratios")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     model = hpcm(a.config or ("base" if cuda else "tiny")).to(device).train()
+    if a.optimizer_step:
+        return print_optimizer_steps(model, a.steps if not a.quick else 2, device)
     size = a.size or model.cfg.pad_multiple
     batch = a.batch or (8 if cuda else 1)
     steps_n, warmup = (2, 1) if a.quick else (a.steps, a.warmup)
@@ -157,6 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     tw, qp = methods["faithful"][1], methods["qp"][1]
     print(f"faithful z = {[round(v, 4) for v in tw.z.tolist()]}, "
           f"qp z = {[round(v, 4) for v in qp.z.tolist()]}, qp clipped {qp.n_clipped} times")
+    return 0
+
+
+def print_optimizer_steps(model: torch.nn.Module, rounds: int, device: torch.device) -> int:
+    if device.type != "cpu":
+        raise SystemExit("bench_optim: --optimizer-step times CPU steps (a GPU's would need synchronising)")
+    times = optimizer_steps(model, rounds)
+    ref = times["adam (torch default)"]
+    n = sum(p.numel() for p in model.parameters())
+    print(f"HPCM {model.cfg.name}: {n / 1e6:.2f} M parameters in {len(list(model.parameters()))} tensors, "
+          f"cpu, {torch.get_num_threads()} threads, {rounds} interleaved rounds after a warm-up step")
+    print("| optimizer | step ms (median) | to torch's default Adam (median of rounds, min-max) |")
+    print("|---|---:|---:|")
+    for name, ts in times.items():
+        r = [a / b for a, b in zip(ts, ref)]
+        print(f"| {name} | {statistics.median(ts) * 1e3:.1f} | {statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f}) |")
     return 0
 
 
