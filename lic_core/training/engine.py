@@ -170,9 +170,9 @@ def compile_forward(model: HPCM, dev: torch.device) -> bool:
 def make_optimizer(params: Any, o: OptimConfig, mode: str = "standard") -> torch.optim.Optimizer:
     """The model optimizer of ``optim.optimizer`` (``auto``: Adam for the standard mode, Cautious
     Adam for the balanced ones) over ``params`` (tensors or groups). Adam runs torch's fused kernel,
-    one pass over each tensor where the multi-tensor path makes a dozen: on CPU that pass is what
-    the step costs for a large model (HPCM-Base: see README, "Adam"). Cautious Adam runs its
-    multi-tensor path."""
+    one pass over each tensor where the multi-tensor path makes a dozen: on a 2-core CPU HPCM-Base's
+    Adam step takes 57 ms instead of 208 (``benchmarks/bench_optim.py --optimizer-step``). Cautious
+    Adam runs its multi-tensor path."""
     kind = o.optimizer if o.optimizer != "auto" else "adam" if mode == "standard" else "cautious"
     kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     if kind == "adam":
