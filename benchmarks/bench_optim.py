@@ -36,7 +36,7 @@ from lic_core.config import LossConfig, OptimConfig  # noqa: E402
 from lic_core.losses import task_losses  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.optim import CautiousAdam, QPWeighting, TaskWeighting  # noqa: E402
-from lic_core.training.engine import make_optimizer  # noqa: E402
+from lic_core.training.engine import compiler_missing, make_optimizer  # noqa: E402
 
 TARGETS = {"faithful": 1.25, "next-batch": 1.05}
 Step = Callable[[torch.Tensor], None]
@@ -113,15 +113,20 @@ OPTIMIZERS: dict[str, Callable] = {
     "adam fused (engine)": lambda ps: make_optimizer(ps, OptimConfig(lr=1e-4), "standard"),
     "cautious per tensor": lambda ps: CautiousAdam(ps, lr=1e-4, foreach=False),
     "cautious foreach (engine)": lambda ps: make_optimizer(ps, OptimConfig(lr=1e-4), "balanced"),
+    "cautious compiled (engine, speed.compile)": lambda ps: make_optimizer(ps, OptimConfig(lr=1e-4), "balanced",
+                                                                          compiled=True),
 }
 
 
-def optimizer_steps(model: torch.nn.Module, rounds: int) -> dict[str, list[float]]:
+def optimizer_steps(model: torch.nn.Module, rounds: int, compiled: bool = True) -> dict[str, list[float]]:
     """Seconds of ``opt.step()`` alone for each of :data:`OPTIMIZERS`, each on its own copy of the
-    model's parameters with the same fixed gradients, in interleaved rounds after one warm-up step."""
+    model's parameters with the same fixed gradients, in interleaved rounds after one warm-up step
+    (which compiles the compiled one; left out without a compiler or ``compiled``)."""
     gen = torch.Generator().manual_seed(0)
     opts = {}
     for name, make in OPTIMIZERS.items():
+        if "compiled" in name and (not compiled or compiler_missing(torch.device("cpu"))):
+            continue
         ps = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
         for p in ps:
             p.grad = torch.randn(p.shape, generator=gen).to(p)
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="crop side (default: the pad multiple)")
     p.add_argument("--steps", type=int, default=10, help="timed rounds")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 timed rounds, 1 warm-up")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 timed rounds, 1 warm-up (--optimizer-step: no compiled row)")
     p.add_argument("--optimizer-step", action="store_true",
                    help="time opt.step() alone: torch's Adam paths and Cautious Adam's, per-round ratios")
     a = p.parse_args(argv)
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     model = hpcm(a.config or ("base" if cuda else "tiny")).to(device).train()
     if a.optimizer_step:
-        return print_optimizer_steps(model, a.steps if not a.quick else 2, device)
+        return print_optimizer_steps(model, a.steps if not a.quick else 2, device, compiled=not a.quick)
     size = a.size or model.cfg.pad_multiple
     batch = a.batch or (8 if cuda else 1)
     steps_n, warmup = (2, 1) if a.quick else (a.steps, a.warmup)
@@ -195,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_optimizer_steps(model: torch.nn.Module, rounds: int, device: torch.device) -> int:
+def print_optimizer_steps(model: torch.nn.Module, rounds: int, device: torch.device, compiled: bool) -> int:
     if device.type != "cpu":
         raise SystemExit("bench_optim: --optimizer-step times CPU steps (a GPU's would need synchronising)")
-    times = optimizer_steps(model, rounds)
+    times = optimizer_steps(model, rounds, compiled)
     ref = times["adam (torch default)"]
     n = sum(p.numel() for p in model.parameters())
     print(f"HPCM {model.cfg.name}: {n / 1e6:.2f} M parameters in {len(list(model.parameters()))} tensors, "

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from lic_core.optim import CautiousAdam, TaskLossError, TaskWeighting
 from lic_core.optim.schedules import gamma_schedule
+from lic_core.training.engine import compiler_missing
 
 
 # --------------------------------------------------------------------------- helpers
@@ -109,6 +110,30 @@ def test_foreach_and_single_paths_identical(dtype):
     n = [p.numel() for p in models[0].parameters()]
     assert opts[0].last_mask_fraction == pytest.approx(sum(f * k for f, k in zip(fracs, n)) / sum(n))
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_path_equals_foreach_to_rounding(dtype):
+    """``compiled=True`` (what speed.compile gives the balanced modes): the same update in one
+    torch.compile'd function, equal to the multi-tensor path to float rounding, with the same masks."""
+    if compiler_missing(torch.device("cpu")):
+        pytest.skip(f"no C++ compiler for torch.compile: {compiler_missing(torch.device('cpu'))}")
+    models = [_model(dtype), _model(dtype)]
+    opts = [CautiousAdam(m.parameters(), lr=3e-2, weight_decay=0.05, compiled=c) for m, c in zip(models, (False, True))]
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(8):
+        x = torch.randn(5, 6, generator=gen, dtype=dtype)
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            _losses(m, x).sum().backward()
+            o.step()
+        assert opts[0].mask_fractions() == opts[1].mask_fractions()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for pa, pb in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(pa, pb, rtol=tol, atol=tol)
+    eager = CautiousAdam(models[1].parameters(), lr=3e-2)
+    eager.load_state_dict(opts[1].state_dict())  # a compiled run resumed without speed.compile
+    assert eager.param_groups[0]["compiled"] is False and eager.state_dict()["state"][0]["step"] == 8
 
 def test_cautious_state_dict_round_trip():
     model = _model()

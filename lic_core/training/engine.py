@@ -167,17 +167,19 @@ def compile_forward(model: HPCM, dev: torch.device) -> bool:
     return True
 
 
-def make_optimizer(params: Any, o: OptimConfig, mode: str = "standard") -> torch.optim.Optimizer:
+def make_optimizer(params: Any, o: OptimConfig, mode: str = "standard",
+                   compiled: bool = False) -> torch.optim.Optimizer:
     """The model optimizer of ``optim.optimizer`` (``auto``: Adam for the standard mode, Cautious
     Adam for the balanced ones) over ``params`` (tensors or groups). Adam runs torch's fused kernel,
     one pass over each tensor where the multi-tensor path makes a dozen: on a 2-core CPU HPCM-Base's
     Adam step takes 57 ms instead of 208 (``benchmarks/bench_optim.py --optimizer-step``). Cautious
-    Adam runs its multi-tensor path."""
+    Adam runs its multi-tensor path, or with ``compiled`` (a compiler exists: the caller checks)
+    its torch.compile'd one."""
     kind = o.optimizer if o.optimizer != "auto" else "adam" if mode == "standard" else "cautious"
     kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     if kind == "adam":
         return (torch.optim.AdamW if o.weight_decay else torch.optim.Adam)(params, fused=True, **kw)
-    return CautiousAdam(params, foreach=True, **kw)
+    return CautiousAdam(params, foreach=True, compiled=compiled, **kw)
 
 
 def bf16_transforms(model: HPCM, device_type: str) -> None:
@@ -264,7 +266,10 @@ class Trainer:
     # -------------------------------------------------------------------------------- setup
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        return make_optimizer([{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups], o, self.cfg.loss.mode)
+        # speed.compile compiles Cautious Adam's step with the forward (where a compiler exists)
+        compiled = wants_compile(self.cfg) and not compiler_missing(self.dev)
+        return make_optimizer([{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups], o, self.cfg.loss.mode,
+                              compiled)
 
     def _wrap(self) -> nn.Module:
         if self.dist.world == 1:
