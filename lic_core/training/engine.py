@@ -172,7 +172,7 @@ def make_optimizer(params: Any, o: OptimConfig, mode: str = "standard",
     """The model optimizer of ``optim.optimizer`` (``auto``: Adam for the standard mode, Cautious
     Adam for the balanced ones) over ``params`` (tensors or groups). Adam runs torch's fused kernel,
     one pass over each tensor where the multi-tensor path makes a dozen: on a 2-core CPU HPCM-Base's
-    Adam step takes 57 ms instead of 208 (``benchmarks/bench_optim.py --optimizer-step``). Cautious
+    Adam step takes 62 ms instead of 231 (``benchmarks/bench_optim.py --optimizer-step``). Cautious
     Adam runs its multi-tensor path, or with ``compiled`` (a compiler exists: the caller checks)
     its torch.compile'd one."""
     kind = o.optimizer if o.optimizer != "auto" else "adam" if mode == "standard" else "cautious"
