@@ -90,11 +90,8 @@ def test_first_step_equals_adamw():
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_foreach_and_single_paths_identical(dtype):
-    models = [_model(dtype), _model(dtype)]
-    opts = [CautiousAdam(m.parameters(), lr=3e-2, weight_decay=0.05, foreach=f)
-            for m, f in zip(models, (True, False))]
+def _steps_side_by_side(models, opts, dtype, after=lambda: True) -> None:
+    """8 steps of each (model, optimizer) on the same batches; ``after()`` must hold after each."""
     gen = torch.Generator().manual_seed(3)
     for _ in range(8):
         x = torch.randn(5, 6, generator=gen, dtype=dtype)
@@ -102,6 +99,15 @@ def test_foreach_and_single_paths_identical(dtype):
             o.zero_grad()
             _losses(m, x).sum().backward()
             o.step()
+        assert after()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_foreach_and_single_paths_identical(dtype):
+    models = [_model(dtype), _model(dtype)]
+    opts = [CautiousAdam(m.parameters(), lr=3e-2, weight_decay=0.05, foreach=f)
+            for m, f in zip(models, (True, False))]
+    _steps_side_by_side(models, opts, dtype)
     for pa, pb in zip(*(m.parameters() for m in models)):
         assert torch.equal(pa, pb)
     assert opts[0].mask_fractions() == opts[1].mask_fractions()
@@ -120,14 +126,8 @@ def test_compiled_path_equals_foreach_to_rounding(dtype):
         pytest.skip(f"no C++ compiler for torch.compile: {compiler_missing(torch.device('cpu'))}")
     models = [_model(dtype), _model(dtype)]
     opts = [CautiousAdam(m.parameters(), lr=3e-2, weight_decay=0.05, compiled=c) for m, c in zip(models, (False, True))]
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(8):
-        x = torch.randn(5, 6, generator=gen, dtype=dtype)
-        for m, o in zip(models, opts):
-            o.zero_grad()
-            _losses(m, x).sum().backward()
-            o.step()
-        assert opts[0].mask_fractions() == opts[1].mask_fractions()
+    _steps_side_by_side(models, opts, dtype,
+                        after=lambda: opts[0].mask_fractions() == opts[1].mask_fractions())
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for pa, pb in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(pa, pb, rtol=tol, atol=tol)
