@@ -7,6 +7,8 @@ images per second.
         # and bf16 where oneDNN has bfloat16 kernels)
     python benchmarks/bench_train.py --batch 8 --modes standard,balanced,balanced-next-batch --compile
         # Solution 1's overhead with the compiled forward
+    python benchmarks/bench_train.py --speed --batch 8 --modes standard,balanced --options fp32,compile
+        # per option: each mode's step, and Solution 1's second forward timed alone (its floor)
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
     python benchmarks/bench_train.py --engine --batch 8 --steps 30 --modes standard,balanced
         # whole runs (CLI, photos, loader, logging): no photo cache (as issue 14 found the engine),
@@ -70,6 +72,20 @@ def time_steps(tr: Trainer, x: torch.Tensor, n: int) -> float:
     for _ in range(n):
         tr.train_step(x)
     return (time.perf_counter() - t0) / n
+
+
+@torch.no_grad()
+def time_second_forward(tr: Trainer, x: torch.Tensor, n: int) -> float:
+    """Seconds per Solution 1 second forward (:meth:`Trainer.task_forward` without autograd) over
+    ``n``: timed alone, its ratio to a standard step is the least a faithful step can add."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tr.task_forward(x)
+    return (time.perf_counter() - t0) / n
+
+
+# --speed: the second forward of Solution 1 alone, timed on the standard mode's trainer of each option
+SECOND = "second forward"
 
 
 # Process layouts of one run on a CPU: (ranks, threads per rank). With ranks > 1 the run goes
@@ -136,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--speed", action="store_true", help="compare GPU speed options (standard, balanced)")
+    ap.add_argument("--options", default="",
+                    help=f"--speed: which of {', '.join(SPEED)}, bf16 + compile (default: all this device runs)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     ap.add_argument("--modes", default=",".join(MODES), help="modes to compare (first: the reference)")
     ap.add_argument("--grid", action="store_true", help="standard step over --batches x --patches")
@@ -165,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in ("fp32", "compile")}
         if not torch.cuda.is_available() and cpu_bf16():  # "all" has channels_last, refused on a CPU
             opts |= {"bf16": SPEED["bf16"], "bf16 + compile": SPEED["bf16"] | SPEED["compile"]}
+        if args.options:
+            unknown = set(args.options.split(",")) - set(opts)
+            if unknown:
+                ap.error(f"--options: unknown or not run on this device: {sorted(unknown)} (here: {', '.join(opts)})")
+            opts = {k: opts[k] for k in args.options.split(",")}
         variants = {f"{m}/{s}": {**MODES[m], **sov} for m in args.modes.split(",") for s, sov in opts.items()}
     base["speed.compile"] = args.compile  # explicit: auto would compile these endless runs
     if args.engine or args.layout:
@@ -193,18 +216,27 @@ def main(argv: list[str] | None = None) -> int:
             xs[name] = x.contiguous(memory_format=torch.channels_last) if tr.cfg.speed.channels_last else x
             if args.warmup:
                 time_steps(tr, xs[name], args.warmup)
-        times: dict[str, list[float]] = {k: [] for k in trainers}
-        for _ in range(args.rounds):
+        timed = {name: (time_steps, tr, xs[name]) for name, tr in trainers.items()}
+        if args.speed and "standard" in args.modes.split(","):
             for name, tr in trainers.items():
-                times[name].append(time_steps(tr, xs[name], args.steps))
+                if name.startswith("standard/"):
+                    probe = SECOND + name[len("standard"):]
+                    timed[probe] = (time_second_forward, tr, xs[name])
+                    time_second_forward(tr, xs[name], max(args.warmup, 1))  # compiles its no-grad graph
+        times: dict[str, list[float]] = {k: [] for k in timed}
+        for _ in range(args.rounds):
+            for name, (fn, tr, x) in timed.items():
+                times[name].append(fn(tr, x, args.steps))
     kind = "speed" if args.speed else "grid" if args.grid else "modes"
-    return report(times, {k: tr.cfg.data.batch for k, tr in trainers.items()}, kind, args, first.dev, cfg.model.name)
+    return report(times, {k: tr.cfg.data.batch for k, (_, tr, _) in timed.items()}, kind, args, first.dev,
+                  cfg.model.name)
 
 
 def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args: argparse.Namespace,
            dev: torch.device, model: str) -> int:
     """The table: median s/step, images/s, and the median (min-max) of per-round ratios to the
-    reference (modes: the first; speed: the same mode in fp32; engine: the same mode without cache)."""
+    reference (modes: the first; speed: the same mode with the first option, fp32 by default; engine: the
+    same mode without cache)."""
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     first = next(iter(times))
@@ -215,7 +247,8 @@ def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args
     cross = kind in ("speed", "engine")  # also each mode's ratio to the first mode, same option
     print(f"{'variant':<{width}}{'s/step':>10}{'img/s':>8}{'ratio (median, min-max of rounds)':>38}"
           + (f"{'to ' + first.split('/')[0] + ' (same option)':>38}" if cross else ""))
-    refs = {"speed": lambda n: n.split("/")[0] + "/fp32", "engine": lambda n: n.split("/")[0] + "/no cache",
+    base_opt = first.split("/", 1)[-1]  # speed: the first option (fp32 unless --options says otherwise)
+    refs = {"speed": lambda n: n.split("/")[0] + "/" + base_opt, "engine": lambda n: n.split("/")[0] + "/no cache",
             "layout": lambda n: n.split("/")[0] + f"/{next(iter(LAYOUTS))}/eager", "modes": lambda n: first,
             "grid": lambda n: first}
 
@@ -228,9 +261,12 @@ def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args
         if cross:
             line += f"{ratios(name, first.split('/')[0] + '/' + name.split('/', 1)[1]):>38}"
         print(line)
-    what = {"speed": "the same mode in fp32", "engine": "the same mode without the photo cache",
+    what = {"speed": f"the same mode in {base_opt}", "engine": "the same mode without the photo cache",
             "layout": f"the same mode, {next(iter(LAYOUTS))}, eager", "modes": first, "grid": first}
     print(f"(ratio: to {what[kind]}, within each round)")
+    if any(n.startswith(SECOND + "/") for n in times):
+        print(f"({SECOND}: Solution 1's forward of the same batch after the step, no autograd, alone; "
+              "its ratio to standard is the least the faithful step adds)")
     return 0
 
 

@@ -95,6 +95,22 @@ def test_bench_train_engine_and_modes_tables_at_smoke_size(wikiphotos_dir, capsy
     assert len(rows) == 2 and rows[0].split()[-2] == "1.00"
 
 
+def test_bench_train_speed_times_the_second_forward_alone(wikiphotos_dir, capsys):
+    """--speed adds Solution 1's second forward, timed alone on the standard trainer, with its ratio
+    to the standard step of the same option (the floor of the faithful step's overhead)."""
+    bench_train = importlib.import_module("bench_train")
+    assert bench_train.main(["--micro", "--speed", "--options", "fp32", "--modes", "standard,balanced",
+                             "--steps", "1", "--rounds", "2", "--warmup", "0", "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line.split() for line in out.splitlines() if "/fp32" in line}
+    assert list(rows) == ["standard/fp32", "balanced/fp32", "second forward/fp32"], rows
+    assert float(rows["second forward/fp32"][-2]) > 0  # a ratio was measured (its size is not asserted)
+    assert "the least the faithful step adds" in out
+    with pytest.raises(SystemExit):
+        bench_train.main(["--micro", "--speed", "--options", "fp32,warp"])
+    assert "--options: unknown or not run on this device: ['warp']" in capsys.readouterr().err
+
+
 def test_side_by_side_rows_per_variant_of_ours():
     """Every variant of ours gets its own ratios to the same 'theirs' (here a copy of ours: the
     float32 row gives the same image, the bf16 row a different one)."""

@@ -65,6 +65,22 @@ def test_training_graph_has_no_in_place_ops_on_views(tiny):
     assert not [n for n in seen if type(n).__name__ in ("CopySlices", "AsStridedBackward0")]
 
 
+def test_a_shape_first_seen_under_inference_mode_still_trains(tiny):
+    """Solution 1's second forward runs under torch.inference_mode; the index maps it may build
+    for a new latent size are cached and must stay usable by a later training forward."""
+    geometry.cache_clear()
+    x = image(1, 256, 128)
+    with torch.inference_mode():
+        first = tiny.train()(x)["x_hat"]
+    cached = tiny._geometry(16, 8, torch.device("cpu"))  # y of a 256x128 image (stride 16)
+    assert first.is_inference() and geometry.cache_info().currsize == 1
+    assert not any(t.is_inference() for t in (cached.masks, *cached.pos, *cached.up, cached.hyper2))
+    out = tiny.train()(x)
+    (out["x_hat"].sum() + sum(lik.log().sum() for lik in out["likelihoods"].values())).backward()
+    assert tiny.g_a[0].weight.grad is not None and tiny.adaptors[0].weight.grad is not None
+    tiny.zero_grad(set_to_none=True)
+
+
 def test_attention_windows_round_trip():
     """Splitting into windows and merging back is the identity (the merge writes channels-last)."""
     attn = WindowCrossAttention(16, heads=4, window=2)

@@ -149,6 +149,13 @@ class Geometry:
 @lru_cache(maxsize=32)
 def geometry(m: int, h: int, w: int, aligned: bool, device: torch.device) -> Geometry:
     """The cached index maps of a (M, h, w) latent; ``h`` and ``w`` must be multiples of 4."""
+    # built as ordinary tensors even when first asked for under torch.inference_mode (Solution 1's
+    # second forward): an inference tensor in the cache would fail every later training forward
+    with torch.inference_mode(False):
+        return _geometry(m, h, w, aligned, device)
+
+
+def _geometry(m: int, h: int, w: int, aligned: bool, device: torch.device) -> Geometry:
     pos2, pos1 = scale_positions(m, h, w)
     up1 = _s1_in_s2(m, h, w)
     gm = tuple(grid_masks(m, h, w, s) for s in STEPS)

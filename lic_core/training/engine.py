@@ -369,7 +369,7 @@ class Trainer:
         if not math.isfinite(gnorm):
             return self._skip("grad_norm", gnorm)
         self.opt.step()
-        obj.after_step(lambda: losses.task_losses(self.model(x), x, cfg.loss), task, self.step)
+        obj.after_step(lambda: self.task_forward(x), task, self.step)
         self.step += 1
         rd = float(task.detach().sum())  # L_D + bpp over the global batch: the same on every rank
         self.score_acc = [self.score_acc[0] + rd, self.score_acc[1] + 1]
@@ -378,6 +378,11 @@ class Trainer:
         rec = {"kind": "train", "step": self.step, "loss": rd, "psnr": psnr, "lr": lr, "grad_norm": gnorm,
                "step_time": time.perf_counter() - t0, "wall": time.time(), "skipped": self.skipped}
         return self._record(rec, terms, task)
+
+    def task_forward(self, x: Tensor) -> Tensor:
+        """The task losses of batch ``x`` by the model as it is now (no DDP wrapper): Solution 1's
+        second forward, after the step, on the same batch."""
+        return losses.task_losses(self.model(x), x, self.cfg.loss)
 
     def _update_frozen(self) -> None:
         frozen = frozen_at(self.cfg.finetune, self.step)

@@ -103,9 +103,10 @@ class Balanced(Objective):
 
     def after_step(self, forward: Callable[[], Tensor], task: Tensor, step: int) -> None:
         if not self.cfg.balance.next_batch:
-            with torch.no_grad():
+            # inference mode: no_grad's values without autograd's view and version tracking
+            with torch.inference_mode():
                 after = ddp.mean(forward())
-            self.weighting.update(task.detach(), after, self._gamma(step))
+            self.weighting.update(task.detach(), after.clone(), self._gamma(step))
 
     def record(self) -> dict[str, float]:
         w, g = self.weighting, self.gamma
