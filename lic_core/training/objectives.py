@@ -31,6 +31,15 @@ def _floats(names: tuple[str, ...] | list[str], t: Tensor | None, prefix: str) -
     return {} if t is None else {f"{prefix}_{n}": float(v) for n, v in zip(names, t.tolist())}
 
 
+def losses_after_step(forward: Callable[[], Tensor]) -> Tensor:
+    """Solution 1's second forward (Alg. 1, the loss decrease of Eq. 11-12): ``forward()``'s task
+    losses averaged over ranks, under inference mode (no_grad's values without autograd's view and
+    version tracking)."""
+    with torch.inference_mode():
+        after = ddp.mean(forward())
+    return after.clone()  # an ordinary tensor again
+
+
 class Objective:
     """Plain sum of the task losses; subclasses weight them. ``wrapped``: the forward runs through
     the DDP wrapper (which averages gradients over ranks)."""
@@ -103,10 +112,7 @@ class Balanced(Objective):
 
     def after_step(self, forward: Callable[[], Tensor], task: Tensor, step: int) -> None:
         if not self.cfg.balance.next_batch:
-            # inference mode: no_grad's values without autograd's view and version tracking
-            with torch.inference_mode():
-                after = ddp.mean(forward())
-            self.weighting.update(task.detach(), after.clone(), self._gamma(step))
+            self.weighting.update(task.detach(), losses_after_step(forward), self._gamma(step))
 
     def record(self) -> dict[str, float]:
         w, g = self.weighting, self.gamma
