@@ -26,7 +26,7 @@ __all__ = ["CautiousAdam"]
 
 
 def _mask_scales(counts: Tensor, numels: Tensor, cap: float) -> Tensor:
-    """``min(1/max(count/numel, 1e-3), cap)`` for a vector of tensors (the same ops on both paths)."""
+    """``min(1/max(count/numel, 1e-3), cap)``, for one tensor or a vector of them (the same ops on every path)."""
     return (1 / (counts / numels).clamp(min=1e-3)).clamp(max=cap)
 
 
@@ -198,8 +198,7 @@ def _cautious_lists(ps: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs:
         v.mul_(b2).add_(g * g * (1 - b2))
         mask = (m * g > 0).to(g.dtype)
         count = mask.sum()
-        scale = (1 / (count / p.numel()).clamp(min=1e-3)).clamp(max=cap)
-        p.sub_(step_size * (m * mask * scale) / (v.sqrt() / bc2_sqrt + eps))
+        p.sub_(step_size * (m * mask * _mask_scales(count, p.numel(), cap)) / (v.sqrt() / bc2_sqrt + eps))
         counts.append(count)
     return torch.stack(counts)
 
