@@ -2,12 +2,18 @@
 
 File layout (big-endian)::
 
-    magic "HPCM\\x89"  | version u8 (1: y tables picked next-up, 2: nearest) | config length u16 | config (compact JSON) |
-    height u32 | width u32 | stream lengths 4 x u32 (z, s1, s2, s3) | CRC-32 u32 | streams
+    magic "HPCM\\x89"  | version u8 (1: y tables picked next-up, 2 and 3: nearest) | config length u16 |
+    config (compact JSON) | height u32 | width u32 | stream lengths 4 x u32 (z, s1, s2, s3) |
+    [version 3: symbols CRC-32 u32 | image CRC-32 u32] | CRC-32 u32 | streams
 
-The CRC covers every other byte of the file, so corruption is reported before any decoding. It is
-not a signature: a crafted file passes it, so every header field is range-checked here (the model
+The last CRC covers every other byte of the file, so corruption is reported before any decoding. It
+is not a signature: a crafted file passes it, so every header field is range-checked here (the model
 config by :class:`~lic_core.models.hpcm.HPCMConfig`, the image size against ``max_pixels``).
+
+Version 3 adds what the decoder checks its result against: a CRC-32 of every coded symbol (z, then
+y in coding order, as int32) and one of the encoder's own 8-bit reconstruction. A learned codec is
+not bit-exact across devices: a scale computed a little differently picks another coding table and
+the symbols go wrong, and the synthesis transform rounds differently (see :mod:`lic_core.codec`).
 """
 from __future__ import annotations
 
@@ -22,10 +28,13 @@ from .models.hpcm import CONFIGS, HPCMConfig
 MAGIC = b"HPCM\x89"
 # Format version -> how a y scale picks its coding table (entropy.scale_indexes). Version 1 is the
 # spec's CompressAI rule; version 2 (written by default) the nearest table in log scale.
-INDEX_RULES = {1: "next-up", 2: "nearest"}
-VERSION = 2
+INDEX_RULES = {1: "next-up", 2: "nearest", 3: "nearest"}
+VERSION = 3
+CHECKED = 3  # first version that carries the decoder's checks
 STREAMS = ("z", "s1", "s2", "s3")
-_FIXED = struct.Struct(">II4II")  # height, width, 4 stream lengths, CRC-32
+_SIZES = struct.Struct(">II4I")  # height, width, 4 stream lengths
+_CHECKS = struct.Struct(">II")  # CRC-32 of the symbols, of the encoder's 8-bit image
+_CRC = struct.Struct(">I")
 _PREFIX = struct.Struct(f">{len(MAGIC)}sBH")  # magic, version, config length
 MAX_SIDE = 1 << 16  # pixels per side this format accepts
 # Decoders refuse larger images unless asked (``max_pixels``): a 4096x4096 header on a 27 kB file
@@ -44,6 +53,7 @@ class Header:
     stream_bytes: dict[str, int]
     header_bytes: int
     index_rule: str = INDEX_RULES[VERSION]
+    checks: tuple[int, int] | None = None  # version 3: CRC-32 of the symbols, of the image
 
 
 def config_json(cfg: HPCMConfig) -> bytes:
@@ -74,14 +84,17 @@ def parse_config(raw: bytes) -> HPCMConfig:
 
 
 def pack(cfg: HPCMConfig, height: int, width: int, streams: dict[str, bytes],
-         version: int = VERSION) -> tuple[bytes, int]:
-    """The file bytes and the header size."""
+         version: int = VERSION, checks: tuple[int, int] | None = None) -> tuple[bytes, int]:
+    """The file bytes and the header size; ``checks`` (symbols and image CRC-32) from version 3."""
+    if (checks is not None) != (version >= CHECKED):
+        raise ValueError(f"format version {version} {'needs' if version >= CHECKED else 'has no'} checks")
     raw = config_json(cfg)
     lengths = [len(streams[k]) for k in STREAMS]
     body = b"".join(streams[k] for k in STREAMS)
-    prefix = _PREFIX.pack(MAGIC, version, len(raw)) + raw + _FIXED.pack(height, width, *lengths, 0)[:-4]
+    prefix = (_PREFIX.pack(MAGIC, version, len(raw)) + raw + _SIZES.pack(height, width, *lengths)
+              + (_CHECKS.pack(*checks) if checks is not None else b""))
     crc = zlib.crc32(body, zlib.crc32(prefix))
-    return prefix + struct.pack(">I", crc) + body, len(prefix) + 4
+    return prefix + _CRC.pack(crc) + body, len(prefix) + _CRC.size
 
 
 def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
@@ -98,10 +111,13 @@ def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
     if version not in INDEX_RULES:
         raise BitstreamError(f"unsupported format version {version} (this build reads versions "
                              f"{', '.join(map(str, INDEX_RULES))})")
-    size = _PREFIX.size + n_cfg + _FIXED.size
+    at = _PREFIX.size + n_cfg
+    size = at + _SIZES.size + (_CHECKS.size if version >= CHECKED else 0) + _CRC.size
     if len(data) < size:
         raise BitstreamError(f"truncated: {len(data)} bytes, the header alone needs {size}")
-    height, width, *lengths, crc = _FIXED.unpack_from(data, _PREFIX.size + n_cfg)
+    height, width, *lengths = _SIZES.unpack_from(data, at)
+    checks = _CHECKS.unpack_from(data, at + _SIZES.size) if version >= CHECKED else None
+    (crc,) = _CRC.unpack_from(data, size - _CRC.size)
     total = size + sum(lengths)
     if len(data) != total:
         what = "truncated" if len(data) < total else f"{len(data) - total} trailing bytes"
@@ -114,7 +130,7 @@ def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
         raise BitstreamError(f"image size {width}x{height} is over {max_pixels:,} pixels "
                              f"(raise max_pixels, --max-pixels, to decode it)")
     cfg = parse_config(data[_PREFIX.size : _PREFIX.size + n_cfg])
-    return Header(cfg, height, width, dict(zip(STREAMS, lengths)), size, INDEX_RULES[version])
+    return Header(cfg, height, width, dict(zip(STREAMS, lengths)), size, INDEX_RULES[version], checks)
 
 
 def split_streams(data: bytes, header: Header) -> dict[str, bytes]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import bitstream, codec
 from .atomic import check_output
-from .errors import LicError, command
+from .errors import LicError, ReconstructionWarning, command
 from .metrics import psnr
 from .imageio import load_image, save_png, write_bytes_atomic
 from .models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel
@@ -100,10 +101,13 @@ def _decompress(argv: list[str] | None) -> int:
         raise LicError(f"{a.reference} is {ref.shape[3]}x{ref.shape[2]}, the bitstream's image "
                        f"{header.width}x{header.height}")
     model = load_checkpoint(a.checkpoint).eval() if a.checkpoint else codec.model_for(header)
-    with _bar("decode") as bar:
+    with _bar("decode") as bar, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReconstructionWarning)
         t0 = time.perf_counter()
         x_hat = codec.decompress(data, model, progress=lambda k: bar.update(), max_pixels=a.max_pixels)
         t_dec = time.perf_counter() - t0
+    for w in caught:  # one line each, e.g. an image that differs from the encoder's by rounding
+        print(f"warning: {w.message}", file=sys.stderr)
     save_png(x_hat, a.output)
     bpp = 8 * len(data) / (header.height * header.width)
     print(f"{a.input} -> {a.output} ({header.width}x{header.height}, HPCM-{header.config.name}, {bpp:.4f} bpp)")

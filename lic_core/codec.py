@@ -8,10 +8,18 @@ and quantized to 8 bits.
 The file format (header, CRC, stream layout) is :mod:`lic_core.bitstream`.
 y is written as three rANS streams, one per scale of the schedule (s1, s2, s3), so the actual
 bytes of each scale are known.
+
+Across devices the model is not bit-exact: a GPU and a CPU compute a scale a little differently,
+which can pick another coding table for a symbol (the rest of the stream then decodes to other
+symbols), and round the synthesis transform differently (pixels one 8-bit level apart). Format
+version 3 therefore stores a CRC-32 of the symbols and of the encoder's 8-bit image: the decoder
+refuses symbols that differ (:class:`BitstreamError`) and warns when only the image does
+(:class:`ReconstructionWarning`). Measured on an H200 against a Xeon: benchmarks/results/gpu_*.md.
 """
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -22,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bitstream import (INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, config_json, pack, read_header,
-                        split_streams)
+from .bitstream import (CHECKED, INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, config_json, pack,
+                        read_header, split_streams)
 from .entropy import SCALE_BOUND, GGTables
-from .errors import BitstreamError
+from .errors import BitstreamError, ReconstructionWarning
 from .models.hpcm import HPCM, build, count_parameters
 
 MAX_MODEL_PARAMETERS = 200_000_000  # a header-built model beyond this is refused (HPCM-Large: ~90M)
@@ -64,6 +72,16 @@ def pad_image(x: Tensor, multiple: int) -> Tensor:
 def to_8bit(x_hat: Tensor) -> Tensor:
     """Clamp to [0, 1] and quantize to 8-bit levels (values k/255)."""
     return (x_hat.clamp(0, 1) * 255).round() / 255
+
+
+def crc_of(t: Tensor, crc: int = 0, dtype: torch.dtype = torch.int32) -> int:
+    """CRC-32 of ``t``'s values as ``dtype`` in C order, continuing ``crc``: format version 3's
+    checks (symbols as int32, the 8-bit image as uint8 levels)."""
+    return zlib.crc32(t.detach().to("cpu", dtype).contiguous().numpy().tobytes(), crc)
+
+
+def _image_crc(x8: Tensor) -> int:
+    return crc_of(x8 * 255, dtype=torch.uint8)  # exact: x8 holds k/255
 
 
 # -- coding -------------------------------------------------------------------------------------
@@ -109,6 +127,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
     with _eval(model):
         y, z = model.analysis(pad_image(x, model.cfg.pad_multiple))
         z_q = torch.round(z - model.means_hyper)
+        crc = [crc_of(z_q)]
         z_idx = _channel_index(z_q.shape)
         ztab = z_tables(model)
         streams = {"z": ztab.encode(z_q, z_idx)}
@@ -122,16 +141,20 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
             q = torch.round(y - means)  # what forward's eval quantizer computes
             s, sym = model.scale_of_step[k], q[:, mask]
             encoders[s].add(sym, ytab.indexes(scales[:, mask], INDEX_RULES[version]))
+            crc[0] = crc_of(sym, crc[0])
             scale_bits[s] += _bits(model, sym, scales[:, mask])
             if progress:
                 progress(k)
             return q + means
 
-        model.context_model(params, code_step)
+        y_hat = model.context_model(params, code_step)["y_hat"]
+        # version 3 checks the decoder against this encoder's own image: one synthesis pass more
+        checks = (crc[0], _image_crc(to_8bit(model.synthesis(y_hat)[:, :, :height, :width]))) \
+            if version >= CHECKED else None
     for s, enc in enumerate(encoders):
         streams[f"s{s + 1}"] = enc.flush()
         bits[f"s{s + 1}"] = scale_bits[s]
-    data, header_bytes = pack(model.cfg, height, width, streams, version)
+    data, header_bytes = pack(model.cfg, height, width, streams, version, checks)
     sizes = {k: len(v) for k, v in streams.items()}
     return Encoded(data, sizes, header_bytes, height, width, bits)
 
@@ -152,7 +175,10 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
 
     ``model`` None builds the header's config with its seeded default init; a given model must
     have the header's config (the seed aside). Images over ``max_pixels`` are refused. Every
-    stream must be used exactly: its bytes must be the encoding of the symbols decoded from it."""
+    stream must be used exactly: its bytes must be the encoding of the symbols decoded from it.
+    From format version 3 the symbols must also match the encoder's (else :class:`BitstreamError`:
+    another device or other weights), and an image that differs from the encoder's although they
+    do raises a :class:`ReconstructionWarning`."""
     header = read_header(data, max_pixels)
     model = model_for(header) if model is None else _check_model(model, header)
     streams = split_streams(bytes(data), header)
@@ -167,7 +193,9 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
         check_stream_sizes(header, counts, {"z": ztab, "s1": ytab, "s2": ytab, "s3": ytab})
         dev = model.means_hyper.device  # the coder runs on the CPU; the model anywhere
         zdec = ztab.decoder(streams["z"], counts["z"])
-        z_q = zdec.next(_channel_index(z_shape)).float().to(dev)
+        z_sym = zdec.next(_channel_index(z_shape))
+        crc = [crc_of(z_sym)]
+        z_q = z_sym.float().to(dev)
         zdec.finish("z")
         params = model.hyper_synthesis(z_q + model.means_hyper)
         decoders = [ytab.decoder(streams[f"s{i + 1}"], counts[f"s{i + 1}"]) for i in range(3)]
@@ -175,18 +203,30 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
         def code_step(k: int, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             q = torch.zeros_like(means)
             idx = ytab.indexes(scales[:, mask], header.index_rule)
-            q[:, mask] = decoders[model.scale_of_step[k]].next(idx).float().to(q.device)
+            sym = decoders[model.scale_of_step[k]].next(idx)
+            crc[0] = crc_of(sym, crc[0])
+            q[:, mask] = sym.float().to(q.device)
             if progress:
                 progress(k)
             return q + means
 
         y_hat = model.context_model(params, code_step)["y_hat"]
+        if header.checks and crc[0] != header.checks[0]:
+            raise BitstreamError("decoded symbols differ from the encoder's (symbols CRC-32): this model computes "
+                                 "other scales than the encoder's did (other weights, or another kind of device: "
+                                 "decode on the device type that encoded), or the streams were edited")
         for i, dec in enumerate(decoders):
             dec.finish(f"s{i + 1}")
         x_hat = model.synthesis(y_hat)
     if not torch.isfinite(x_hat).all():
         raise BitstreamError("decoding gave non-finite values: the streams do not match this model")
-    return to_8bit(x_hat[:, :, : header.height, : header.width])
+    x8 = to_8bit(x_hat[:, :, : header.height, : header.width])
+    if header.checks and _image_crc(x8) != header.checks[1]:
+        warnings.warn(ReconstructionWarning(
+            "decoded image differs from the encoder's (image CRC-32) although every symbol matched: the "
+            "synthesis transform rounds differently here (another kind of device: expect about 1 level in 255) "
+            "or the header's image size was edited"))
+    return x8
 
 
 def model_for(header: Header) -> HPCM:

@@ -26,6 +26,11 @@ class BitstreamError(LicError):
     """Bytes that are not a valid ``lic_core`` bitstream (truncated, corrupted or foreign)."""
 
 
+class ReconstructionWarning(UserWarning):
+    """A decoded image that differs from the encoder's own reconstruction although every symbol
+    decoded right: the synthesis transform rounded differently here (another kind of device)."""
+
+
 class CheckpointError(LicError):
     """A checkpoint that does not match the model (missing, unexpected or mis-shaped tensor)."""
 

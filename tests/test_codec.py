@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+import warnings
 import zlib
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ import torch
 
 from lic_core import bitstream, codec
 from lic_core.codec import synthetic_weights
-from lic_core.errors import BitstreamError
+from lic_core.errors import BitstreamError, ReconstructionWarning
 from lic_core.imageio import load_image
 from lic_core.models.hpcm import CONFIGS, hpcm
 
@@ -119,7 +120,8 @@ def stream(tiny) -> bytes:
 
 
 def forge(stream: bytes, version: int = bitstream.VERSION, config: bytes | None = None, height: int | None = None,
-          streams: dict[str, bytes] | None = None, width: int | None = None) -> bytes:
+          streams: dict[str, bytes] | None = None, width: int | None = None,
+          checks: tuple[int, int] | None = None) -> bytes:
     """Rebuild a bitstream with edited fields and a valid CRC, so the edit gets past the CRC."""
     hdr = bitstream.read_header(stream)
     streams = {**bitstream.split_streams(stream, hdr), **(streams or {})}
@@ -128,7 +130,7 @@ def forge(stream: bytes, version: int = bitstream.VERSION, config: bytes | None 
     prefix = bitstream._PREFIX.pack(bitstream.MAGIC, version, len(raw)) + raw + struct.pack(
         ">II4I", hdr.height if height is None else height, hdr.width if width is None else width,
         *(len(streams[k]) for k in bitstream.STREAMS)
-    )
+    ) + (struct.pack(">II", *(hdr.checks if checks is None else checks)) if version >= bitstream.CHECKED else b"")
     return prefix + struct.pack(">I", zlib.crc32(body, zlib.crc32(prefix))) + body
 
 
@@ -215,9 +217,9 @@ def test_base_round_trip_256():
 
 
 @pytest.mark.parametrize("version", sorted(bitstream.INDEX_RULES))
-def test_both_format_versions_round_trip(version):
-    """Version 1 (the spec's next-up table rule) still decodes; version 2 (nearest) is written by
-    default; the decoder takes the rule from the header."""
+def test_every_format_version_round_trips(version):
+    """Version 1 (the spec's next-up table rule) and 2 (nearest) still decode; version 3 (nearest,
+    with the decoder's checks) is written by default; the decoder takes the rule from the header."""
     model = hpcm("tiny").eval()
     x = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(version))
     enc = codec.encode(model, x, version=version)
@@ -226,3 +228,35 @@ def test_both_format_versions_round_trip(version):
     assert torch.equal(codec.decompress(enc.data, model), codec.reconstruct(model, x))
     with pytest.raises(ValueError, match="format version"):
         codec.encode(model, x, version=9)
+
+
+def test_symbols_that_differ_from_the_encoders_are_refused(tiny, stream):
+    """Format version 3: other weights of the same config (as when a GPU computes a scale a little
+    differently) give other symbols; the decoder names the cause instead of returning garbage."""
+    hdr = bitstream.read_header(stream)
+    assert hdr.checks is not None and bitstream.VERSION == bitstream.CHECKED
+    other = synthetic_weights(hpcm("tiny"), factor=0.79)
+    with pytest.raises(BitstreamError, match="symbols CRC-32.*other weights, or another kind of device"):
+        codec.decompress(stream, other)
+    sym, img = hdr.checks
+    with pytest.raises(BitstreamError, match="symbols CRC-32"):  # a forged check behind a valid file CRC
+        codec.decompress(forge(stream, checks=(sym ^ 1, img)), tiny)
+
+
+def test_an_image_that_differs_only_by_rounding_is_decoded_with_a_warning(tiny, stream):
+    """Symbols exact, synthesis different (another device rounds g_s differently; here one bias of
+    the last layer moved by a level): the image is returned and the difference is reported."""
+    x_ref = codec.decompress(stream, tiny)
+    moved = synthetic_weights(hpcm("tiny"))
+    bias = [p for n, p in moved.g_s.named_parameters() if n.endswith("bias")][-1]
+    with torch.no_grad():
+        bias += 1 / 255
+    with pytest.warns(ReconstructionWarning, match="although every symbol matched"):
+        x = codec.decompress(stream, moved)
+    assert 0 < (x - x_ref).abs().max() * 255 <= 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the encoder's own model decodes without a warning
+        codec.decompress(stream, tiny)
+    sym, img = bitstream.read_header(stream).checks
+    with pytest.warns(ReconstructionWarning):
+        codec.decompress(forge(stream, checks=(sym, img ^ 1)), tiny)

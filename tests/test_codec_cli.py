@@ -63,6 +63,29 @@ def test_checkpoint_is_used(tmp_path, capsys):
     assert "holds an HPCM 'tiny'" in capsys.readouterr().err
 
 
+def test_decoding_with_other_weights_or_rounding_is_reported(tmp_path, capsys):
+    """Format version 3: a checkpoint that computes other scales is refused in one line; one whose
+    synthesis alone rounds differently (as another device's) decodes with a one-line warning."""
+    from lic_core.models.hpcm import save_checkpoint
+
+    model = hpcm("tiny", seed=5)
+    save_checkpoint(model, tmp_path / "t.pt")
+    save_checkpoint(hpcm("tiny", seed=6), tmp_path / "other.pt")
+    with torch.no_grad():
+        model.g_s[-1].bias += 1 / 255
+    save_checkpoint(model, tmp_path / "moved.pt")
+    Image.new("RGB", (40, 24), (200, 30, 90)).save(tmp_path / "in.png")
+    assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "a.hpcm"), "--checkpoint", str(tmp_path / "t.pt")]) == 0
+    capsys.readouterr()
+    dec = lambda ckpt: decompress_main([str(tmp_path / "a.hpcm"), str(tmp_path / f"{ckpt}.png"),
+                                        "--checkpoint", str(tmp_path / f"{ckpt}.pt")])
+    last = lambda: capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's lines
+    assert dec("other") == 2 and "symbols CRC-32" in last() and not (tmp_path / "other.png").exists()
+    assert dec("moved") == 0 and (tmp_path / "moved.png").exists()
+    assert last().startswith("warning: decoded image differs from the encoder's")
+    assert dec("t") == 0 and "warning" not in capsys.readouterr().err
+
+
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err  # one line, no traceback

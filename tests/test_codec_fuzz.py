@@ -11,6 +11,7 @@ import random
 import resource
 import signal
 import time
+import warnings
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ import torch
 from lic_core import bitstream, codec
 from lic_core.cli import decompress_main
 from lic_core.codec import synthetic_weights
-from lic_core.errors import BitstreamError
+from lic_core.errors import BitstreamError, ReconstructionWarning
 from lic_core.models.hpcm import LIMITS, hpcm
 
 from test_codec import forge, image
@@ -107,10 +108,14 @@ def test_fuzzed_streams_end_in_bitstream_errors(tiny, tmp_path):
         for i, data in enumerate(cases):
             signal.alarm(CASE_TIMEOUT_S)
             try:
-                out = codec.decompress(data, tiny, max_pixels=MAX_PIXELS)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    out = codec.decompress(data, tiny, max_pixels=MAX_PIXELS)
             except BitstreamError:
                 outcomes["error"] += 1
-            else:  # only a header edit that changes no symbol: a height within the same padding
+            else:  # only a header edit that changes no symbol: a height within the same padding,
+                # which format version 3's image CRC reports
+                assert any(issubclass(w.category, ReconstructionWarning) for w in caught), i
                 hdr = bitstream.read_header(data, MAX_PIXELS)
                 assert out.shape == (1, 3, hdr.height, hdr.width) and torch.isfinite(out).all(), i
                 assert bitstream.split_streams(data, hdr) == parts and hdr.config == tiny.cfg, i
