@@ -34,7 +34,7 @@ from bench_train import MODES, SPEED, make_trainer  # noqa: E402
 from lic_core import codec  # noqa: E402
 from lic_core.atomic import write_file  # noqa: E402
 from lic_core.data import train_loader  # noqa: E402
-from lic_core.errors import LicError  # noqa: E402
+from lic_core.errors import LicError, ReconstructionWarning  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
@@ -128,7 +128,7 @@ def coding(model_name: str, images: list[Path], crop: int, dev: torch.device) ->
     """Encode / decode time per image on ``dev`` and file bpp against the estimate, a row per
     synthetic-weight factor; returns the files of CROSS_FACTORS for cross-device decoding."""
     rows = ["| weights factor | images | encode ms (median) | decode ms (median) | paper (GPU) enc / dec | bpp "
-            "| file vs estimate |", "|---:|---:|---:|---:|---|---:|---:|"]
+            "| file vs estimate | decodes unlike the encoder's image |", "|---:|---:|---:|---:|---|---:|---:|---:|"]
     kept: dict[float, list] = {}
     for factor in CODING_FACTORS:
         row, encoded = _code_images(model_name, images, crop, dev, factor)
@@ -141,7 +141,7 @@ def coding(model_name: str, images: list[Path], crop: int, dev: torch.device) ->
 def _code_images(model_name: str, images: list[Path], crop: int, dev: torch.device,
                  factor: float) -> tuple[str, list]:
     model = codec.synthetic_weights(hpcm(model_name), factor).to(dev).eval()
-    enc_ms, dec_ms, bits, est, px = [], [], 0, 0.0, 0
+    enc_ms, dec_ms, bits, est, px, unlike = [], [], 0, 0.0, 0, 0
     encoded = []
     for p in images:
         x, _ = load_image(p)
@@ -151,8 +151,11 @@ def _code_images(model_name: str, images: list[Path], crop: int, dev: torch.devi
         enc = codec.encode(model, x)
         sync(dev)
         t1 = time.perf_counter()
-        codec.decompress(enc.data, model)
+        with warnings.catch_warnings(record=True) as caught:  # version 3's image check, same device
+            warnings.simplefilter("always", ReconstructionWarning)
+            codec.decompress(enc.data, model)
         sync(dev)
+        unlike += any(issubclass(w.category, ReconstructionWarning) for w in caught)
         enc_ms.append(1e3 * (t1 - t0))
         dec_ms.append(1e3 * (time.perf_counter() - t1))
         bits += 8 * len(enc.data)
@@ -160,7 +163,7 @@ def _code_images(model_name: str, images: list[Path], crop: int, dev: torch.devi
         px += x.shape[2] * x.shape[3]
         encoded.append((p.name, x.cpu(), enc.data))
     return (f"| {factor} | {len(images)} | {statistics.median(enc_ms):.1f} | {statistics.median(dec_ms):.1f} | "
-            f"{PAPER_MS['encode']} / {PAPER_MS['decode']} ms | {bits / px:.4f} | {bits / est - 1:+.2%} |"), encoded
+            f"{PAPER_MS['encode']} / {PAPER_MS['decode']} ms | {bits / px:.4f} | {bits / est - 1:+.2%} | {unlike} |"), encoded
 
 
 def cross_device(model_name: str, encoded: dict[float, list[tuple[str, torch.Tensor, bytes]]],

@@ -72,6 +72,9 @@ def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path, kodak_dir, wikiphotos_dir
     assert "| fp32 |" in text and "| tiny 1x128px |" in text and "| channels_last | refused |" in text
     assert ("| bf16 | refused |" in text) != cpu_bf16()  # timed where oneDNN has bf16 kernels
     assert "| compile | refused | - | not timed in --smoke on a CPU" in text  # minutes of compiling on 2 cores
+    coding = [line for line in text.splitlines() if line.startswith("| 0.")]
+    assert len(coding) == len(gpu_check.CODING_FACTORS) and all(line.endswith("| 0 |") for line in coding)  # on
+    # one CPU every decode is the encoder's image (format version 3's image check stays silent)
 
 
 def test_bench_train_engine_and_modes_tables_at_smoke_size(wikiphotos_dir, capsys):
