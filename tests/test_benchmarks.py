@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
+from lic_core import codec
+from lic_core.models.loading import load_checkpoint
 from lic_core.paths import REPO
 from lic_core.training.engine import cpu_bf16
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 bench_model = importlib.import_module("bench_model")
+cross_cpu = importlib.import_module("cross_cpu")
 
 FAKE_INIT = "from ._CXX import pmf_to_quantized_cdf as _pmf\nfrom .unbounded_ans import ubransEncoder\n"
 FAKE_MODEL = '''import torch
@@ -156,3 +161,31 @@ def test_optimizer_step_table_times_every_path(capsys):
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r][1:]
     assert [r.split(" | ")[0][2:] for r in rows] == [n for n in bench_optim.OPTIMIZERS if "compiled" not in n]
     assert rows[0].endswith("| 1.00 (1.00-1.00) |") and all(float(r.split(" | ")[1]) > 0 for r in rows)
+
+
+_DECODE_ELSEWHERE = """
+import sys, torch
+sys.path.insert(0, "benchmarks")
+from cross_cpu import decode_outcome
+from lic_core.models.loading import load_checkpoint
+model = load_checkpoint(sys.argv[1]).eval()
+print(torch.backends.cpu.get_cpu_capability(), decode_outcome(open(sys.argv[2], "rb").read(), model, torch.load(sys.argv[3])))
+"""
+
+
+def test_a_file_decoded_on_a_lesser_cpu_is_exact_or_says_so(tmp_path):
+    """A file that travels to another CPU: a process whose PyTorch, oneDNN and MKL are capped at SSE4
+    (below any x86 CI machine's own) decodes a file encoded here with a shipped model. Its image is
+    the encoder's, or the decoder warns or refuses: never a different image without a word."""
+    ckpt = REPO / "checkpoints" / "tiny" / "base-l0.0035-s0.pt"
+    model = load_checkpoint(ckpt).eval()
+    data = codec.compress(model, torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(3)))
+    (tmp_path / "a.hpcm").write_bytes(data)
+    torch.save(codec.decompress(data, model), tmp_path / "ref.pt")
+    run = subprocess.run([sys.executable, "-c", _DECODE_ELSEWHERE, str(ckpt), str(tmp_path / "a.hpcm"),
+                          str(tmp_path / "ref.pt")], cwd=REPO, env={**os.environ, **cross_cpu.LIMITS["sse4"]},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    capability, outcome = run.stdout.split()
+    print(f"encoded on {torch.backends.cpu.get_cpu_capability()}, decoded on {capability}: {outcome}")
+    assert capability == "DEFAULT" and outcome in ("identical", "warned", "refused")

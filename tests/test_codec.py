@@ -260,3 +260,4 @@ def test_an_image_that_differs_only_by_rounding_is_decoded_with_a_warning(tiny, 
     sym, img = bitstream.read_header(stream).checks
     with pytest.warns(ReconstructionWarning):
         codec.decompress(forge(stream, checks=(sym, img ^ 1)), tiny)
+
