@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lic_core import codec  # noqa: E402
+from lic_core.bitstream import VERSION  # noqa: E402
 from lic_core.errors import BitstreamError, ReconstructionWarning  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
@@ -75,7 +76,7 @@ def worker(a: argparse.Namespace) -> int:
     if a.encode_to:
         out = Path(a.encode_to)
         for name, x in images_of(a.model, a.kodak, a.crop).items():
-            data = codec.encode(model, x).data
+            data = codec.encode(model, x, version=a.version).data
             (out / f"{name}.hpcm").write_bytes(data)
             torch.save((codec.decompress(data, model) * 255).round().to(torch.uint8), out / f"{name}.pt")
     if a.decode:
@@ -89,7 +90,7 @@ def worker(a: argparse.Namespace) -> int:
 def run_worker(limit: str, model: str, a: argparse.Namespace, **paths: str) -> None:
     env = {**os.environ, **LIMITS.get(limit, {})}
     args = [sys.executable, __file__, "--worker", "--models", model, "--kodak", str(a.kodak), "--crop", str(a.crop),
-            "--threads", str(a.threads)] + [f"--{k.replace('_', '-')}={v}" for k, v in paths.items()]
+            "--threads", str(a.threads), "--version", str(a.version)] + [f"--{k.replace('_', '-')}={v}" for k, v in paths.items()]
     subprocess.run(args, env=env, check=True)
 
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kodak", type=int, default=24)
     ap.add_argument("--crop", type=int, default=256, help="crop side for synthetic-weight models")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--version", type=int, default=VERSION, help="format version the encoders write")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--encode-to", help=argparse.SUPPRESS)
     ap.add_argument("--decode", help=argparse.SUPPRESS)
@@ -112,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(limits) - set(LIMITS):
         ap.error(f"--limits: choose from {', '.join(LIMITS)}")
     native = torch.backends.cpu.get_cpu_capability()
-    print(f"this CPU: {native}; decodes compared with the encoding process's own (identical / warned / "
-          f"refused / silent)")
+    print(f"this CPU: {native}; format version {a.version}; decodes compared with the encoding process's own "
+          f"(identical / warned / refused / silent)")
     print(f"{'model':42} {'encoded on':>10} {'decoded on':>10} " + " ".join(f"{o:>9}" for o in OUTCOMES))
     with tempfile.TemporaryDirectory() as tmp:
         for model in a.models.split(","):
