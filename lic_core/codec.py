@@ -9,12 +9,12 @@ The file format (header, CRC, stream layout) is :mod:`lic_core.bitstream`.
 y is written as three rANS streams, one per scale of the schedule (s1, s2, s3), so the actual
 bytes of each scale are known.
 
-Across devices the model is not bit-exact: a GPU and a CPU compute a scale a little differently,
-which can pick another coding table for a symbol (the rest of the stream then decodes to other
-symbols), and round the synthesis transform differently (pixels one 8-bit level apart). Format
-version 3 therefore stores a CRC-32 of the symbols and of the encoder's 8-bit image: the decoder
-refuses symbols that differ (:class:`BitstreamError`) and warns when only the image does
-(:class:`ReconstructionWarning`). Measured on an H200 against a Xeon: benchmarks/results/gpu_*.md.
+Across machines the model is not bit-exact: another CPU's vector unit or a GPU computes a scale a
+little differently, which can pick another coding table for a symbol (the rest of the stream then
+decodes to other symbols), and rounds the synthesis transform differently (pixels one 8-bit level
+apart). Format version 3 therefore stores a CRC-32 of the symbols and of the encoder's 8-bit image:
+the decoder refuses symbols that differ (:class:`BitstreamError`) and warns when only the image
+does (:class:`ReconstructionWarning`). Measured by benchmarks/cross_cpu.py and gpu_check.py.
 """
 from __future__ import annotations
 
