@@ -27,7 +27,8 @@ from .models.hpcm import CONFIGS, HPCMConfig
 
 MAGIC = b"HPCM\x89"
 # Format version -> how a y scale picks its coding table (entropy.scale_indexes). Version 1 is the
-# spec's CompressAI rule; version 2 (written by default) the nearest table in log scale.
+# spec's CompressAI rule; versions 2 and 3 the nearest table in log scale (3, written by default,
+# also carries the decoder's checks).
 INDEX_RULES = {1: "next-up", 2: "nearest", 3: "nearest"}
 VERSION = 3
 CHECKED = 3  # first version that carries the decoder's checks

@@ -119,7 +119,8 @@ def _check_image(x: Tensor) -> Tensor:
 def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: int = VERSION) -> Encoded:
     """Compress ``x`` (1, 3, H, W) in [0, 1], any H, W >= 1, with ``model`` (run in eval mode).
     ``progress(k)`` is called after each coding step k; ``version`` 1 picks y tables by the spec's
-    next-up rule, 2 (default) by the nearest scale (see :data:`INDEX_RULES`)."""
+    next-up rule, 2 and 3 by the nearest scale (see :data:`INDEX_RULES`); 3, the default, also stores
+    the decoder's checks, which costs one synthesis pass here."""
     if version not in INDEX_RULES:
         raise ValueError(f"format version must be one of {sorted(INDEX_RULES)}, got {version}")
     x = _check_image(x)
