@@ -87,13 +87,19 @@ def _image_crc(x8: Tensor) -> int:
 # -- coding -------------------------------------------------------------------------------------
 @contextmanager
 def _eval(model: HPCM) -> Iterator[None]:
-    was = model.training
+    """Eval mode without autograd, and cuDNN restricted to deterministic algorithms: PyTorch
+    documents that (transposed) convolutions on CUDA may otherwise pick nondeterministic ones,
+    and an H200 decoded images unlike the encoder's on the same GPU (benchmarks/results/
+    gpu_nvidia_h200_v3.md; whether this setting cures that is not yet measured)."""
+    was, deterministic = model.training, torch.backends.cudnn.deterministic
     model.eval()
+    torch.backends.cudnn.deterministic = True
     try:
         with torch.no_grad():
             yield
     finally:
         model.train(was)
+        torch.backends.cudnn.deterministic = deterministic
 
 
 def z_tables(model: HPCM) -> GGTables:

@@ -261,3 +261,13 @@ def test_an_image_that_differs_only_by_rounding_is_decoded_with_a_warning(tiny, 
     with pytest.warns(ReconstructionWarning):
         codec.decompress(forge(stream, checks=(sym, img ^ 1)), tiny)
 
+
+
+def test_coding_runs_cudnn_deterministic_and_restores_the_setting(tiny, stream):
+    """cuDNN may pick nondeterministic (transposed) convolutions on CUDA; the encoder and the
+    decoder ask for deterministic ones while they run and leave the caller's setting as it was."""
+    seen: list[bool] = []
+    before = torch.backends.cudnn.deterministic
+    codec.encode(tiny, image(20, 30), progress=lambda k: seen.append(torch.backends.cudnn.deterministic))
+    codec.decompress(stream, tiny, progress=lambda k: seen.append(torch.backends.cudnn.deterministic))
+    assert seen and all(seen) and torch.backends.cudnn.deterministic == before
