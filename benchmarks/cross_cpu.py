@@ -43,11 +43,13 @@ LIMITS = {
 OUTCOMES = ("identical", "warned", "refused", "silent")
 
 
-def model_of(spec: str) -> torch.nn.Module:
+def model_of(spec: str, dtype: str = "float32") -> torch.nn.Module:
     if "@" in spec:
         name, factor = spec.split("@")
-        return codec.synthetic_weights(hpcm(name), float(factor)).eval()
-    return load_checkpoint(spec).eval()
+        model = codec.synthetic_weights(hpcm(name), float(factor))
+    else:
+        model = load_checkpoint(spec)
+    return model.eval().to(getattr(torch, dtype))
 
 
 def images_of(spec: str, kodak: int, crop: int) -> dict[str, torch.Tensor]:
@@ -72,7 +74,7 @@ def worker(a: argparse.Namespace) -> int:
     """In this process's instruction set: encode to ``--encode-to`` (files and their own decode),
     decode ``--decode``'s files and write the outcomes to ``--result``."""
     torch.set_num_threads(a.threads)
-    model = model_of(a.model)
+    model = model_of(a.model, a.dtype)
     if a.encode_to:
         out = Path(a.encode_to)
         for name, x in images_of(a.model, a.kodak, a.crop).items():
@@ -90,7 +92,7 @@ def worker(a: argparse.Namespace) -> int:
 def run_worker(limit: str, model: str, a: argparse.Namespace, **paths: str) -> None:
     env = {**os.environ, **LIMITS.get(limit, {})}
     args = [sys.executable, __file__, "--worker", "--models", model, "--kodak", str(a.kodak), "--crop", str(a.crop),
-            "--threads", str(a.threads), "--version", str(a.version)] + [f"--{k.replace('_', '-')}={v}" for k, v in paths.items()]
+            "--threads", str(a.threads), "--version", str(a.version), "--dtype", a.dtype] + [f"--{k.replace('_', '-')}={v}" for k, v in paths.items()]
     subprocess.run(args, env=env, check=True)
 
 
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=256, help="crop side for synthetic-weight models")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--version", type=int, default=VERSION, help="format version the encoders write")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                    help="the models' precision on both sides (float64: far slower on a CPU)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--encode-to", help=argparse.SUPPRESS)
     ap.add_argument("--decode", help=argparse.SUPPRESS)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(limits) - set(LIMITS):
         ap.error(f"--limits: choose from {', '.join(LIMITS)}")
     native = torch.backends.cpu.get_cpu_capability()
-    print(f"this CPU: {native}; format version {a.version}; decodes compared with the encoding process's own "
+    print(f"this CPU: {native}; format version {a.version}, {a.dtype}; decodes compared with the encoding process's own "
           f"(identical / warned / refused / silent)")
     print(f"{'model':42} {'encoded on':>10} {'decoded on':>10} " + " ".join(f"{o:>9}" for o in OUTCOMES))
     with tempfile.TemporaryDirectory() as tmp:

@@ -129,7 +129,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
     the decoder's checks, which costs one synthesis pass here."""
     if version not in INDEX_RULES:
         raise ValueError(f"format version must be one of {sorted(INDEX_RULES)}, got {version}")
-    x = _check_image(x)
+    x = _check_image(x).to(model.means_hyper.dtype)  # a float64 model codes in float64
     height, width = x.shape[2:]
     with _eval(model):
         y, z = model.analysis(pad_image(x, model.cfg.pad_multiple))
@@ -202,7 +202,7 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
         zdec = ztab.decoder(streams["z"], counts["z"])
         z_sym = zdec.next(_channel_index(z_shape))
         crc = [crc_of(z_sym)]
-        z_q = z_sym.float().to(dev)
+        z_q = z_sym.to(dev, model.means_hyper.dtype)
         zdec.finish("z")
         params = model.hyper_synthesis(z_q + model.means_hyper)
         decoders = [ytab.decoder(streams[f"s{i + 1}"], counts[f"s{i + 1}"]) for i in range(3)]
@@ -212,7 +212,7 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
             idx = ytab.indexes(scales[:, mask], header.index_rule)
             sym = decoders[model.scale_of_step[k]].next(idx)
             crc[0] = crc_of(sym, crc[0])
-            q[:, mask] = sym.float().to(q.device)
+            q[:, mask] = sym.to(q.device, q.dtype)
             if progress:
                 progress(k)
             return q + means
@@ -268,7 +268,7 @@ def _check_model(model: HPCM, header: Header) -> HPCM:
 def reconstruct(model: HPCM, x: Tensor) -> Tensor:
     """The eval-mode forward reconstruction the decoder must reproduce: pad, forward, clamp,
     8-bit quantize, crop."""
-    x = _check_image(x)
+    x = _check_image(x).to(model.means_hyper.dtype)  # a float64 model codes in float64
     with _eval(model):
         x_hat = model(pad_image(x, model.cfg.pad_multiple))["x_hat"]
     return to_8bit(x_hat[:, :, : x.shape[2], : x.shape[3]])

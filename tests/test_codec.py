@@ -271,3 +271,12 @@ def test_coding_runs_cudnn_deterministic_and_restores_the_setting(tiny, stream):
     codec.encode(tiny, image(20, 30), progress=lambda k: seen.append(torch.backends.cudnn.deterministic))
     codec.decompress(stream, tiny, progress=lambda k: seen.append(torch.backends.cudnn.deterministic))
     assert seen and all(seen) and torch.backends.cudnn.deterministic == before
+
+
+def test_a_float64_model_codes_in_float64():
+    """A model moved to float64 encodes and decodes in float64 (what benchmarks/cross_cpu.py
+    --dtype float64 measures across instruction sets) and still decodes to its reconstruction."""
+    model = synthetic_weights(hpcm("tiny")).double()
+    x = image(33, 47, seed=64)
+    out = codec.decompress(codec.compress(model, x), model)
+    assert out.dtype == torch.float64 and torch.equal(out, codec.reconstruct(model, x))
