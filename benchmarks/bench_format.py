@@ -1,10 +1,14 @@
-"""What format version 3's decoder checks cost: encode and decode time of version 3 against
-version 2 on the same images, in interleaved rounds (per-round ratio, median and min-max).
+"""What a coding variant costs: encode and decode time of format versions and model precisions
+against the first variant, on the same images, in interleaved rounds (per-round ratio, median and
+min-max).
 
     python benchmarks/bench_format.py --models tiny,base --kodak 2 --crop 256 --rounds 7
+    python benchmarks/bench_format.py --models tiny --variants v3,v3-float64 --kodak 1 --crop 0 --rounds 3
 
-Version 3 adds a CRC-32 of the symbols (both sides) and of the encoder's 8-bit image, which costs
-the encoder one synthesis pass (:mod:`lic_core.codec`). Synthetic weights (no trained Base here).
+A variant is ``v<version>`` with an optional ``-float64`` (the model and the coding in float64,
+which decodes identically across instruction sets: benchmarks/cross_cpu.py). Version 3 adds a CRC-32
+of the symbols (both sides) and of the encoder's 8-bit image, which costs the encoder one synthesis
+pass (:mod:`lic_core.codec`). Synthetic weights (no trained Base here).
 """
 from __future__ import annotations
 
@@ -22,52 +26,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import per_round, spread  # noqa: E402
 
 from lic_core import codec  # noqa: E402
+from lic_core.bitstream import INDEX_RULES  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
 
-VERSIONS = (2, 3)
+
+def parse_variant(v: str) -> tuple[int, torch.dtype]:
+    version, _, dtype = v.removeprefix("v").partition("-")
+    if not version.isdigit() or int(version) not in INDEX_RULES or dtype not in ("", "float64"):
+        raise SystemExit(f"bench_format: variant {v!r} is not v<version>[-float64] with a version in {sorted(INDEX_RULES)}")
+    return int(version), torch.float64 if dtype else torch.float32
 
 
-def rounds_of(model: torch.nn.Module, images: list[torch.Tensor], rounds: int) -> dict[str, list[float]]:
-    """Seconds per round (all images) for encode and decode in each version, interleaved."""
-    t: dict[str, list[float]] = {f"{op} v{v}": [] for op in ("encode", "decode") for v in VERSIONS}
-    data = {v: [codec.encode(model, x, version=v).data for x in images] for v in VERSIONS}  # warm-up
+def rounds_of(name: str, images: list[torch.Tensor], variants: list[str], rounds: int) -> dict[str, list[float]]:
+    """Seconds per round (all images) for encode and decode of each variant, interleaved."""
+    t: dict[str, list[float]] = {f"{op} {v}": [] for op in ("encode", "decode") for v in variants}
+    models = {v: codec.synthetic_weights(hpcm(name), 0.7).eval().to(parse_variant(v)[1]) for v in variants}
+    data = {v: [codec.encode(models[v], x, version=parse_variant(v)[0]).data for x in images] for v in variants}
     for _ in range(rounds):
-        for v in VERSIONS:
+        for v in variants:
             t0 = time.perf_counter()
             for x in images:
-                codec.encode(model, x, version=v)
-            t[f"encode v{v}"].append(time.perf_counter() - t0)
+                codec.encode(models[v], x, version=parse_variant(v)[0])
+            t[f"encode {v}"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for d in data[v]:
-                codec.decompress(d, model)
-            t[f"decode v{v}"].append(time.perf_counter() - t0)
+                codec.decompress(d, models[v])
+            t[f"decode {v}"].append(time.perf_counter() - t0)
     return t
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,base")
+    ap.add_argument("--variants", default="v2,v3", help="comma list; ratios are to the first")
     ap.add_argument("--kodak", type=int, default=2, help="Kodak images per round")
     ap.add_argument("--crop", type=int, default=256, help="top-left crop side (0: whole image)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    variants = a.variants.split(",")
+    for v in variants:
+        parse_variant(v)
     torch.set_num_threads(a.threads)
     paths = sorted((datasets_root() / "kodak").glob("kodim*.png"))[: a.kodak]
     images = [load_image(p)[0] for p in paths]
     images = [x[:, :, : a.crop, : a.crop] if a.crop else x for x in images]
     print(f"{len(images)} Kodak images ({a.crop or 'whole'}), {a.rounds} rounds, {a.threads} threads; "
-          f"seconds per round (median) and v3 / v2 per round (median, min-max)")
-    print(f"{'model':6} {'encode v2':>10} {'encode v3':>10} {'v3/v2':>17} {'decode v2':>10} {'decode v3':>10} {'v3/v2':>17}")
+          f"seconds per round (median) and each variant / {variants[0]} per round (median, min-max)")
     for name in a.models.split(","):
-        t = rounds_of(codec.synthetic_weights(hpcm(name), 0.7).eval(), images, a.rounds)
-        cells = []
+        t = rounds_of(name, images, variants, a.rounds)
         for op in ("encode", "decode"):
-            v2, v3 = t[f"{op} v2"], t[f"{op} v3"]
-            cells += [f"{statistics.median(v2):10.3f}", f"{statistics.median(v3):10.3f}", f"{spread(per_round(v3, v2)):>17}"]
-        print(f"{name:6} " + " ".join(cells))
+            ref = t[f"{op} {variants[0]}"]
+            cells = [f"{v} {statistics.median(t[f'{op} {v}']):.3f} s" + ("" if v == variants[0] else
+                     f", {spread(per_round(t[f'{op} {v}'], ref))}") for v in variants]
+            print(f"{name:6} {op}: " + "; ".join(cells))
     return 0
 
 
