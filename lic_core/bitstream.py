@@ -4,16 +4,18 @@ File layout (big-endian)::
 
     magic "HPCM\\x89"  | version u8 (1: y tables picked next-up, 2 and 3: nearest) | config length u16 |
     config (compact JSON) | height u32 | width u32 | stream lengths 4 x u32 (z, s1, s2, s3) |
-    [version 3: symbols CRC-32 u32 | image CRC-32 u32] | CRC-32 u32 | streams
+    [version 3: symbols CRC-32 u32 | image CRC-32 u32 | coding precision u8 (32 or 64)] | CRC-32 u32 |
+    streams
 
 The last CRC covers every other byte of the file, so corruption is reported before any decoding. It
 is not a signature: a crafted file passes it, so every header field is range-checked here (the model
 config by :class:`~lic_core.models.hpcm.HPCMConfig`, the image size against ``max_pixels``).
 
 Version 3 adds what the decoder checks its result against: a CRC-32 of every coded symbol (z, then
-y in coding order, as int32) and one of the encoder's own 8-bit reconstruction. A learned codec is
-not bit-exact across devices: a scale computed a little differently picks another coding table and
-the symbols go wrong, and the synthesis transform rounds differently (see :mod:`lic_core.codec`).
+y in coding order, as int32) and one of the encoder's own 8-bit reconstruction, and the precision
+the model ran in (the decoder must use the same). A learned codec is not bit-exact across devices: a
+scale computed a little differently picks another coding table and the symbols go wrong, and the
+synthesis transform rounds differently (see :mod:`lic_core.codec`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ VERSION = 3
 CHECKED = 3  # first version that carries the decoder's checks
 STREAMS = ("z", "s1", "s2", "s3")
 _SIZES = struct.Struct(">II4I")  # height, width, 4 stream lengths
-_CHECKS = struct.Struct(">II")  # CRC-32 of the symbols, of the encoder's 8-bit image
+_CHECKS = struct.Struct(">IIB")  # CRC-32 of the symbols, of the encoder's 8-bit image; precision bits
+PRECISIONS = (32, 64)  # float32, float64
 _CRC = struct.Struct(">I")
 _PREFIX = struct.Struct(f">{len(MAGIC)}sBH")  # magic, version, config length
 MAX_SIDE = 1 << 16  # pixels per side this format accepts
@@ -55,6 +58,7 @@ class Header:
     header_bytes: int
     index_rule: str = INDEX_RULES[VERSION]
     checks: tuple[int, int] | None = None  # version 3: CRC-32 of the symbols, of the image
+    precision: int = 32  # bits of the floats the model coded in (version 3; earlier: 32)
 
 
 def config_json(cfg: HPCMConfig) -> bytes:
@@ -84,16 +88,19 @@ def parse_config(raw: bytes) -> HPCMConfig:
         raise BitstreamError(f"bad model config in header: {e}") from None
 
 
-def pack(cfg: HPCMConfig, height: int, width: int, streams: dict[str, bytes],
-         version: int = VERSION, checks: tuple[int, int] | None = None) -> tuple[bytes, int]:
-    """The file bytes and the header size; ``checks`` (symbols and image CRC-32) from version 3."""
+def pack(cfg: HPCMConfig, height: int, width: int, streams: dict[str, bytes], version: int = VERSION,
+         checks: tuple[int, int] | None = None, precision: int = 32) -> tuple[bytes, int]:
+    """The file bytes and the header size; ``checks`` (symbols and image CRC-32) and a
+    ``precision`` other than 32 from version 3."""
     if (checks is not None) != (version >= CHECKED):
         raise ValueError(f"format version {version} {'needs' if version >= CHECKED else 'has no'} checks")
+    if precision not in PRECISIONS or (precision != 32 and version < CHECKED):
+        raise ValueError(f"format version {version} cannot record {precision}-bit coding")
     raw = config_json(cfg)
     lengths = [len(streams[k]) for k in STREAMS]
     body = b"".join(streams[k] for k in STREAMS)
     prefix = (_PREFIX.pack(MAGIC, version, len(raw)) + raw + _SIZES.pack(height, width, *lengths)
-              + (_CHECKS.pack(*checks) if checks is not None else b""))
+              + (_CHECKS.pack(*checks, precision) if checks is not None else b""))
     crc = zlib.crc32(body, zlib.crc32(prefix))
     return prefix + _CRC.pack(crc) + body, len(prefix) + _CRC.size
 
@@ -117,7 +124,7 @@ def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
     if len(data) < size:
         raise BitstreamError(f"truncated: {len(data)} bytes, the header alone needs {size}")
     height, width, *lengths = _SIZES.unpack_from(data, at)
-    checks = _CHECKS.unpack_from(data, at + _SIZES.size) if version >= CHECKED else None
+    *checks, precision = _CHECKS.unpack_from(data, at + _SIZES.size) if version >= CHECKED else (32,)
     (crc,) = _CRC.unpack_from(data, size - _CRC.size)
     total = size + sum(lengths)
     if len(data) != total:
@@ -130,8 +137,11 @@ def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
     if height * width > max_pixels:
         raise BitstreamError(f"image size {width}x{height} is over {max_pixels:,} pixels "
                              f"(raise max_pixels, --max-pixels, to decode it)")
+    if precision not in PRECISIONS:
+        raise BitstreamError(f"coding precision {precision} bits is not one of {PRECISIONS}")
     cfg = parse_config(data[_PREFIX.size : _PREFIX.size + n_cfg])
-    return Header(cfg, height, width, dict(zip(STREAMS, lengths)), size, INDEX_RULES[version], checks)
+    return Header(cfg, height, width, dict(zip(STREAMS, lengths)), size, INDEX_RULES[version],
+                  tuple(checks) or None, precision)
 
 
 def split_streams(data: bytes, header: Header) -> dict[str, bytes]:

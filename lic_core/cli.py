@@ -57,12 +57,17 @@ def _compress(argv: list[str] | None) -> int:
     ap.add_argument("--model", choices=sorted(CONFIGS), help="config (default base, or the checkpoint's)")
     ap.add_argument("--checkpoint", help="our checkpoint or the authors' .pth.tar")
     ap.add_argument("--verify", action="store_true", help="decode the file again: PSNR and decode time")
+    ap.add_argument("--float64", action="store_true",
+                    help="code in float64: the file then decoded identically on other CPUs where float32 files "
+                         "did not (benchmarks/cross_cpu.py); about 2.5-3x the time")
     a = ap.parse_args(argv)
     check_output(a.output)
     x, notes = load_image(a.input)
     for note in notes:
         print(f"note: {note}")
     model = _model(a.model, a.checkpoint)
+    if a.float64:
+        model = model.double()
     h, w = x.shape[2:]
     with _bar("encode") as bar:
         t0 = time.perf_counter()
@@ -71,7 +76,8 @@ def _compress(argv: list[str] | None) -> int:
     write_bytes_atomic(a.output, enc.data)
     est = sum(enc.estimated_bits.values())
     streams = ", ".join(f"{k} {v}" for k, v in enc.stream_bytes.items())
-    print(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}]")
+    print(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}"
+          f"{', float64' if a.float64 else ''}]")
     print(f"streams (bytes): header {enc.header_bytes}, {streams}; estimate {est / 8:,.0f} bytes")
     print(f"encode {t_enc:.2f} s")
     if a.verify:

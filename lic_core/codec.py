@@ -18,6 +18,7 @@ does (:class:`ReconstructionWarning`). Measured by benchmarks/cross_cpu.py and g
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 import zlib
@@ -32,6 +33,8 @@ from torch import Tensor
 
 from .bitstream import (CHECKED, INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, config_json, pack,
                         read_header, split_streams)
+
+DTYPES = {32: torch.float32, 64: torch.float64}  # a file's coding precision (bits) -> the model's dtype
 from .entropy import SCALE_BOUND, GGTables
 from .errors import BitstreamError, ReconstructionWarning
 from .models.hpcm import HPCM, build, count_parameters
@@ -129,6 +132,9 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
     the decoder's checks, which costs one synthesis pass here."""
     if version not in INDEX_RULES:
         raise ValueError(f"format version must be one of {sorted(INDEX_RULES)}, got {version}")
+    precision = {v: k for k, v in DTYPES.items()}.get(model.means_hyper.dtype)
+    if precision is None:
+        raise ValueError(f"a model codes in float32 or float64, not {model.means_hyper.dtype}")
     x = _check_image(x).to(model.means_hyper.dtype)  # a float64 model codes in float64
     height, width = x.shape[2:]
     with _eval(model):
@@ -161,7 +167,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
     for s, enc in enumerate(encoders):
         streams[f"s{s + 1}"] = enc.flush()
         bits[f"s{s + 1}"] = scale_bits[s]
-    data, header_bytes = pack(model.cfg, height, width, streams, version, checks)
+    data, header_bytes = pack(model.cfg, height, width, streams, version, checks, precision)
     sizes = {k: len(v) for k, v in streams.items()}
     return Encoded(data, sizes, header_bytes, height, width, bits)
 
@@ -188,6 +194,8 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
     do raises a :class:`ReconstructionWarning`."""
     header = read_header(data, max_pixels)
     model = model_for(header) if model is None else _check_model(model, header)
+    if model.means_hyper.dtype != DTYPES[header.precision]:  # decode in the file's precision
+        model = copy.deepcopy(model).to(DTYPES[header.precision])
     streams = split_streams(bytes(data), header)
     p = model.cfg.pad_multiple
     hp, wp = -(-header.height // p) * p, -(-header.width // p) * p

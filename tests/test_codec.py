@@ -121,7 +121,7 @@ def stream(tiny) -> bytes:
 
 def forge(stream: bytes, version: int = bitstream.VERSION, config: bytes | None = None, height: int | None = None,
           streams: dict[str, bytes] | None = None, width: int | None = None,
-          checks: tuple[int, int] | None = None) -> bytes:
+          checks: tuple[int, int] | None = None, precision: int | None = None) -> bytes:
     """Rebuild a bitstream with edited fields and a valid CRC, so the edit gets past the CRC."""
     hdr = bitstream.read_header(stream)
     streams = {**bitstream.split_streams(stream, hdr), **(streams or {})}
@@ -130,7 +130,8 @@ def forge(stream: bytes, version: int = bitstream.VERSION, config: bytes | None 
     prefix = bitstream._PREFIX.pack(bitstream.MAGIC, version, len(raw)) + raw + struct.pack(
         ">II4I", hdr.height if height is None else height, hdr.width if width is None else width,
         *(len(streams[k]) for k in bitstream.STREAMS)
-    ) + (struct.pack(">II", *(hdr.checks if checks is None else checks)) if version >= bitstream.CHECKED else b"")
+    ) + (struct.pack(">IIB", *(hdr.checks if checks is None else checks), hdr.precision if precision is None else precision)
+         if version >= bitstream.CHECKED else b"")
     return prefix + struct.pack(">I", zlib.crc32(body, zlib.crc32(prefix))) + body
 
 
@@ -185,6 +186,7 @@ def test_foreign_bytes(tiny):
         ({"config": b"\xff\xfe"}, "config"),
         ({"height": 0}, "size"),
         ({"height": 1 << 20}, "size"),
+        ({"precision": 16}, "precision 16 bits"),
     ],
 )
 def test_header_fields_checked_behind_a_valid_crc(stream, fields, match):
@@ -273,10 +275,21 @@ def test_coding_runs_cudnn_deterministic_and_restores_the_setting(tiny, stream):
     assert seen and all(seen) and torch.backends.cudnn.deterministic == before
 
 
-def test_a_float64_model_codes_in_float64():
-    """A model moved to float64 encodes and decodes in float64 (what benchmarks/cross_cpu.py
-    --dtype float64 measures across instruction sets) and still decodes to its reconstruction."""
+def test_a_float64_model_codes_in_float64_and_the_file_says_so(tiny):
+    """A model moved to float64 codes in float64 (the files benchmarks/cross_cpu.py found to decode
+    identically across instruction sets); the header records it, and a float32 model decodes such
+    a file through a float64 copy of itself (and the other way round), leaving the given model as
+    it was."""
     model = synthetic_weights(hpcm("tiny")).double()
     x = image(33, 47, seed=64)
-    out = codec.decompress(codec.compress(model, x), model)
-    assert out.dtype == torch.float64 and torch.equal(out, codec.reconstruct(model, x))
+    data = codec.compress(model, x)
+    assert bitstream.read_header(data).precision == 64 and bitstream.read_header(codec.compress(tiny, x)).precision == 32
+    ref = codec.reconstruct(model, x)
+    for decoder in (model, tiny):  # the same weights in float64 and in float32
+        assert torch.equal(codec.decompress(data, decoder).float(), ref.float())
+    assert tiny.means_hyper.dtype == torch.float32
+    assert torch.equal(codec.decompress(codec.compress(tiny, x), model).float(), codec.reconstruct(tiny, x))
+    with pytest.raises(ValueError, match="cannot record 64-bit"):
+        codec.encode(model, x, version=2)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        codec.encode(synthetic_weights(hpcm("tiny")).half(), x)

@@ -124,3 +124,13 @@ def test_every_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys, monkey
     assert decompress_main([str(tmp_path / "o.hpcm"), str(tmp_path / "o.png"), "--reference",
                             str(tmp_path / "other.png")]) == 2
     assert "17x16" in _error_line(capsys) and not (tmp_path / "o.png").exists()
+
+
+def test_float64_files_from_the_command_line(tmp_path, capsys):
+    """``compress --float64`` writes a file coded in float64; ``decompress`` needs no flag for it."""
+    Image.new("RGB", (24, 16), (10, 200, 60)).save(tmp_path / "in.png")
+    assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "a.hpcm"), "--model", "tiny", "--float64"]) == 0
+    assert "float64" in capsys.readouterr().out
+    assert decompress_main([str(tmp_path / "a.hpcm"), str(tmp_path / "o.png")]) == 0
+    x, _ = load_image(tmp_path / "in.png")
+    assert torch.equal(load_image(tmp_path / "o.png")[0], codec.reconstruct(hpcm("tiny").double(), x).float())
