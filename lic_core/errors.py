@@ -28,7 +28,7 @@ class BitstreamError(LicError):
 
 class ReconstructionWarning(UserWarning):
     """A decoded image that differs from the encoder's own reconstruction although every symbol
-    decoded right: the synthesis transform rounded differently here (another kind of device)."""
+    decoded right: the synthesis transform rounded differently here (another CPU or kind of device)."""
 
 
 class CheckpointError(LicError):
