@@ -96,7 +96,8 @@ def worker(a: argparse.Namespace) -> int:
 def run_worker(limit: str, model: str, a: argparse.Namespace, **paths: str) -> None:
     env = {**os.environ, **LIMITS.get(limit, {})}
     args = [sys.executable, __file__, "--worker", "--models", model, "--kodak", str(a.kodak), "--crop", str(a.crop),
-            "--threads", str(a.threads), "--version", str(a.version), "--dtype", a.dtype] + [f"--{k.replace('_', '-')}={v}" for k, v in paths.items()]
+            "--threads", str(a.threads), "--version", str(a.version), "--dtype", a.dtype]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in paths.items()]
     subprocess.run(args, env=env, check=True)
 
 
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(limits) - set(LIMITS):
         ap.error(f"--limits: choose from {', '.join(LIMITS)}")
     native = torch.backends.cpu.get_cpu_capability()
-    print(f"this CPU: {native}; format version {a.version}, {a.dtype}; decodes compared with the encoding process's own "
-          f"(identical / warned / refused / silent)")
+    print(f"this CPU: {native}; format version {a.version}, {a.dtype}; decodes compared with the encoding "
+          f"process's own (identical / warned / refused / silent)")
     print(f"{'model':42} {'encoded on':>10} {'decoded on':>10} " + " ".join(f"{o:>9}" for o in OUTCOMES))
     with tempfile.TemporaryDirectory() as tmp:
         for model in a.models.split(","):
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                            result=str(d / f"{limit}-decodes-native.json"))
                 run_worker("", model, a, decode=str(d / limit), result=str(d / f"native-decodes-{limit}.json"))
                 capped = json.loads((d / f"{limit}-decodes-native.json").read_text())["capability"]
-                for src, dst, f in ((native, capped, f"{limit}-decodes-native"), (capped, native, f"native-decodes-{limit}")):
+                for src, dst, f in ((native, capped, f"{limit}-decodes-native"),
+                                    (capped, native, f"native-decodes-{limit}")):
                     got = list(json.loads((d / f"{f}.json").read_text())["images"].values())
                     print(f"{model[-42:]:42} {src:>10} {dst:>10} " + " ".join(f"{got.count(o):9d}" for o in OUTCOMES),
                           flush=True)

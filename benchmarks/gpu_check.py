@@ -1,5 +1,6 @@
 """One prepared run on a lent GPU (issue 17): HPCM-Base training speed options, Kodak encode /
-decode time, cross-device decoding (float32 and float64 files), tiny-model throughput. Writes ``benchmarks/results/gpu_<card>.md``.
+decode time, cross-device decoding (float32 and float64 files), tiny-model throughput. Writes
+``benchmarks/results/gpu_<card>.md``.
 
     python benchmarks/gpu_check.py                          # on CUDA, sized to finish in < 10 min
     python benchmarks/gpu_check.py --device cpu --smoke     # the same code path at smoke sizes (CI)

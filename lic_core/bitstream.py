@@ -88,14 +88,19 @@ def parse_config(raw: bytes) -> HPCMConfig:
         raise BitstreamError(f"bad model config in header: {e}") from None
 
 
+def check_precision(version: int, precision: int) -> None:
+    """Raise ValueError unless format ``version`` can record ``precision``-bit coding."""
+    if precision not in PRECISIONS or (precision != 32 and version < CHECKED):
+        raise ValueError(f"format version {version} cannot record {precision}-bit coding")
+
+
 def pack(cfg: HPCMConfig, height: int, width: int, streams: dict[str, bytes], version: int = VERSION,
          checks: tuple[int, int] | None = None, precision: int = 32) -> tuple[bytes, int]:
     """The file bytes and the header size; ``checks`` (symbols and image CRC-32) and a
     ``precision`` other than 32 from version 3."""
     if (checks is not None) != (version >= CHECKED):
         raise ValueError(f"format version {version} {'needs' if version >= CHECKED else 'has no'} checks")
-    if precision not in PRECISIONS or (precision != 32 and version < CHECKED):
-        raise ValueError(f"format version {version} cannot record {precision}-bit coding")
+    check_precision(version, precision)
     raw = config_json(cfg)
     lengths = [len(streams[k]) for k in STREAMS]
     body = b"".join(streams[k] for k in STREAMS)

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bitstream import (CHECKED, INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, config_json, pack,
-                        read_header, split_streams)
+from .bitstream import (CHECKED, INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, check_precision, config_json,
+                        pack, read_header, split_streams)
 
 DTYPES = {32: torch.float32, 64: torch.float64}  # a file's coding precision (bits) -> the model's dtype
 from .entropy import SCALE_BOUND, GGTables
@@ -135,6 +135,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
     precision = {v: k for k, v in DTYPES.items()}.get(model.means_hyper.dtype)
     if precision is None:
         raise ValueError(f"a model codes in float32 or float64, not {model.means_hyper.dtype}")
+    check_precision(version, precision)  # before the work, not after it
     x = _check_image(x).to(model.means_hyper.dtype)  # a float64 model codes in float64
     height, width = x.shape[2:]
     with _eval(model):
