@@ -58,8 +58,8 @@ def _compress(argv: list[str] | None) -> int:
     ap.add_argument("--checkpoint", help="our checkpoint or the authors' .pth.tar")
     ap.add_argument("--verify", action="store_true", help="decode the file again: PSNR and decode time")
     ap.add_argument("--float64", action="store_true",
-                    help="code in float64: the file then decoded identically on other CPUs where float32 files "
-                         "did not (benchmarks/cross_cpu.py); about 2.5-3x the time")
+                    help="code in float64: with the shipped tiny models such files decoded identically on other "
+                         "CPUs where float32 files did not (benchmarks/cross_cpu.py); about 2.5-3x the time")
     a = ap.parse_args(argv)
     check_output(a.output)
     x, notes = load_image(a.input)
