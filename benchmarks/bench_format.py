@@ -42,13 +42,14 @@ def parse_variant(v: str) -> tuple[int, torch.dtype]:
 def rounds_of(name: str, images: list[torch.Tensor], variants: list[str], rounds: int) -> dict[str, list[float]]:
     """Seconds per round (all images) for encode and decode of each variant, interleaved."""
     t: dict[str, list[float]] = {f"{op} {v}": [] for op in ("encode", "decode") for v in variants}
+    version = {v: parse_variant(v)[0] for v in variants}
     models = {v: codec.synthetic_weights(hpcm(name), 0.7).eval().to(parse_variant(v)[1]) for v in variants}
-    data = {v: [codec.encode(models[v], x, version=parse_variant(v)[0]).data for x in images] for v in variants}
+    data = {v: [codec.encode(models[v], x, version=version[v]).data for x in images] for v in variants}
     for _ in range(rounds):
         for v in variants:
             t0 = time.perf_counter()
             for x in images:
-                codec.encode(models[v], x, version=parse_variant(v)[0])
+                codec.encode(models[v], x, version=version[v])
             t[f"encode {v}"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for d in data[v]:

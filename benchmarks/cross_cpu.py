@@ -84,7 +84,7 @@ def worker(a: argparse.Namespace) -> int:
         for name, x in images_of(a.model, a.kodak, a.crop).items():
             data = codec.encode(model, x, version=a.version).data
             (out / f"{name}.hpcm").write_bytes(data)
-            torch.save((codec.decompress(data, model) * 255).round().to(torch.uint8), out / f"{name}.pt")
+            torch.save(_levels(codec.decompress(data, model)), out / f"{name}.pt")
     if a.decode:
         src = Path(a.decode)
         got = {f.stem: decode_outcome(f.read_bytes(), model, torch.load(src / f"{f.stem}.pt").float() / 255)
