@@ -17,7 +17,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "anchors": ("lic_core.anchors:main", "classical codecs (JPEG, WebP, ...) over a quality sweep"),
     "datasets": ("lic_core.datasets:main", "list / check / download the test sets (Kodak, CLIC, Tecnick)"),
     "sweep": ("lic_core.sweep:main", "expand a grid YAML into papermill jobs and run them"),
-    "experiment": ("lic_core.experiment:main", "the Balanced R-D on HPCM experiment: train / finetune / evaluate / report"),
     "toy": ("lic_core.toy:main", "the Balanced R-D toy problem (conformance trajectory as CSV)"),
     "conformance": ("lic_core.conformance:main", "differences from the reference data (HPCM, entropy model, toy)"),
     "demo": ("lic_core.demo:main", "the short end-to-end demo (tiny HPCM on CPU)"),

@@ -23,7 +23,7 @@ from lic_core.paths import REPO
 
 MANIFEST = "SHA256SUMS"
 INDEX = "index.json"
-SHIPPED = REPO / "checkpoints" / "tiny"  # the tiny-HPCM models of the study (sweeps/studies/tiny.yaml)
+SHIPPED = REPO / "checkpoints" / "tiny"  # the tiny-HPCM models of the study (studies/tiny/study.yaml)
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:

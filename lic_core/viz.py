@@ -282,3 +282,31 @@ def save_table(df: pd.DataFrame, name: str, folder: str | Path = "figures", digi
     folder.mkdir(parents=True, exist_ok=True)
     out = {".tex": table_latex(df, digits, caption, f"tab:{name}"), ".md": table_markdown(df, digits)}
     return [write_file(folder / f"{name}{ext}", text) for ext, text in out.items()]
+
+
+def bd_bars_ci(summary: pd.DataFrame, method: str = "pchip", xlabel: str = "BD-rate [%]",
+               band: tuple[float, float] | None = None, band_label: str = "") -> Figure:
+    """Mean BD-rate per comparison with its confidence interval as error bars and each replicate
+    as a dot; ``summary`` has columns test, anchor, method, mean, low, high and ``seed <k>`` per
+    replicate. ``band`` shades a range (e.g. an expected gain) labelled ``band_label``."""
+    rows = summary[summary["method"] == method]
+    rows = rows[rows["mean"].notna()].reset_index(drop=True)  # an undefined value gets no bar
+    if rows.empty:
+        raise LicError(f"bd_bars_ci: no defined BD-rate for method {method!r}")
+    house_style()
+    fig, ax = plt.subplots(figsize=SIZES["column"])
+    y = np.arange(len(rows))
+    err = np.array([rows["mean"] - rows["low"], rows["high"] - rows["mean"]])
+    ax.barh(y, rows["mean"], xerr=np.nan_to_num(err), capsize=3, color="C0", alpha=0.7)
+    for i, r in rows.iterrows():
+        vals = [r[c] for c in rows.columns if str(c).startswith("seed ")]
+        ax.plot(vals, [i] * len(vals), "k.", markersize=4)
+    ax.axvline(0, color="black", linewidth=0.8)
+    if band is not None:
+        ax.axvspan(*band, color="C2", alpha=0.12, label=band_label or None)
+        if band_label:
+            ax.legend(fontsize="x-small", loc="best")
+    ax.set_yticks(y, [f"{t} vs {a}" for t, a in zip(rows["test"], rows["anchor"])])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{xlabel} ({method})")
+    return fig

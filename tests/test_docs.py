@@ -50,13 +50,14 @@ def _block(text: str, name: str) -> str:
 def test_results_blocks_regenerate_from_committed_files(name, tmp_path):
     """Each report block of RESULTS.md is what its documented command writes from the committed
     files alone (no weights, no test images): commit the files and the block together."""
-    from lic_core import experiment, study
+    from studies import scratch_sweep as experiment
+    from studies import trunk_branch as study
 
     results = tmp_path / "RESULTS.md"
     results.write_text((REPO / "RESULTS.md").read_text())
     if name == "experiment_cpu":
-        spec = experiment.load_protocol(REPO / "sweeps" / "experiment_cpu.yaml", {}, {}, "")
+        spec = experiment.load_protocol(REPO / "studies" / "scratch_600" / "cpu.yaml", {}, {}, "")
         experiment.report(spec, results, tmp_path / "fig")
     else:
-        study.report(study.load_study(REPO / "sweeps" / "studies" / "tiny.yaml", REPO), results, tmp_path / "fig")
+        study.report(study.load_study(REPO / "studies" / "tiny" / "study.yaml", REPO), results, tmp_path / "fig")
     assert _block(results.read_text(), name) == _block((REPO / "RESULTS.md").read_text(), name)

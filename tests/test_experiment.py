@@ -1,4 +1,4 @@
-"""Issue 7 protocol and analysis (lic_core.experiment): statistics, sweep building from fake run
+"""Issue 7 protocol and analysis (studies.scratch_sweep): statistics, sweep building from fake run
 folders, the RESULTS.md writer on synthetic curves. No training here: the run folders are written
 the way notebook 01 / 04 leave them (config.yaml, checkpoints/, metrics.jsonl) with synthetic
 numbers; one test codes a real (untrained) checkpoint on one Kodak crop."""
@@ -15,11 +15,11 @@ import pytest
 import yaml
 from scipy import stats
 
-from lic_core import experiment as ex
+from studies import scratch_sweep as ex
 from lic_core.errors import ConfigError, LicError
 from lic_core.paths import REPO
 
-CPU_YAML = REPO / "sweeps" / "experiment_cpu.yaml"
+CPU_YAML = REPO / "studies" / "scratch_600" / "cpu.yaml"
 STEP_TIME = {"standard": 0.25, "balanced": 0.325, "hierarchical": 0.44, "qp": 0.45}
 TASKS = {"balanced": ("D", "bpp"), "hierarchical": ("D", "R_z", "R_s1", "R_s2", "R_s3"), "qp": ("D", "bpp")}
 
@@ -148,9 +148,9 @@ def _parameters_cell(notebook: str) -> set[str]:
     return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
 
 
-@pytest.mark.parametrize("name", ["experiment_cpu", "experiment_gpu"])
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
 def test_protocol_yaml_same_for_every_mode(name):
-    spec = ex.load_protocol(REPO / "sweeps" / f"{name}.yaml")
+    spec = ex.load_protocol(REPO / "studies" / "scratch_600" / f"{name}.yaml")
     jobs = spec.expand()
     assert len(jobs) == 12 and {j.parameters["lmbda"] for j in jobs} == {0.0035, 0.0067, 0.013, 0.025}
     assert {j.parameters["seed"] for j in jobs} == {0, 1, 2}

@@ -2,7 +2,7 @@
 
 The experiment is two papermill sweeps and an analysis:
 
-1. ``train``: a sweep YAML over notebook 01 (``sweeps/experiment_cpu.yaml``, ``..._gpu.yaml``);
+1. ``train``: a sweep YAML over notebook 01 (``studies/scratch_600/cpu.yaml``, ``..._gpu.yaml``);
    every job trains ``standard`` (Adam), ``balanced`` (Solution 1, FAMO + Cautious Adam) and
    ``hierarchical`` (K = 5) at one (λ, seed) with identical data order, steps, batch, patch and
    lr schedule.
@@ -20,7 +20,7 @@ The experiment is two papermill sweeps and an analysis:
    Student-t interval over seeds, wall time per step from ``metrics.jsonl``, per-scale rates,
    figures, and the experiment's block of ``RESULTS.md``.
 
-``python -m lic_core.experiment {train,finetune,evaluate,report,all} --sweep FILE.yaml``.
+``python -m studies.scratch_sweep {train,finetune,evaluate,report,all} --sweep FILE.yaml``.
 """
 from __future__ import annotations
 
@@ -46,8 +46,10 @@ from lic_core.atomic import write_file
 from lic_core.config import parse_yaml
 from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
+from lic_core.stats import Interval, mean_ci
+from lic_core.tables import write_results
 from lic_core.training.logging import METRICS_FILE
-from lic_core.sweep import SweepSpec, load_sweep, run_sweep, spec_from_dict, summarize, sweep_results
+from lic_core.sweep import SweepSpec, load_sweep, read_manifest, run_sweep, spec_from_dict, summarize, sweep_results
 
 TRAIN_MODES = ("standard", "balanced", "hierarchical")
 ANCHOR = "standard"
@@ -177,13 +179,24 @@ def experiment_runs(spec: SweepSpec, settings: Finetune = Finetune()) -> pd.Data
     frames[0] = frames[0][frames[0]["stage"] == "train"]
     if (dirs["finetune"] / "manifest.json").is_file():
         try:
-            ft_jobs = [j.name for j in finetune_spec(spec, settings, partial=True).expand()]
+            expected = [_job_key(j.parameters, spec) for j in finetune_spec(spec, settings, partial=True).expand()]
         except LicError:
-            ft_jobs = []
+            expected = []
+        done = sweep_results(dirs["finetune"])
+        ft_jobs = [name for name, params in read_manifest(dirs["finetune"])["jobs"].items()
+                   if name in done.index and _job_key(params["parameters"], spec) in expected]
         ft = collect_runs(dirs["finetune"], ft_jobs)
         frames.append(ft[ft["stage"] == "finetune"])
     runs = pd.concat(frames, ignore_index=True)
     return runs[runs["checkpoint"].notna()].reset_index(drop=True)
+
+
+def _job_key(params: Mapping[str, Any], spec: SweepSpec) -> str:
+    """A fine-tune job's identity: its parameters, with ``init`` taken from the train sweep's folder
+    name on (the folder the train sweep ran in may have moved since; its jobs did not change)."""
+    init = str(params.get("init", ""))
+    tail = init.split(f"{spec.output.name}/", 1)[-1]
+    return json.dumps({**params, "init": tail}, sort_keys=True)
 
 
 def _portable(path: Path) -> str:
@@ -344,35 +357,6 @@ def evaluate_experiment(spec: SweepSpec, dataset: str | Path = "kodak", limit: i
 # ------------------------------------------------------------------------------------ statistics
 
 
-@dataclass(frozen=True)
-class Interval:
-    """Mean of the finite values and its two-sided Student-t confidence interval."""
-
-    mean: float
-    std: float
-    n: int
-    low: float
-    high: float
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
-    """Mean, sample std (ddof 1) and ``level`` t-interval over the finite values (NaN = a seed
-    whose BD-rate is undefined: left out and not counted in ``n``); fewer than 2 -> NaN bounds."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    n = len(v)
-    if n == 0:
-        return Interval(math.nan, math.nan, 0, math.nan, math.nan)
-    mean = float(v.mean())
-    if n < 2:
-        return Interval(mean, math.nan, 1, math.nan, math.nan)
-    std = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
-    return Interval(mean, std, n, mean - half, mean + half)
-
-
 def bd_per_seed(curves: Mapping[tuple[str, str, int], dict], anchor: tuple[str, str],
                 tests: Sequence[tuple[str, str]], methods: Sequence[str] = METHODS,
                 metric: str = "psnr-rgb") -> pd.DataFrame:
@@ -498,33 +482,6 @@ def mean_curves(pts: pd.DataFrame, stage: str) -> list[dict]:
 # ------------------------------------------------------------------------------------ figures
 
 
-def bd_bars_ci(summary: pd.DataFrame, method: str = "pchip", xlabel: str = "BD-rate [%]"):
-    """Mean BD-rate per mode with its confidence interval as error bars and each seed as a dot."""
-    import matplotlib.pyplot as plt
-
-    from lic_core import viz
-
-    rows = summary[summary["method"] == method]
-    rows = rows[rows["mean"].notna()].reset_index(drop=True)  # an undefined value gets no bar
-    if rows.empty:
-        raise LicError(f"bd_bars_ci: no defined BD-rate for method {method!r}")
-    viz.house_style()
-    fig, ax = plt.subplots(figsize=viz.SIZES["column"])
-    y = np.arange(len(rows))
-    err = np.array([rows["mean"] - rows["low"], rows["high"] - rows["mean"]])
-    ax.barh(y, rows["mean"], xerr=np.nan_to_num(err), capsize=3, color="C0", alpha=0.7)
-    for i, r in rows.iterrows():
-        vals = [r[c] for c in rows.columns if str(c).startswith("seed ")]
-        ax.plot(vals, [i] * len(vals), "k.", markersize=4)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.axvspan(*EXPECTED, color="C2", alpha=0.12, label="expected 2-5% gain")
-    ax.set_yticks(y, [f"{t} vs {a}" for t, a in zip(rows["test"], rows["anchor"])])
-    ax.invert_yaxis()
-    ax.set(xlabel=f"{xlabel} ({method})")
-    ax.legend(fontsize="x-small", loc="best")
-    return fig
-
-
 def _histories(runs: pd.DataFrame) -> pd.DataFrame:
     from lic_core.training.logging import load_history
 
@@ -548,7 +505,7 @@ def write_figures(runs: pd.DataFrame, pts: pd.DataFrame, summary: pd.DataFrame, 
     for stage in sorted(set(pts["stage"])):
         save(viz.rd_curves(mean_curves(pts, stage), title=f"{stage} (mean over seeds)"), f"rd_{stage}")
     if not summary.empty and summary.loc[summary["method"] == method, "mean"].notna().any():
-        save(bd_bars_ci(summary, method), "bd_rate_ci")
+        save(viz.bd_bars_ci(summary, method, band=EXPECTED, band_label="expected 2-5% gain"), "bd_rate_ci")
     lambdas = sorted(set(runs["lmbda"]))
     pick = runs[(runs["lmbda"] == lambdas[len(lambdas) // 2]) & (runs["seed"] == runs["seed"].min())]
     for stage, weighted in (("train", ("balanced", "hierarchical")), ("finetune", ("qp", "balanced"))):
@@ -563,25 +520,6 @@ def write_figures(runs: pd.DataFrame, pts: pd.DataFrame, summary: pd.DataFrame, 
 
 
 # ------------------------------------------------------------------------------------ RESULTS.md
-
-
-def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- BEGIN experiment:{name} -->", f"<!-- END experiment:{name} -->"
-
-
-def write_results(path: str | Path, name: str, body: str) -> Path:
-    """Replace the block of experiment ``name`` in ``path`` (appended when absent); everything
-    else in the file is kept as is."""
-    path = Path(path)
-    begin, end = _markers(name)
-    text = path.read_text() if path.is_file() else ""
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if text.count(begin) > 1:
-        raise LicError(f"{path} holds the block {begin} more than once; fix the file by hand")
-    text = pattern.sub(lambda _: block, text) if begin in text else f"{text.rstrip()}\n\n{block}\n".lstrip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_file(path, text if text.endswith("\n") else text + "\n")
 
 
 def _bd_table_md(summary: pd.DataFrame) -> str:
@@ -689,10 +627,10 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
 
 @command("experiment")
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lic_core.experiment STAGE --sweep FILE.yaml``; exit 0 when the stage completed."""
-    ap = argparse.ArgumentParser(prog="python -m lic_core.experiment", description=__doc__.split("\n")[0])
+    """``python -m studies.scratch_sweep STAGE --sweep FILE.yaml``; exit 0 when the stage completed."""
+    ap = argparse.ArgumentParser(prog="python -m studies.scratch_sweep", description=__doc__.split("\n")[0])
     ap.add_argument("stage", choices=("train", "finetune", "evaluate", "report", "all"))
-    ap.add_argument("--sweep", required=True, help="train sweep YAML (sweeps/experiment_cpu.yaml)")
+    ap.add_argument("--sweep", required=True, help="train sweep YAML (studies/scratch_600/cpu.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="K=V", help="override a fixed parameter")
     ap.add_argument("--grid", action="append", default=[], metavar="K=V1,V2", help="override a grid axis")
     ap.add_argument("--output", default="", help="train sweep folder (default: the YAML's)")

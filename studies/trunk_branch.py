@@ -16,7 +16,7 @@ to the ``store`` folder with a SHA-256 manifest, so that a new machine continues
 Run folders (training state, ``metrics.jsonl``) live under ``out``. Every run records the commit of
 the code that trained it (``study.json``).
 
-    python -m lic_core.study run --study sweeps/studies/tiny.yaml --stage trunk --jobs 2
+    python -m studies.trunk_branch run --study studies/tiny/study.yaml --stage trunk --jobs 2
 """
 from __future__ import annotations
 
@@ -40,11 +40,14 @@ from lic_core.config import dataclass_from, read_yaml
 from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
 from lic_core.provenance import commit, cpu_name
+from lic_core.stats import mean_ci
 from lic_core.store import export, is_store, read_index, verify_store
+from lic_core.tables import write_results
 from lic_core.training import checkpoint as ckpt
 from lic_core.training.logging import load_history
 
 STAGES = ("trunk", "branch", "compare", "evaluate", "scratch")
+EXPECTED = (-5.0, -2.0)  # the project plan's expectation: a 2-5 % BD-rate gain (drawn as a band)
 
 
 # ------------------------------------------------------------------------------------ protocol
@@ -102,7 +105,7 @@ class ScratchSpec:
 
 @dataclass
 class Study:
-    """One study, read from YAML (``sweeps/studies/tiny.yaml``); paths are relative to ``root``."""
+    """One study, read from YAML (``studies/tiny/study.yaml``); paths are relative to ``root``."""
 
     name: str = "study"
     out: str = "papermill_runs/study"
@@ -580,7 +583,6 @@ def summarize(st: Study, rows: list[dict[str, Any]], samples: int = 1000) -> lis
     """Per (comparison, method): mean and 95 % t-interval over the defined values, and the paired
     image bootstrap of the mean (over the pairs whose value is defined)."""
     from lic_core.bdrate import paired_bootstrap
-    from lic_core.experiment import mean_ci
 
     out = []
     for test, anchor in comparisons(st):
@@ -605,7 +607,6 @@ def gap_summary(st: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per comparison: each block's mean point-wise gap (dB at equal rate, % at equal PSNR; the
     measure that stays defined where the curves overlap too little for a BD-rate), then the mean
     and 95 % t-interval over the blocks. A block with no point inside the anchor's range gives none."""
-    from lic_core.experiment import mean_ci
 
     out = []
     first = rows[0]["method"] if rows else None
@@ -729,7 +730,6 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
 def report(st: Study, results: Path, figures: Path | None = None, samples: int = 1000) -> Path:
     """Write the study's block into ``results`` (RESULTS.md) and its figures."""
     from lic_core import viz
-    from lic_core.experiment import bd_bars_ci, write_results
 
     body, summary, _ = report_markdown(st, samples)
     if figures is not None and summary:
@@ -746,7 +746,8 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
         table = pd.DataFrame([{**r, "low": r["t_low"], "high": r["t_high"],
                                **{f"seed {i}": v for i, v in enumerate(r["values"])}} for r in summary])
         if table.loc[table["method"] == "pchip", "mean"].notna().any():
-            viz.save_figure(bd_bars_ci(table, "pchip"), "bd_rate_ci", figures)
+            viz.save_figure(viz.bd_bars_ci(table, "pchip", band=EXPECTED, band_label="expected 2-5% gain"),
+                            "bd_rate_ci", figures)
         body += f"\nFigures: `{os.path.relpath(figures, results.parent)}` (R-D curves: the mean over the evaluated blocks; BD bars: defined values only).\n"
     return write_results(results, st.name, body)
 
@@ -788,26 +789,9 @@ def finished_runs(st: Study) -> list[Path]:
             if t.fn is not run_evaluate and finished(st, t) and (st.out_dir / t.name / "study.json").is_file()]
 
 
-def committable(st: Study) -> list[Path]:
-    """The compact outputs worth committing: the store (weights, manifest, index); of every
-    finished run, ``config.yaml``, ``metrics.jsonl`` and ``study.json``; the curve summaries and
-    every per-image file that holds all test images (not one still being written)."""
-    from lic_core.evaluation import stored
-
-    keep = [p for p in st.store_dir.glob("*") if p.is_file() and not p.name.startswith(".")]
-    for run in finished_runs(st):
-        keep += [run / f for f in ("config.yaml", "metrics.jsonl", "study.json") if (run / f).is_file()]
-    eval_dir, keys = st.out_dir / "eval", test_keys(st)
-    for p in sorted(eval_dir.glob("*.json")):
-        name = p.name.removesuffix(".images.json")
-        if name == p.name or (keys is not None and stored(eval_dir, name, keys) is not None):
-            keep.append(p)
-    return keep
-
-
 @command("study")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lic_core.study", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m studies.trunk_branch", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train a stage (and what it needs); resumes")
     r.add_argument("--study", required=True)
@@ -815,12 +799,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--jobs", type=int, default=None, help="processes side by side (default: the study's jobs)")
     r.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the study's)")
     r.add_argument("--root", default=".", help="folder the study's relative paths start at")
-    for name, text in (("status", "state of every run of a stage"),
-                       ("files", "the compact outputs to commit, one path a line")):
-        c = sub.add_parser(name, help=text)
-        c.add_argument("--study", required=True)
-        c.add_argument("--stage", choices=STAGES, default="evaluate")
-        c.add_argument("--root", default=".")
+    c = sub.add_parser("status", help="state of every run of a stage")
+    c.add_argument("--study", required=True)
+    c.add_argument("--stage", choices=STAGES, default="evaluate")
+    c.add_argument("--root", default=".")
     fin = sub.add_parser("finish-trunks", help="export every unfinished trunk at its latest checkpoint now "
                          "(stop the run first; its meta records why)")
     fin.add_argument("--study", required=True)
@@ -835,11 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="check a store folder against its SHA-256 manifest")
     v.add_argument("folder")
     args = ap.parse_args(argv)
-    if args.cmd in ("status", "files"):
+    if args.cmd == "status":
         st = load_study(args.study, args.root)
-        if args.cmd == "files":
-            print("\n".join(str(p) for p in committable(st)))
-            return 0
         import pandas as pd
 
         print(pd.DataFrame(status(st, args.stage)).to_string(index=False))
