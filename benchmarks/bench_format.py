@@ -8,7 +8,7 @@ min-max).
 A variant is ``v<version>`` with an optional ``-float64`` (the model and the coding in float64,
 which decodes identically across instruction sets: benchmarks/cross_cpu.py). Version 3 adds a CRC-32
 of the symbols (both sides) and of the encoder's 8-bit image, which costs the encoder one synthesis
-pass (:mod:`lic_core.codec`). Synthetic weights (no trained Base here).
+pass (:mod:`lic_core.coding.codec`). Synthetic weights (no trained Base here).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_model import per_round, spread  # noqa: E402
 
-from lic_core import codec  # noqa: E402
-from lic_core.bitstream import INDEX_RULES  # noqa: E402
+from lic_core.coding import codec  # noqa: E402
+from lic_core.coding.bitstream import INDEX_RULES  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402

@@ -40,10 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lic_core import codec  # noqa: E402
+from lic_core.coding import codec  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.config import OptimConfig  # noqa: E402
-from lic_core.losses import distortion  # noqa: E402
+from lic_core.training.losses import distortion  # noqa: E402
 from lic_core.models.authors import authors_name  # noqa: E402
 from lic_core.provenance import commit, cpu_name  # noqa: E402
 from lic_core.models.blocks import Conv1x1  # noqa: E402

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lic_core.config import LossConfig, OptimConfig  # noqa: E402
-from lic_core.losses import task_losses  # noqa: E402
+from lic_core.training.losses import task_losses  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.optim import CautiousAdam, QPWeighting, TaskWeighting  # noqa: E402
 from lic_core.training.engine import compiler_missing, make_optimizer  # noqa: E402

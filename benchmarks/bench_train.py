@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's lic_core, as the runs use
 
 from lic_core.config import PRESETS, TrainConfig  # noqa: E402
-from lic_core.data import train_loader  # noqa: E402
+from lic_core.training.data import train_loader  # noqa: E402
 from lic_core.provenance import commit, cpu_name  # noqa: E402
 from lic_core.training.engine import Trainer, as_config, cpu_bf16  # noqa: E402
 from lic_core.training.logging import load_history  # noqa: E402

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lic_core import codec  # noqa: E402
-from lic_core.bitstream import VERSION  # noqa: E402
+from lic_core.coding import codec  # noqa: E402
+from lic_core.coding.bitstream import VERSION  # noqa: E402
 from lic_core.errors import BitstreamError, ReconstructionWarning  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402

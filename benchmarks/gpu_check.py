@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import per_round, spread  # noqa: E402
 from bench_train import MODES, SPEED, make_trainer  # noqa: E402
 
-from lic_core import codec  # noqa: E402
+from lic_core.coding import codec  # noqa: E402
 from lic_core.atomic import write_file  # noqa: E402
-from lic_core.data import train_loader  # noqa: E402
+from lic_core.training.data import train_loader  # noqa: E402
 from lic_core.errors import LicError, ReconstructionWarning  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402

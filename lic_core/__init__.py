@@ -21,19 +21,19 @@ _API: dict[str, str] = {
     "HPCMConfig": "lic_core.models.hpcm",
     "save_checkpoint": "lic_core.models.hpcm",
     "load_checkpoint": "lic_core.models.loading",
-    "encode": "lic_core.codec",
-    "compress": "lic_core.codec",
-    "decompress": "lic_core.codec",
+    "encode": "lic_core.coding.codec",
+    "compress": "lic_core.coding.codec",
+    "decompress": "lic_core.coding.codec",
     "CautiousAdam": "lic_core.optim",
     "TaskWeighting": "lic_core.optim",
     "QPWeighting": "lic_core.optim",
     "TrainConfig": "lic_core.config",
     "train": "lic_core.training.engine",  # the function; the package is lic_core.training
     "load_history": "lic_core.training.logging",
-    "evaluate": "lic_core.evaluation",  # the function; the module is lic_core.evaluation
-    "bd_table": "lic_core.bdrate",
-    "run_sweep": "lic_core.sweep",
-    "sweep_results": "lic_core.sweep",
+    "evaluate": "lic_core.analysis.evaluation",  # the function; the module is lic_core.analysis.evaluation
+    "bd_table": "lic_core.analysis.bdrate",
+    "run_sweep": "lic_core.workbench.sweep",
+    "sweep_results": "lic_core.workbench.sweep",
 }
 __all__ = sorted(_API)
 

@@ -12,14 +12,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("lic_core.cli:compress_main", "image -> bitstream file"),
     "decompress": ("lic_core.cli:decompress_main", "bitstream file -> PNG"),
     "train": ("lic_core.training.engine:main", "train from a YAML config (--set k=v overrides)"),
-    "eval": ("lic_core.evaluation:main", "real-bitstream evaluation of checkpoints on an image folder"),
-    "bdrate": ("lic_core.bdrate:main", "BD-rate / BD-PSNR tables against an anchor"),
-    "anchors": ("lic_core.anchors:main", "classical codecs (JPEG, WebP, ...) over a quality sweep"),
+    "eval": ("lic_core.analysis.evaluation:main", "real-bitstream evaluation of checkpoints on an image folder"),
+    "bdrate": ("lic_core.analysis.bdrate:main", "BD-rate / BD-PSNR tables against an anchor"),
+    "anchors": ("lic_core.analysis.anchors:main", "classical codecs (JPEG, WebP, ...) over a quality sweep"),
     "datasets": ("lic_core.datasets:main", "list / check / download the test sets (Kodak, CLIC, Tecnick)"),
-    "sweep": ("lic_core.sweep:main", "expand a grid YAML into papermill jobs and run them"),
-    "toy": ("lic_core.toy:main", "the Balanced R-D toy problem (conformance trajectory as CSV)"),
-    "conformance": ("lic_core.conformance:main", "differences from the reference data (HPCM, entropy model, toy)"),
-    "demo": ("lic_core.demo:main", "the short end-to-end demo (tiny HPCM on CPU)"),
+    "sweep": ("lic_core.workbench.sweep:main", "expand a grid YAML into papermill jobs and run them"),
+    "toy": ("lic_core.optim.toy:main", "the Balanced R-D toy problem (conformance trajectory as CSV)"),
+    "conformance": ("lic_core.models.conformance:main", "differences from the reference data (HPCM, entropy model, toy)"),
+    "demo": ("lic_core.workbench.demo:main", "the short end-to-end demo (tiny HPCM on CPU)"),
 }
 
 

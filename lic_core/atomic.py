@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .errors import OutputError
+from lic_core.errors import OutputError
 
 
 def _umask() -> int:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import bitstream, codec
-from .atomic import check_output
-from .errors import LicError, ReconstructionWarning, command
-from .metrics import psnr
-from .imageio import load_image, save_png, write_bytes_atomic
-from .models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel
-from .models.loading import load_checkpoint
+from lic_core.coding import bitstream, codec
+from lic_core.atomic import check_output
+from lic_core.errors import LicError, ReconstructionWarning, command
+from lic_core.analysis.metrics import psnr
+from lic_core.imageio import load_image, save_png, write_bytes_atomic
+from lic_core.models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel
+from lic_core.models.loading import load_checkpoint
 
 N_STEPS = 11
 

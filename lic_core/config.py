@@ -18,7 +18,7 @@ from typing import Any, Union
 import yaml
 
 from lic_core.errors import ConfigError
-from lic_core.losses import TASKS as TASK_NAMES
+from lic_core.training.losses import TASKS as TASK_NAMES
 from lic_core.paths import datasets_root
 
 MODES = ("standard", "balanced", "hierarchical", "qp")

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lic_core.atomic import write_file
-from lic_core.data import list_images
+from lic_core.training.data import list_images
 from lic_core.errors import DatasetError, command
 from lic_core.paths import datasets_root
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .atomic import write_file as write_bytes_atomic
-from .errors import ImageError
+from lic_core.atomic import write_file as write_bytes_atomic
+from lic_core.errors import ImageError
 
 # Pillow modes converted to RGB, and the note that says so.
 _MODE_NOTES = {

@@ -14,7 +14,7 @@ The experiment is two papermill sweeps and an analysis:
    (Solution 1 from the same warm start: separates "FAMO from scratch" from "FAMO at all") and,
    as the control, ``standard`` Adam for the same steps. Output: ``<train output>-finetune``.
 3. ``evaluate``: every final checkpoint on all images of the test set with real bitstreams
-   (:func:`lic_core.evaluation.evaluate`), one R-D curve per (stage, mode, seed), into
+   (:func:`lic_core.analysis.evaluation.evaluate`), one R-D curve per (stage, mode, seed), into
    ``<train output>-eval/<stage>/``.
 4. ``report``: BD-rate of each mode against ``standard`` per seed (pchip and cubic), mean and 95 %
    Student-t interval over seeds, wall time per step from ``metrics.jsonl``, per-scale rates,
@@ -46,10 +46,10 @@ from lic_core.atomic import write_file
 from lic_core.config import parse_yaml
 from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
-from lic_core.stats import Interval, mean_ci
-from lic_core.tables import write_results
+from lic_core.analysis.stats import Interval, mean_ci
+from lic_core.analysis.tables import write_results
 from lic_core.training.logging import METRICS_FILE
-from lic_core.sweep import SweepSpec, load_sweep, read_manifest, run_sweep, spec_from_dict, summarize, sweep_results
+from lic_core.workbench.sweep import SweepSpec, load_sweep, read_manifest, run_sweep, spec_from_dict, summarize, sweep_results
 
 TRAIN_MODES = ("standard", "balanced", "hierarchical")
 ANCHOR = "standard"
@@ -263,7 +263,7 @@ def curve_name(stage: str, mode: str, seed: int) -> str:
 def _evaluate_curve(ckpts: list[str], dataset: str, out: str, limit: int, crop: int, name: str,
                     progress: bool, threads: int) -> dict:
     """One curve (a worker process's unit of work when curves are evaluated side by side)."""
-    from lic_core.evaluation import evaluate
+    from lic_core.analysis.evaluation import evaluate
 
     if threads > 0:
         import torch
@@ -275,7 +275,7 @@ def _evaluate_curve(ckpts: list[str], dataset: str, out: str, limit: int, crop: 
 def evaluate_runs(runs: pd.DataFrame, out: str | Path, dataset: str | Path = "kodak", limit: int = 0,
                   crop: int = 0, progress: bool = True, jobs: int = 1,
                   threads: int = 0) -> dict[tuple[str, str, int], dict]:
-    """Real-bitstream evaluation (:func:`lic_core.evaluation.evaluate`) of every run's checkpoint,
+    """Real-bitstream evaluation (:func:`lic_core.analysis.evaluation.evaluate`) of every run's checkpoint,
     one curve per (stage, mode, seed) over its λ, written to ``out/<stage>/<curve>.json``;
     per-image results resume where an interrupted evaluation stopped. ``jobs`` > 1 evaluates that
     many curves side by side in worker processes with ``threads`` torch threads each."""
@@ -321,7 +321,7 @@ def load_curves(runs: pd.DataFrame, out: str | Path) -> dict[tuple[str, str, int
 def _names(ckpts: Sequence[Any]) -> list[str]:
     """Checkpoints as evaluations name them (``<run>-<stem>``): the same on every machine, unlike
     the absolute paths a curve file records."""
-    from lic_core.evaluation import model_names
+    from lic_core.analysis.evaluation import model_names
 
     return model_names([str(c) for c in ckpts])
 
@@ -362,7 +362,7 @@ def bd_per_seed(curves: Mapping[tuple[str, str, int], dict], anchor: tuple[str, 
                 metric: str = "psnr-rgb") -> pd.DataFrame:
     """BD-rate (%) and BD-quality of each ``(stage, mode)`` in ``tests`` against ``anchor`` within
     each seed: one row per (test, seed, method); an undefined value is NaN with its reason."""
-    from lic_core.bdrate import bd_table
+    from lic_core.analysis.bdrate import bd_table
 
     rows = []
     for seed in sorted({s for _, _, s in curves}):
@@ -495,7 +495,7 @@ def write_figures(runs: pd.DataFrame, pts: pd.DataFrame, summary: pd.DataFrame, 
                   method: str = "pchip") -> dict[str, Path]:
     """R-D curves per stage, BD-rate bars with intervals, task weights and per-scale rates over
     training (the middle λ, the first seed); returns ``{figure: png path}``."""
-    from lic_core import viz
+    from lic_core.analysis import viz
 
     made: dict[str, Path] = {}
 
@@ -523,7 +523,7 @@ def write_figures(runs: pd.DataFrame, pts: pd.DataFrame, summary: pd.DataFrame, 
 
 
 def _bd_table_md(summary: pd.DataFrame) -> str:
-    from lic_core import tables
+    from lic_core.analysis import tables
 
     df = summary.copy()
     df.index = [f"{t} vs {a} ({m})" for t, a, m in zip(df["test"], df["anchor"], df["method"])]
@@ -538,7 +538,7 @@ def report_markdown(spec: SweepSpec, runs: pd.DataFrame, curves: Mapping, per_se
                     results_path: Path, settings: Finetune = Finetune(), method: str = "pchip") -> str:
     """The experiment's block of RESULTS.md: set-up, BD-rate with intervals and plain verdicts,
     notes on undefined values, R-D points, per-scale rates, time per step, figures."""
-    from lic_core import tables
+    from lic_core.analysis import tables
 
     p = spec.expand()[0].parameters
     pts = points(curves, runs)

@@ -40,9 +40,9 @@ from lic_core.config import dataclass_from, read_yaml
 from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
 from lic_core.provenance import commit, cpu_name
-from lic_core.stats import mean_ci
-from lic_core.store import export, is_store, read_index, verify_store
-from lic_core.tables import write_results
+from lic_core.analysis.stats import mean_ci
+from lic_core.workbench.store import export, is_store, read_index, verify_store
+from lic_core.analysis.tables import write_results
 from lic_core.training import checkpoint as ckpt
 from lic_core.training.logging import load_history
 
@@ -388,7 +388,7 @@ def curve_name(arm: str, seed: int, ft_seed: int | None) -> str:
 
 def point_name(path: Path) -> str:
     """The evaluation name of one checkpoint (``<run>-step_<n>`` for a run's checkpoint)."""
-    from lic_core.evaluation import model_names
+    from lic_core.analysis.evaluation import model_names
 
     return model_names([str(path)])[0]
 
@@ -415,9 +415,9 @@ def point_result(st: Study, path: Path) -> dict[str, Any] | None:
 
 @lru_cache(maxsize=1024)
 def _stored(folder: str, name: str, keys: tuple[str, ...], mtime_ns: int) -> dict[str, Any] | None:
-    """:func:`lic_core.evaluation.stored`, read once per version of the file (the report and
+    """:func:`lic_core.analysis.evaluation.stored`, read once per version of the file (the report and
     ``status`` ask for every point several times)."""
-    from lic_core.evaluation import stored
+    from lic_core.analysis.evaluation import stored
 
     return stored(Path(folder), name, keys)
 
@@ -426,7 +426,7 @@ def evaluate_point(st: Study, path: Path) -> dict[str, Any]:
     """Real-bitstream evaluation of one checkpoint on the full test images (resumes per image; a
     complete result stands for a checkpoint that is gone)."""
     from lic_core.datasets import resolve
-    from lic_core.evaluation import evaluate_model
+    from lic_core.analysis.evaluation import evaluate_model
 
     return evaluate_model(str(path), resolve(st.path(st.test_dir))[1], st.out_dir / "eval",
                           name=point_name(path), progress=False)
@@ -435,7 +435,7 @@ def evaluate_point(st: Study, path: Path) -> dict[str, Any]:
 def run_evaluate(st: Study, arm: str, seed: int, ft_seed: int | None) -> Path:
     """Real-bitstream evaluation of one curve on the full test images (per-image files resume; a
     point whose weights are gone is represented by its complete per-image file)."""
-    from lic_core.evaluation import evaluate
+    from lic_core.analysis.evaluation import evaluate
 
     name = curve_name(arm, seed, ft_seed)
     evaluate([str(p) for p in curve_checkpoints(st, arm, seed, ft_seed)], st.path(st.test_dir),
@@ -515,8 +515,8 @@ def run_stage(st: Study, stage: str, jobs: int | None = None) -> dict[str, str]:
 
 
 def load_image_curve(st: Study, arm: str, seed: int, ft_seed: int | None) -> Any:
-    """Per-image R-D points of one evaluated curve (:class:`lic_core.bdrate.ImageCurve`)."""
-    from lic_core.bdrate import image_curve
+    """Per-image R-D points of one evaluated curve (:class:`lic_core.analysis.bdrate.ImageCurve`)."""
+    from lic_core.analysis.bdrate import image_curve
 
     files = [st.out_dir / "eval" / f"{point_name(p)}.images.json" for p in curve_checkpoints(st, arm, seed, ft_seed)]
     if not evaluated(st, arm, seed, ft_seed):
@@ -565,7 +565,7 @@ def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
             among: list[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
     """One row per (comparison, trunk seed, fine-tune seed, method): strict BD-rate or NaN + reason;
     over the blocks ``among`` (default: all of them)."""
-    from lic_core.bdrate import bd_rate_or_nan, quality_gaps, rate_gaps
+    from lic_core.analysis.bdrate import bd_rate_or_nan, quality_gaps, rate_gaps
 
     rows = []
     for test, anchor in comparisons(st):
@@ -582,7 +582,7 @@ def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
 def summarize(st: Study, rows: list[dict[str, Any]], samples: int = 1000) -> list[dict[str, Any]]:
     """Per (comparison, method): mean and 95 % t-interval over the defined values, and the paired
     image bootstrap of the mean (over the pairs whose value is defined)."""
-    from lic_core.bdrate import paired_bootstrap
+    from lic_core.analysis.bdrate import paired_bootstrap
 
     out = []
     for test, anchor in comparisons(st):
@@ -729,7 +729,7 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
 
 def report(st: Study, results: Path, figures: Path | None = None, samples: int = 1000) -> Path:
     """Write the study's block into ``results`` (RESULTS.md) and its figures."""
-    from lic_core import viz
+    from lic_core.analysis import viz
 
     body, summary, _ = report_markdown(st, samples)
     if figures is not None and summary:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lic_core import anchors, metrics
+from lic_core.analysis import anchors, metrics
 from lic_core.errors import LicError
 from lic_core.imageio import read_rgb
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from lic_core import toy
+from lic_core.optim import toy
 
 RTOL = 1e-6
 

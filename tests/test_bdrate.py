@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.interpolate import PchipInterpolator
 
-from lic_core import bdrate
+from lic_core.analysis import bdrate
 from lic_core.errors import LicError
 
 # The three cases of bjontegaard's README / example_usage.py (ffmpeg libx265 presets). The README

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from lic_core import codec
+from lic_core.coding import codec
 from lic_core.models.loading import load_checkpoint
 from lic_core.paths import REPO
 from lic_core.training.engine import cpu_bf16

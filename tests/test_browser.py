@@ -56,7 +56,7 @@ def tiny_runs(kodak_dir: Path, wikiphotos_dir: Path) -> Path:
     """Fresh checkpoints of the tiny model at two λ for notebooks 05 and 06: two Adam steps at a
     large learning rate already give the two λ different bitstreams (kodim01, crop 128: 1.6 vs
     3.5 to 4.1 bpp in our runs), in about 20 s instead of the minutes real training takes."""
-    from lic_core import workbook
+    from lic_core.workbench import workbook
 
     root = RUNS / "tiny"
     shutil.rmtree(root, ignore_errors=True)

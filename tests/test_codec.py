@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lic_core import bitstream, codec
-from lic_core.codec import synthetic_weights
+from lic_core.coding import bitstream, codec
+from lic_core.coding.codec import synthetic_weights
 from lic_core.errors import BitstreamError, ReconstructionWarning
 from lic_core.imageio import load_image
 from lic_core.models.hpcm import CONFIGS, hpcm

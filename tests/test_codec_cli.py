@@ -9,7 +9,7 @@ import sys
 import torch
 from PIL import Image
 
-from lic_core import codec
+from lic_core.coding import codec
 from lic_core.cli import compress_main, decompress_main, info_main
 from lic_core.imageio import load_image
 from lic_core.models.hpcm import count_parameters, hpcm

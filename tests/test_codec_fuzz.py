@@ -16,9 +16,9 @@ import warnings
 import pytest
 import torch
 
-from lic_core import bitstream, codec
+from lic_core.coding import bitstream, codec
 from lic_core.cli import decompress_main
-from lic_core.codec import synthetic_weights
+from lic_core.coding.codec import synthetic_weights
 from lic_core.errors import BitstreamError, ReconstructionWarning
 from lic_core.models.hpcm import LIMITS, hpcm
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import gennorm
 
-from lic_core.entropy import (
+from lic_core.coding.entropy import (
     MAX_SYMBOL,
     GeneralizedGaussian,
     GGTables,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lic_core import evaluation
+from lic_core.analysis import evaluation
 from lic_core.errors import LicError
 
 CROP = 64  # tiny pads to 128: the codec's padding path is exercised too

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jupyter_client.manager import KernelManager
 
-from lic_core.notebooks import ENCRYPTION
+from lic_core.workbench.notebooks import ENCRYPTION
 from lic_core.paths import REPO
 
 NOTEBOOKS = REPO / "notebooks"

@@ -65,7 +65,7 @@ def test_no_import_cycles():
 
 
 def test_api_names_are_the_functions_they_advertise():
-    import lic_core.evaluation  # noqa: F401  (submodules imported first must not shadow the API)
+    import lic_core.analysis.evaluation  # noqa: F401  (submodules imported first must not shadow the API)
     import lic_core.training.engine  # noqa: F401
 
     for name in lic_core.__all__:
@@ -73,4 +73,4 @@ def test_api_names_are_the_functions_they_advertise():
         assert callable(obj) and not isinstance(obj, type(lic_core)), name
     from lic_core import evaluate, train
 
-    assert train.__module__ == "lic_core.training.engine" and evaluate.__module__ == "lic_core.evaluation"
+    assert train.__module__ == "lic_core.training.engine" and evaluate.__module__ == "lic_core.analysis.evaluation"

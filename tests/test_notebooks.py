@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lic_core.notebooks import execute
+from lic_core.workbench.notebooks import execute
 from lic_core.paths import REPO
 
 
@@ -38,7 +38,7 @@ def figures(folder: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory) -> Path:
     """A checkpoint store like the shipped one (two standard tiny models, SHA-256 manifest)."""
-    from lic_core import store
+    from lic_core.workbench import store
     from lic_core.models.hpcm import hpcm, save_checkpoint
 
     folder = tmp_path_factory.mktemp("store")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from lic_core import store, workbook
+from lic_core.workbench import store, workbook
 from lic_core.errors import ConfigError, LicError
 from lic_core.models.hpcm import hpcm, save_checkpoint
 from lic_core.models.loading import load_checkpoint

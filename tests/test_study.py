@@ -13,9 +13,9 @@ import torch
 import yaml
 from PIL import Image
 
-from lic_core import store
+from lic_core.workbench import store
 from studies import trunk_branch as study
-from lic_core.bdrate import ImageCurve, bd_rate_or_nan, paired_bootstrap
+from lic_core.analysis.bdrate import ImageCurve, bd_rate_or_nan, paired_bootstrap
 from lic_core.config import PRESETS
 from lic_core.errors import ConfigError
 from lic_core.models.loading import load_checkpoint
@@ -195,7 +195,7 @@ def test_strict_bd_rate_and_paired_bootstrap():
 def test_quality_gaps_at_equal_rate():
     """A test curve 0.1 dB above the anchor at the anchor's own rates lies +0.1 dB above it; a point
     outside the anchor's rate range is left out, not extrapolated."""
-    from lic_core.bdrate import Curve, quality_gaps
+    from lic_core.analysis.bdrate import Curve, quality_gaps
 
     a = Curve("a", np.array([0.1, 0.2, 0.4, 0.8]), np.array([25.0, 27.0, 28.5, 29.5]), "psnr-rgb")
     up = Curve("t", a.bpp, a.quality + 0.1, "psnr-rgb")
@@ -207,7 +207,7 @@ def test_quality_gaps_at_equal_rate():
 def test_rate_gaps_at_equal_quality():
     """A test curve with 5 % fewer bits at the anchor's own qualities is -5 % at every point; a point
     outside the anchor's quality range is left out; a non-monotone anchor gives no gaps."""
-    from lic_core.bdrate import Curve, rate_gaps
+    from lic_core.analysis.bdrate import Curve, rate_gaps
 
     a = Curve("a", np.array([0.1, 0.2, 0.4, 0.8]), np.array([25.0, 27.0, 28.5, 29.5]), "psnr-rgb")
     assert rate_gaps(a, Curve("t", a.bpp * 0.95, a.quality, "psnr-rgb")) == pytest.approx([-5.0] * 4)

@@ -1,4 +1,4 @@
-"""Sweeps (lic_core.sweep): expansion, naming, papermill execution, manifest, re-runs after a
+"""Sweeps (lic_core.workbench.sweep): expansion, naming, papermill execution, manifest, re-runs after a
 failure and after a SIGKILL, the submitit path. Notebook: tests/data/sweep_job.ipynb (arithmetic
 on ``a``/``b``, ``fail`` raises, ``wait_for`` waits for a file, metrics.json into ``run_dir``)."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 from lic_core.errors import ConfigError
 from lic_core.paths import REPO
-from lic_core.sweep import (_claim, _manifest, _prepare, _process_alive, job_name, load_sweep,
+from lic_core.workbench.sweep import (_claim, _manifest, _prepare, _process_alive, job_name, load_sweep,
                             main, read_manifest, run_sweep, spec_from_dict, sweep_results)
 
 NOTEBOOK = Path(__file__).parent / "data" / "sweep_job.ipynb"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lic_core.data import (CenterCropFolder, ImageFolder, StepBatchSampler, list_images, load_test_set,
+from lic_core.training.data import (CenterCropFolder, ImageFolder, StepBatchSampler, list_images, load_test_set,
                            train_loader)
 from lic_core.errors import ConfigError
 

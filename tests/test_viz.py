@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from lic_core import bdrate, tables, viz
+from lic_core.analysis import bdrate, tables, viz
 from lic_core.errors import LicError
 
 

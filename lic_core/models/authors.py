@@ -4,7 +4,7 @@
 The mapping is strict: every authors' parameter must map onto one of ours with the same shape,
 except the ten learnable vectors ``adaptive_params_list.*``, which early releases did not register
 and which default to ones. The authors' coding-table buffers are accepted and ignored (our tables
-are built by :mod:`lic_core.entropy`).
+are built by :mod:`lic_core.coding.entropy`).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
-from .hpcm import CONFIGS, HPCM, HPCMConfig, build, load_strict
+from lic_core.errors import CheckpointError
+from lic_core.models.hpcm import CONFIGS, HPCM, HPCMConfig, build, load_strict
 
 AUTHORS_BUFFERS = frozenset({
     "scale_table", "quantized_cdf_z", "cdf_length_z", "offset_z", "quantized_cdf_y",

@@ -17,11 +17,11 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..entropy import GeneralizedGaussian, round_ste, uniform_noise
-from ..errors import CheckpointError, ConfigError
-from ..atomic import write_atomic
-from .blocks import Conv1x1, PConvRB, SpatialPrior, WindowCrossAttention, down, transform, up
-from .schedule import N_ADAPTORS, N_QUANT, SCALE_OF_STEP, STEPS, Geometry, geometry
+from lic_core.coding.entropy import GeneralizedGaussian, round_ste, uniform_noise
+from lic_core.errors import CheckpointError, ConfigError
+from lic_core.atomic import write_atomic
+from lic_core.models.blocks import Conv1x1, PConvRB, SpatialPrior, WindowCrossAttention, down, transform, up
+from lic_core.models.schedule import N_ADAPTORS, N_QUANT, SCALE_OF_STEP, STEPS, Geometry, geometry
 
 CodeStep = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 # Accepted ranges of HPCMConfig's integer fields: wide enough for any published size, narrow enough

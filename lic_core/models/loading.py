@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .authors import load_authors_checkpoint
-from .hpcm import HPCM, from_checkpoint, read_checkpoint
+from lic_core.models.authors import load_authors_checkpoint
+from lic_core.models.hpcm import HPCM, from_checkpoint, read_checkpoint
 
 
 def load_checkpoint(path: str | os.PathLike) -> HPCM:

@@ -1,7 +1,17 @@
 """Training engine: ``train(cfg) -> RunResult`` for notebooks and sweeps, ``load_history(run_dir)``
 to read a run's metrics, ``python -m lic_core train --config FILE [--set k=v ...]`` on the command
-line (also under ``torchrun``)."""
-from lic_core.training.engine import RunResult, Trainer, train
-from lic_core.training.logging import load_history
+line (also under ``torchrun``). Names are imported on first use, so that ``lic_core.config`` can
+read the loss registry (``training.losses``) without loading the engine."""
+from __future__ import annotations
 
-__all__ = ["train", "RunResult", "Trainer", "load_history"]
+import importlib
+from typing import Any
+
+_API = {"train": "engine", "RunResult": "engine", "Trainer": "engine", "load_history": "logging"}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'lic_core.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lic_core.training.{_API[name]}"), name)

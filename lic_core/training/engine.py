@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lic_core import losses, metrics
+from lic_core.training import losses
+
+from lic_core.analysis import metrics
 from lic_core.config import COMPILE_MIN_STEPS, OptimConfig, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
-from lic_core.data import load_test_set, train_loader
+from lic_core.training.data import load_test_set, train_loader
 from lic_core.errors import ConfigError, command
 from lic_core.models.hpcm import HPCM, build, read_checkpoint
 from lic_core.optim import CautiousAdam

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from lic_core import losses
+from lic_core.training import losses
 from lic_core.config import TrainConfig, as_list
 from lic_core.optim import TaskWeighting, gamma_schedule, solve_qp
 from lic_core.optim.balance import EPS_D

@@ -174,7 +174,7 @@ class JupyterLab:
             target = settings / f"{plugin}.jupyterlab-settings"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(values))
-        # Kernels import this checkout, as in lic_core.sweep's papermill jobs (not another install).
+        # Kernels import this checkout, as in lic_core.workbench.sweep's papermill jobs (not another install).
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
         return env
 

@@ -5,7 +5,7 @@ The encoder and the decoder both run :meth:`HPCM.context_model`, the loop ``forw
 what the eval-mode forward computed: the decoded image is its reconstruction, clamped to [0, 1]
 and quantized to 8 bits.
 
-The file format (header, CRC, stream layout) is :mod:`lic_core.bitstream`.
+The file format (header, CRC, stream layout) is :mod:`lic_core.coding.bitstream`.
 y is written as three rANS streams, one per scale of the schedule (s1, s2, s3), so the actual
 bytes of each scale are known.
 
@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bitstream import (CHECKED, INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, check_precision, config_json,
+from lic_core.coding.bitstream import (CHECKED, INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, check_precision, config_json,
                         pack, read_header, split_streams)
 
 DTYPES = {32: torch.float32, 64: torch.float64}  # a file's coding precision (bits) -> the model's dtype
-from .entropy import SCALE_BOUND, GGTables
-from .errors import BitstreamError, ReconstructionWarning
-from .models.hpcm import HPCM, build, count_parameters
+from lic_core.coding.entropy import SCALE_BOUND, GGTables
+from lic_core.errors import BitstreamError, ReconstructionWarning
+from lic_core.models.hpcm import HPCM, build, count_parameters
 
 MAX_MODEL_PARAMETERS = 200_000_000  # a header-built model beyond this is refused (HPCM-Large: ~90M)
 Progress = Callable[[int], None]

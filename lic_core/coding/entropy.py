@@ -20,7 +20,7 @@ from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.ops import LowerBound, quantize_ste
 from torch import Tensor, nn
 
-from .errors import BitstreamError
+from lic_core.errors import BitstreamError
 
 BETA = 1.5
 SCALE_BOUND = 0.12

@@ -1,5 +1,5 @@
 """Text tables for papers and READMEs: GitHub Markdown and booktabs LaTeX (the figures are
-:mod:`lic_core.viz`; BD-rate tables come from :mod:`lic_core.bdrate`)."""
+:mod:`lic_core.analysis.viz`; BD-rate tables come from :mod:`lic_core.analysis.bdrate`)."""
 from __future__ import annotations
 
 import re

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lic_core import store, workbook
+from lic_core.workbench import store, workbook
 from lic_core.errors import LicError, command
 from lic_core.paths import REPO
 
@@ -33,8 +33,8 @@ def run_demo(out: Path, steps: int | None, limit: int, crop: int, jobs: int,
              models: Path = store.SHIPPED) -> dict:
     """Fine-tuning sweep from the shipped models + evaluation notebook; returns the evaluation
     notebook's metrics."""
-    from lic_core.notebooks import execute
-    from lic_core.sweep import load_sweep, run_sweep
+    from lic_core.workbench.notebooks import execute
+    from lic_core.workbench.sweep import load_sweep, run_sweep
 
     train, test, note = workbook.default_data(out)
     _stage(1, f"data: {note}")

@@ -101,7 +101,7 @@ def model_rows(name: str, reference: Path | None = None, kodak: Path | None = No
 
 
 def entropy_rows(reference: Path | None = None) -> list[dict[str, Any]]:
-    from lic_core.entropy import GeneralizedGaussian
+    from lic_core.coding.entropy import GeneralizedGaussian
 
     npz = dict(np.load((reference or reference_root()) / "hpcm" / "conformance_base.npz"))
     gg = GeneralizedGaussian()
@@ -113,7 +113,7 @@ def entropy_rows(reference: Path | None = None) -> list[dict[str, Any]]:
 
 
 def toy_rows(reference: Path | None = None) -> list[dict[str, Any]]:
-    from lic_core import toy
+    from lic_core.optim import toy
 
     folder = (reference or reference_root()) / "balanced_toy"
     consts = json.loads((folder / "constants.json").read_text())

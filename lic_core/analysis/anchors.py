@@ -1,7 +1,7 @@
 """Classical codecs as R-D anchors, run live through Pillow over a quality sweep.
 
 Each image is encoded in memory, its real byte count gives the bpp, the decoded 8-bit RGB gives
-PSNR and MS-SSIM (:mod:`lic_core.metrics`, small-image fallback included). Results are averaged
+PSNR and MS-SSIM (:mod:`lic_core.analysis.metrics`, small-image fallback included). Results are averaged
 over images per quality, as CompressAI's ``compressai.utils.bench`` does, and written in its JSON
 format (``name``, ``description``, ``results``: ``psnr-rgb``, ``ms-ssim-rgb``, ``bpp``,
 ``encoding_time``, ``decoding_time`` plus ``quality``).
@@ -28,7 +28,7 @@ import PIL
 from PIL import Image, features
 from tqdm import tqdm
 
-from lic_core import metrics
+from lic_core.analysis import metrics
 from lic_core.errors import LicError, command
 from lic_core.imageio import read_rgb
 

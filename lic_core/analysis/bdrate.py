@@ -189,7 +189,7 @@ def _short(metric: str) -> str:
 
 def format_table(df: pd.DataFrame, fmt: str = "md", digits: int = 2) -> str:
     """The table as Markdown, LaTeX (booktabs) or CSV text; only CSV keeps the warnings column."""
-    from lic_core import tables
+    from lic_core.analysis import tables
 
     if fmt == "csv":
         return df.to_csv(float_format="%.6g")
@@ -251,7 +251,7 @@ class ImageCurve:
 
 def image_curve(points: Sequence[Sequence[Mapping[str, Any]]], name: str,
                 metric: str = "psnr-rgb") -> ImageCurve:
-    """An :class:`ImageCurve` from per-image records (``lic_core.evaluation`` files' ``images``), one
+    """An :class:`ImageCurve` from per-image records (``lic_core.analysis.evaluation`` files' ``images``), one
     list per point; every point must hold the same images."""
     keys = [[r["image"] for r in recs] for recs in points]
     if any(k != keys[0] for k in keys):

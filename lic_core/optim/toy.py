@@ -5,7 +5,7 @@ Runs Solution 1 of Balanced R-D (our :class:`TaskWeighting` + :class:`CautiousAd
 and writes the reference CSV columns. With the defaults it reproduces ``trajectory.csv`` /
 ``trajectory_adam.csv``; every hyper-parameter is an argument so other settings run the same way::
 
-    python -m lic_core.toy --out balanced.csv [--mode adam] [--gamma 0.001] [--steps 500]
+    python -m lic_core.optim.toy --out balanced.csv [--mode adam] [--gamma 0.001] [--steps 500]
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def read_csv(path: Path | str) -> list[dict[str, float]]:
 
 @command("toy")
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lic_core.toy", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lic_core.optim.toy", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="CSV file to write")
     defaults = ToyConfig()
     for f in fields(ToyConfig):

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from lic_core.atomic import write_atomic, write_file  # noqa: E402
 from lic_core.errors import LicError  # noqa: E402
-from lic_core.tables import table_latex, table_markdown  # noqa: E402
+from lic_core.analysis.tables import table_latex, table_markdown  # noqa: E402
 
 # Widths of a two-column paper (IEEE / CVPR): one column 3.5 in, full page 7.16 in.
 SIZES: dict[str, tuple[float, float]] = {
@@ -119,7 +119,7 @@ def _runs(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def rd_curves(curves: Sequence[Source], anchors: Sequence[Source] = (), metric: str = "psnr-rgb",
               size: str | tuple[float, float] = "column", title: str | None = None) -> Figure:
     """Rate-distortion curves: ``curves`` solid with markers, ``anchors`` dashed, grey shades."""
-    from lic_core.bdrate import load_curve
+    from lic_core.analysis.bdrate import load_curve
 
     fig, ax = _figure(size)
     grey = sns.color_palette("Greys", len(anchors) + 2)[2:]

@@ -1,6 +1,6 @@
 """Statistics that studies share: the t-interval of a mean over replicates, and a hierarchical
 bootstrap that resamples replicates, then test images (for BD-rates of per-image R-D curves see
-:func:`lic_core.bdrate.paired_bootstrap`, which resamples images only)."""
+:func:`lic_core.analysis.bdrate.paired_bootstrap`, which resamples images only)."""
 from __future__ import annotations
 
 import math

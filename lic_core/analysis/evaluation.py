@@ -1,9 +1,9 @@
 """Real-bitstream evaluation of HPCM checkpoints on an image folder.
 
-Per image: the bitstream of :func:`lic_core.codec.encode` gives the bpp (``len(bytes) * 8 / pixels``)
+Per image: the bitstream of :func:`lic_core.coding.codec.encode` gives the bpp (``len(bytes) * 8 / pixels``)
 and the actual bytes of each stream (z, s1, s2, s3, header); the decoder's 8-bit output gives PSNR
-and MS-SSIM (:mod:`lic_core.metrics`); the eval forward's likelihoods give the estimated bpp and
-per-scale bits (:func:`lic_core.losses.rate_terms`, padded image, over the real pixel count).
+and MS-SSIM (:mod:`lic_core.analysis.metrics`); the eval forward's likelihoods give the estimated bpp and
+per-scale bits (:func:`lic_core.training.losses.rate_terms`, padded image, over the real pixel count).
 
 Output, in ``--out``: ``NAME.json`` in CompressAI's format, one point per checkpoint (the mean over
 images, as ``compressai.utils.eval_model``), and ``<checkpoint>.images.json`` per checkpoint with
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lic_core import metrics
-from lic_core.anchors import center_crop
+from lic_core.analysis import metrics
+from lic_core.analysis.anchors import center_crop
 from lic_core.imageio import read_rgb
 from lic_core.atomic import write_file
 from lic_core.datasets import resolve
 from lic_core.errors import LicError, command
-from lic_core.losses import RATES, rate_terms
+from lic_core.training.losses import RATES, rate_terms
 
 SCALES = ("z", "s1", "s2", "s3")
 MEAN_KEYS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time", "bpp_est",
@@ -65,7 +65,7 @@ def model_names(specs: Sequence[str]) -> list[str]:
 
 def estimate(model, x: torch.Tensor) -> dict[str, float]:
     """Estimated bits from the eval forward on ``x`` padded as the codec pads it."""
-    from lic_core.codec import pad_image
+    from lic_core.coding.codec import pad_image
 
     h, w = x.shape[-2:]
     out = model(pad_image(x, model.cfg.pad_multiple))
@@ -77,7 +77,7 @@ def estimate(model, x: torch.Tensor) -> dict[str, float]:
 
 def code_image(model, x: torch.Tensor) -> dict[str, Any]:
     """One image through the real codec: actual bytes, quality of the decoded image, timings."""
-    from lic_core.codec import decompress, encode
+    from lic_core.coding.codec import decompress, encode
 
     h, w = x.shape[-2:]
     t0 = time.perf_counter()

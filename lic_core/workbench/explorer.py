@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lic_core import codec, metrics
-from lic_core.anchors import center_crop
+from lic_core.coding import codec
+
+from lic_core.analysis import metrics
+from lic_core.analysis.anchors import center_crop
 from lic_core.imageio import read_rgb
 from lic_core.errors import LicError
 from lic_core.models.hpcm import HPCM

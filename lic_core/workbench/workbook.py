@@ -132,7 +132,7 @@ def finetune_modes(run_dir: str | Path, modes: Sequence[str], lmbda: float, init
 def shipped_model(folder: str | Path, lmbda: float, seed: int = 0) -> Path:
     """The standard model at ``lmbda`` of a checkpoint store (``checkpoints/tiny``), its SHA-256
     checked."""
-    from lic_core import store
+    from lic_core.workbench import store
 
     found = store.models(store.checked(folder), "standard", seed)
     if lmbda not in found:
@@ -186,7 +186,7 @@ def history_frame(results: Mapping[str, Any], kind: str = "train") -> pd.DataFra
 
 def sweep_grid(sweep_dir: str | Path, rows: str, cols: str, value: str) -> pd.DataFrame:
     """A (rows x cols) table of one metric over a finished sweep (e.g. gamma x w_lr)."""
-    from lic_core.sweep import sweep_results
+    from lic_core.workbench.sweep import sweep_results
 
     df = sweep_results(sweep_dir)
     missing = [k for k in (rows, cols, value) if k not in df.columns]
@@ -199,7 +199,7 @@ def hyper_sweep(run_dir: str | Path, gammas: Sequence[float], w_lrs: Sequence[fl
                 schedules: Sequence[str] = ("constant",), jobs: int = 1, **params: Any) -> Path:
     """Run notebook 01 in balanced mode over gamma x w_lr (x gamma schedule) as a papermill sweep
     into ``run_dir/sweep``; finished jobs are skipped on a re-run. Returns the sweep folder."""
-    from lic_core.sweep import run_sweep, spec_from_dict
+    from lic_core.workbench.sweep import run_sweep, spec_from_dict
 
     out = Path(run_dir).resolve() / "sweep"
     spec = spec_from_dict({
@@ -240,7 +240,7 @@ def run_settings(run: str | Path) -> dict[str, Any] | None:
 
 def checkpoint_settings(path: str | Path) -> dict[str, Any]:
     """Mode, λ and seed of a checkpoint: from its store's index, or its run's ``config.yaml``."""
-    from lic_core import store
+    from lic_core.workbench import store
 
     path = Path(path)
     if store.is_store(path.parent):
@@ -256,7 +256,7 @@ def checkpoints_of(run_root: str | Path, mode: str, seed: int | None = None) -> 
     """``{λ: final checkpoint}`` of the runs of one mode under ``run_root`` (recursive; mode and λ
     from each run's ``config.yaml``), or of a checkpoint store (``checkpoints/tiny``, trunk
     ``seed`` or 0)."""
-    from lic_core import store
+    from lic_core.workbench import store
     from lic_core.training.checkpoint import latest
 
     if store.is_store(run_root):
@@ -276,7 +276,7 @@ def evaluate_modes(run_root: str | Path, modes: Sequence[str], dataset: str | Pa
                    limit: int = 0, crop: int = 0, progress: bool = True) -> dict[str, dict]:
     """Real-bitstream evaluation of every mode's checkpoints (one R-D point per λ); returns
     ``{mode: CompressAI JSON dict}`` and writes ``out/<mode>.json``."""
-    from lic_core.evaluation import evaluate
+    from lic_core.analysis.evaluation import evaluate
 
     curves = {}
     for mode in modes:
@@ -292,8 +292,8 @@ def evaluate_shipped(folder: str | Path, dataset: str | Path, out: str | Path, l
                      seed: int = 0, progress: bool = True) -> dict[str, dict]:
     """``{"shipped": CompressAI JSON}`` of the standard models of a checkpoint store (SHA-256
     checked) evaluated like :func:`evaluate_modes`; ``{}`` when ``folder`` is empty."""
-    from lic_core import store
-    from lic_core.evaluation import evaluate
+    from lic_core.workbench import store
+    from lic_core.analysis.evaluation import evaluate
 
     if not folder:
         return {}
@@ -323,7 +323,7 @@ def classical_anchors(codecs: Sequence[str], dataset: str | Path, out: str | Pat
                       crop: int = 0) -> dict[str, dict]:
     """Live Pillow codecs over their quality sweeps on the same images (CompressAI JSON each,
     written to ``out/<codec>.json``); codecs this Pillow lacks are reported and left out."""
-    from lic_core.anchors import sweep, unsupported
+    from lic_core.analysis.anchors import sweep, unsupported
     from lic_core.datasets import resolve
 
     _, images = resolve(dataset, limit)
@@ -346,7 +346,7 @@ def published_curves(names: Iterable[str], dataset: str | Path = "kodak") -> dic
 def per_image_file(out: str | Path, curve: Mapping[str, Any], point: int = -1) -> Path:
     """The per-image result file behind one point (default: the highest rate) of an evaluated
     curve (a dict :func:`evaluate_modes` returned)."""
-    from lic_core.evaluation import model_names
+    from lic_core.analysis.evaluation import model_names
 
     ckpts = curve["results"]["checkpoint"]
     order = sorted(range(len(ckpts)), key=lambda i: curve["results"]["bpp"][i])
@@ -360,7 +360,7 @@ def explorer(runs: Mapping[str, Mapping[float, Path]], dataset: str | Path, limi
     """The λ explorer of notebook 06 on the first ``limit`` images of ``dataset``; a registered
     dataset that is absent falls back to the bundled test photos."""
     from lic_core.datasets import REGISTRY, resolve
-    from lic_core.explorer import LambdaExplorer
+    from lic_core.workbench.explorer import LambdaExplorer
 
     if str(dataset) in REGISTRY and not (datasets_root() / str(dataset)).is_dir():
         dataset = default_data(REPO / "papermill_runs")[1]
@@ -370,7 +370,7 @@ def explorer(runs: Mapping[str, Mapping[float, Path]], dataset: str | Path, limi
 def bd_against(anchor: str, curves: Mapping[str, Any], metric: str = "psnr-rgb",
                methods: Sequence[str] = ("cubic", "pchip")) -> pd.DataFrame:
     """BD-rate / BD-PSNR of each curve against the curve named ``anchor`` (a key of ``curves``)."""
-    from lic_core.bdrate import bd_table
+    from lic_core.analysis.bdrate import bd_table
 
     if anchor not in curves:
         raise ConfigError(f"anchor {anchor!r} is not one of the curves: {', '.join(curves)}")

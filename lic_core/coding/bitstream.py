@@ -1,4 +1,4 @@
-"""The HPCM bitstream file format: header, CRC and stream layout (no coding: :mod:`lic_core.codec`).
+"""The HPCM bitstream file format: header, CRC and stream layout (no coding: :mod:`lic_core.coding.codec`).
 
 File layout (big-endian)::
 
@@ -15,7 +15,7 @@ Version 3 adds what the decoder checks its result against: a CRC-32 of every cod
 y in coding order, as int32) and one of the encoder's own 8-bit reconstruction, and the precision
 the model ran in (the decoder must use the same). A learned codec is not bit-exact across devices: a
 scale computed a little differently picks another coding table and the symbols go wrong, and the
-synthesis transform rounds differently (see :mod:`lic_core.codec`).
+synthesis transform rounds differently (see :mod:`lic_core.coding.codec`).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, fields
 
-from .errors import BitstreamError, ConfigError
-from .models.hpcm import CONFIGS, HPCMConfig
+from lic_core.errors import BitstreamError, ConfigError
+from lic_core.models.hpcm import CONFIGS, HPCMConfig
 
 MAGIC = b"HPCM\x89"
 # Format version -> how a y scale picks its coding table (entropy.scale_indexes). Version 1 is the

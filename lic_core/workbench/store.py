@@ -4,7 +4,7 @@ One folder, committed once: weights-only checkpoints (``torch.load(weights_only=
 its model config and a ``meta`` dict (stage, λ, seed, step, evaluation, commit), float16 wherever
 every value stays in range (the stored, rounded weights are the model: the study fine-tunes and
 evaluates these files, and the ``eval`` in ``meta`` is the float32 run's last evaluation); ``SHA256SUMS`` (``sha256sum -c`` format) and ``index.json`` (every file's meta) beside
-them. :func:`models` finds a curve in it by mode, the way :func:`lic_core.workbook.checkpoints_of`
+them. :func:`models` finds a curve in it by mode, the way :func:`lic_core.workbench.workbook.checkpoints_of`
 finds one among training runs.
 """
 from __future__ import annotations

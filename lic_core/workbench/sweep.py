@@ -340,7 +340,7 @@ def run_job(sweep_dir: str | Path, name: str) -> str:
 
 def _execute(notebook: Path, out: Path, params: dict, kernel: str, timeout: float | None,
              log) -> None:
-    from lic_core.notebooks import execute
+    from lic_core.workbench.notebooks import execute
 
     execute(notebook, out, params, kernel=kernel, log_output=True, stdout_file=log, stderr_file=log,
             execution_timeout=int(timeout) if timeout else None)
