@@ -11,6 +11,10 @@ the settings of CompressAI's reference ``jpeg.json``), WebP (libwebp, ``method=6
 (OpenJPEG, irreversible 9/7 wavelet with the colour transform; the sweep value is the target PSNR
 in dB of OpenJPEG's ``dB`` rate control) and AVIF (libavif). A codec the installed Pillow was built
 without is reported as unsupported (:func:`unsupported`), never silently dropped.
+
+Qualities: the codec's fixed ladder (``CODECS[key].qualities``), or qualities chosen for the images
+at hand so that the anchor's PSNR range spans a test curve's (:func:`span_qualities`, a bisection on
+the set's mean PSNR), which is what a BD-rate against the anchor needs to be defined.
 """
 from __future__ import annotations
 
@@ -45,18 +49,19 @@ class PillowCodec:
     qualities: tuple[float, ...]
     options: Callable[[float], dict]
     meaning: str
+    bounds: tuple[int, int] = (1, 95)  # integer sweep values a search may use
 
 
 CODECS: dict[str, PillowCodec] = {
     "jpeg": PillowCodec("JPEG", "JPEG", "jpg", "libjpeg_turbo", tuple(range(5, 100, 5)),
                         lambda q: {"quality": int(q)}, "quality 1..95"),
     "webp": PillowCodec("WebP", "WEBP", "webp", "webp", tuple(range(5, 100, 10)),
-                        lambda q: {"quality": int(q), "method": 6}, "quality 0..100"),
+                        lambda q: {"quality": int(q), "method": 6}, "quality 0..100", (0, 100)),
     "jpeg2000": PillowCodec("JPEG 2000", "JPEG2000", "jpg_2000", "jpg_2000", tuple(range(24, 44, 2)),
                             lambda q: {"quality_mode": "dB", "quality_layers": [float(q)],
-                                       "irreversible": True, "mct": 1}, "target PSNR in dB"),
+                                       "irreversible": True, "mct": 1}, "target PSNR in dB", (15, 60)),
     "avif": PillowCodec("AVIF", "AVIF", "avif", "avif", tuple(range(10, 100, 10)),
-                        lambda q: {"quality": int(q)}, "quality 0..100"),
+                        lambda q: {"quality": int(q)}, "quality 0..100", (0, 100)),
 }
 
 
@@ -78,8 +83,8 @@ def describe(key: str) -> str:
             f"sweep: {c.meaning}")
 
 
-def code(key: str, rgb: np.ndarray, quality: float) -> dict:
-    """Encode + decode one image; returns the metrics of one point (bpp from the real bytes)."""
+def roundtrip(key: str, rgb: np.ndarray, quality: float) -> tuple[int, np.ndarray, float, float]:
+    """(bytes, decoded 8-bit RGB, encoding s, decoding s) of one image through codec ``key``."""
     c = CODECS[key]
     t0 = time.perf_counter()
     buf = io.BytesIO()
@@ -87,23 +92,37 @@ def code(key: str, rgb: np.ndarray, quality: float) -> dict:
     t1 = time.perf_counter()
     with Image.open(io.BytesIO(buf.getvalue())) as im:
         rec = np.asarray(im.convert("RGB"))
-    t2 = time.perf_counter()
+    return buf.getbuffer().nbytes, rec, t1 - t0, time.perf_counter() - t1
+
+
+def code(key: str, rgb: np.ndarray, quality: float) -> dict:
+    """Encode + decode one image; returns the metrics of one point (bpp from the real bytes)."""
+    nbytes, rec, t_enc, t_dec = roundtrip(key, rgb, quality)
     x, x_hat = metrics.image_tensor(rgb), metrics.image_tensor(rec)
     h, w = rgb.shape[:2]
-    return {"bpp": buf.getbuffer().nbytes * 8 / (h * w), "psnr-rgb": metrics.psnr(x_hat, x),
-            "ms-ssim-rgb": metrics.ms_ssim(x_hat, x), "encoding_time": t1 - t0,
-            "decoding_time": t2 - t1}
+    return {"bpp": nbytes * 8 / (h * w), "psnr-rgb": metrics.psnr(x_hat, x),
+            "ms-ssim-rgb": metrics.ms_ssim(x_hat, x), "encoding_time": t_enc, "decoding_time": t_dec}
 
 
 def sweep(key: str, images: Sequence[Path], qualities: Sequence[float] | None = None,
-          crop: int = 0, progress: bool = True) -> dict:
-    """CompressAI JSON of codec ``key`` on ``images``: per quality, the mean over images."""
+          crop: int = 0, progress: bool = True, span: tuple[float, float] | None = None,
+          points: int = 6) -> dict:
+    """CompressAI JSON of codec ``key`` on ``images``: per quality, the mean over images.
+
+    Qualities: ``qualities``; else, with ``span`` (a PSNR range in dB), ``points`` qualities found
+    by :func:`span_qualities` on these images; else the codec's fixed ladder."""
     if (why := unsupported(key)) is not None:
         raise LicError(why)
     if not images:
         raise LicError("no images to code")
-    qualities = list(qualities or CODECS[key].qualities)
     rgbs = [center_crop(read_rgb(p)[0], crop) for p in images]
+    qualities_given = bool(qualities)
+    if qualities:
+        qualities = list(qualities)
+    elif span is not None:
+        qualities = span_qualities(key, rgbs, span, points)
+    else:
+        qualities = list(CODECS[key].qualities)
     rows: list[list[dict]] = [[] for _ in qualities]
     bar = tqdm(total=len(qualities) * len(rgbs), desc=CODECS[key].name, unit="img", disable=not progress)
     for row, q in zip(rows, qualities):
@@ -116,7 +135,59 @@ def sweep(key: str, images: Sequence[Path], qualities: Sequence[float] | None = 
     results["quality"] = [float(q) for q in qualities]
     notes = sorted({metrics.ms_ssim_setting(*rgb.shape[:2])[2] for rgb in rgbs} - {""})
     desc = describe(key) + (f"; {len(images)} images" + (f", center crops {crop}px" if crop else ""))
+    if span is not None and not qualities_given:
+        desc += f"; qualities chosen to span PSNR {span[0]:.2f}..{span[1]:.2f} dB"
     return {"name": CODECS[key].name, "description": "; ".join([desc, *notes]), "results": results}
+
+
+def mean_psnr(key: str, rgbs: Sequence[np.ndarray], quality: float) -> float:
+    """Mean PSNR (RGB, dB) of codec ``key`` at ``quality`` over the images ``rgbs``."""
+    return float(np.mean([metrics.psnr(metrics.image_tensor(roundtrip(key, rgb, quality)[1]),
+                                       metrics.image_tensor(rgb)) for rgb in rgbs]))
+
+
+def _bisect(key: str, rgbs: Sequence[np.ndarray], target: float, below: bool,
+            cache: dict[int, float]) -> int:
+    """The highest quality whose mean PSNR is <= ``target`` (``below``), or the lowest whose mean
+    PSNR is >= ``target``; the end of the codec's range where none is."""
+    lo, hi = CODECS[key].bounds
+
+    def left(q: int) -> bool:  # q lies on the low side of the target
+        if q not in cache:
+            cache[q] = mean_psnr(key, rgbs, q)
+        return cache[q] <= target if below else cache[q] < target
+
+    if not left(lo):
+        return lo
+    if left(hi):
+        return hi
+    a, b = lo, hi  # left(a) and not left(b)
+    while b - a > 1:
+        mid = (a + b) // 2
+        a, b = (mid, b) if left(mid) else (a, mid)
+    return a if below else b
+
+
+def span_qualities(key: str, rgbs: Sequence[np.ndarray], psnr_range: tuple[float, float],
+                   points: int = 6) -> list[float]:
+    """``points`` qualities of codec ``key`` whose mean PSNR over ``rgbs`` spans ``psnr_range``:
+    from the highest quality at or below its low end to the lowest at or above its high end
+    (bisection on the set's mean PSNR, which grows with quality), evenly spaced in between.
+    A range beyond the codec's reach stops at the end of its quality range."""
+    low, high = sorted(map(float, psnr_range))
+    cache: dict[int, float] = {}
+    q_lo = _bisect(key, rgbs, low, True, cache)
+    q_hi = max(_bisect(key, rgbs, high, False, cache), q_lo)
+    n = min(max(points, 2), q_hi - q_lo + 1)
+    return sorted({float(round(q)) for q in np.linspace(q_lo, q_hi, n)})
+
+
+def psnr_span(curves: Sequence[dict]) -> tuple[float, float]:
+    """(lowest, highest) mean PSNR over CompressAI JSON curves (the range anchors must cover)."""
+    values = [float(v) for c in curves for v in c["results"]["psnr-rgb"] if np.isfinite(v)]
+    if not values:
+        raise LicError("no finite PSNR in the curves to span")
+    return min(values), max(values)
 
 
 def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -39,7 +39,7 @@ import multiprocessing
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -301,11 +301,12 @@ def _slurm_state(sweep_dir: Path, job_id: str) -> str:
 # --------------------------------------------------------------------------- one job
 
 
-def run_job(sweep_dir: str | Path, name: str) -> str:
+def run_job(sweep_dir: str | Path, name: str, side_by_side: int = 1) -> str:
     """Execute one job of a prepared sweep folder; returns its final state (never raises).
 
     This is what a local worker process or a Slurm task runs: the state transitions
-    (running -> done | failed) are written to the manifest here, by the job itself.
+    (running -> done | failed) are written to the manifest here, by the job itself. The kernel
+    gets the sweep's ``threads`` or its share of this process's cores among ``side_by_side`` jobs.
     """
     sweep_dir = Path(sweep_dir)
     spec = json.loads((sweep_dir / SPEC_FILE).read_text())
@@ -324,7 +325,7 @@ def run_job(sweep_dir: str | Path, name: str) -> str:
         log.write(f"=== attempt started {_now()} on {socket.gethostname()} pid {os.getpid()}\n")
         log.flush()
         try:
-            with _alarm(spec["timeout"]), _kernel_env(spec.get("threads", 0)):
+            with _alarm(spec["timeout"]), _kernel_env(spec.get("threads", 0), side_by_side):
                 _execute(Path(spec["notebook"]), job_dir / "notebook.ipynb", params,
                          spec["kernel"], spec["timeout"], log)
             fields = {"state": "done", "error": None}
@@ -347,22 +348,23 @@ def _execute(notebook: Path, out: Path, params: dict, kernel: str, timeout: floa
 
 
 @contextlib.contextmanager
-def _kernel_env(threads: int = 0) -> Iterator[None]:
+def _kernel_env(threads: int = 0, side_by_side: int = 1) -> Iterator[None]:
     """Environment of a job's kernel: this checkout first on ``PYTHONPATH`` (a notebook may sit in
-    any folder) and, when ``threads`` > 0, that many OpenMP/MKL threads (several small jobs side
-    by side, one thread each, beat one job on all cores when per-op overhead dominates)."""
-    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([old["PYTHONPATH"]] if old["PYTHONPATH"] else [])])
-    if threads > 0:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    any folder), idle OpenMP threads that sleep, and ``threads`` OpenMP/MKL threads when > 0, else
+    this job's share of the cores (:mod:`lic_core.threads`; several small jobs side by side, one
+    thread each, beat one job on all cores when per-op overhead dominates)."""
+    from lic_core import threads as cpu
+
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([old] if old else [])])
     try:
-        yield
+        with cpu.for_children(threads, side_by_side):
+            yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 class JobTimeout(Exception):
@@ -473,33 +475,90 @@ def _dry_run(spec: SweepSpec, jobs: list[Job]) -> dict[str, dict[str, Any]]:
             for j in jobs}
 
 
-class _Progress:
-    """One line per finished job (readable in a terminal, a log file and CI alike)."""
+HEARTBEAT_S = 30.0  # longest silence while jobs run
 
-    def __init__(self, spec: SweepSpec, total: int, active: bool):
-        self.spec, self.total, self.active, self.done, self.t0 = spec, total, active, 0, time.monotonic()
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def _last_step(job_dir: Path) -> str:
+    """``mode step N`` of the newest training log under a job's run folder ('' when none)."""
+    logs = sorted(job_dir.glob("run/**/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return ""
+    try:
+        with open(logs[-1], "rb") as f:
+            f.seek(max(0, logs[-1].stat().st_size - 4096))
+            last = json.loads(f.read().decode(errors="replace").strip().splitlines()[-1])
+        return f"{logs[-1].parent.name} step {int(last['step'])}"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+class _Progress:
+    """One line per finished job (time taken, jobs left, an estimate of the time left) and a
+    heartbeat while jobs run (readable in a terminal, a log file and CI alike)."""
+
+    def __init__(self, spec: SweepSpec, total: int, active: bool, parallel: int = 1):
+        self.spec, self.total, self.active, self.parallel = spec, total, active, max(1, parallel)
+        self.done, self.t0, self.durations = 0, time.monotonic(), []
+
+    def _say(self, text: str) -> None:
+        if self.active:
+            print(f"  sweep {self.spec.name} {text}", flush=True)
 
     def finished(self, name: str, state: str) -> None:
         self.done += 1
-        if self.active:
-            rec = read_manifest(self.spec.output)["jobs"].get(name, {})
-            took = f", {rec['duration_s'] / 60:.1f} min" if rec.get("duration_s") is not None else ""
-            print(f"  sweep {self.spec.name} [{self.done}/{self.total}] {name}: {state}{took}", flush=True)
+        rec = read_manifest(self.spec.output)["jobs"].get(name, {})
+        took = rec.get("duration_s")
+        if took is not None:
+            self.durations.append(float(took))
+        left = self.total - self.done
+        text = f"[{self.done}/{self.total}] {name}: {state}" + (f" in {_minutes(took)}" if took else "")
+        if left:
+            eta = self.estimate(left)
+            text += f"; {left} left" + (f", about {_minutes(eta)} more" if eta is not None else "")
+        self._say(text)
+
+    def estimate(self, left: int) -> float | None:
+        """Seconds for ``left`` jobs: mean job time so far, ``parallel`` jobs at a time."""
+        if not self.durations:
+            return None
+        return sum(self.durations) / len(self.durations) * -(-left // self.parallel)
+
+    def heartbeat(self, running: list[str]) -> None:
+        """``still running: <job> (mode step N), ...`` and the time since the sweep started."""
+        parts = [f"{n}" + (f" ({s})" if (s := _last_step(self.spec.output / n)) else "") for n in running]
+        self._say(f"[{self.done}/{self.total}] still running after {_minutes(time.monotonic() - self.t0)}: "
+                  + (", ".join(parts) or "jobs starting"))
 
 
 def _run_local(spec: SweepSpec, names: list[str], n: int, progress: bool) -> None:
     """``n`` worker processes, each running jobs one after another (papermill imported once)."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
-    bar = _Progress(spec, len(names), progress)
+    side_by_side = min(n, len(names))
+    bar = _Progress(spec, len(names), progress, side_by_side)
     with ProcessPoolExecutor(n, mp_context=ctx) as pool:
-        futures = {pool.submit(run_job, str(spec.output), name): name for name in names}
-        for fut in as_completed(futures):
-            name = futures[fut]
-            try:
-                state = fut.result()
-            except BaseException as e:  # noqa: BLE001 -- a dead worker fails its job only
-                state = _settle(spec.output, name, f"worker process died: {type(e).__name__}: {e}")
-            bar.finished(name, state)
+        futures = {pool.submit(run_job, str(spec.output), name, side_by_side): name for name in names}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
+            if not finished:
+                bar.heartbeat(_running(spec.output, [futures[f] for f in pending]))
+            for fut in finished:
+                name = futures[fut]
+                try:
+                    state = fut.result()
+                except BaseException as e:  # noqa: BLE001 -- a dead worker fails its job only
+                    state = _settle(spec.output, name, f"worker process died: {type(e).__name__}: {e}")
+                bar.finished(name, state)
+
+
+def _running(sweep_dir: Path, names: list[str]) -> list[str]:
+    """The jobs among ``names`` the manifest shows running."""
+    jobs = read_manifest(sweep_dir)["jobs"]
+    return [n for n in names if jobs.get(n, {}).get("state") == "running"]
 
 
 def _settle(sweep_dir: Path, name: str, why: str) -> str:
@@ -532,7 +591,7 @@ def _run_submitit(spec: SweepSpec, names: list[str], n: int, cluster: str,
     if cluster == "slurm":
         for name, job in pending:
             _update_job(spec.output, name, slurm_job_id=job.job_id)
-    bar = _Progress(spec, len(names), progress)
+    bar = _Progress(spec, len(names), progress, n)
     for name, job in pending:
         try:
             state = job.result()

@@ -320,19 +320,22 @@ def runs_for_evaluation(run_root: str | Path, modes: Sequence[str], lambdas: Seq
 
 
 def classical_anchors(codecs: Sequence[str], dataset: str | Path, out: str | Path, limit: int = 0,
-                      crop: int = 0) -> dict[str, dict]:
-    """Live Pillow codecs over their quality sweeps on the same images (CompressAI JSON each,
-    written to ``out/<codec>.json``); codecs this Pillow lacks are reported and left out."""
-    from lic_core.analysis.anchors import sweep, unsupported
+                      crop: int = 0, span: Sequence[Mapping[str, Any]] = (), points: int = 6) -> dict[str, dict]:
+    """Live Pillow codecs on the same images (CompressAI JSON each, written to ``out/<codec>.json``):
+    with ``span`` (evaluated curves), at ``points`` qualities chosen so that each codec's PSNR
+    range covers theirs (BD-rate against it is then defined); without, over the codec's fixed
+    quality ladder. Codecs this Pillow lacks are reported and left out."""
+    from lic_core.analysis.anchors import psnr_span, sweep, unsupported
     from lic_core.datasets import resolve
 
     _, images = resolve(dataset, limit)
+    target = psnr_span(list(span)) if span else None
     found = {}
     for key in codecs:
         if (why := unsupported(key)) is not None:
             print(f"skipping {key}: {why}")
             continue
-        data = sweep(key, images, crop=crop, progress=False)
+        data = sweep(key, images, crop=crop, progress=False, span=target, points=points)
         write_file(Path(out) / f"{key}.json", json.dumps(data, indent=2) + "\n")
         found[data["name"]] = data
     return found
