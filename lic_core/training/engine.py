@@ -522,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    from lic_core.threads import limit_process
+
+    limit_process()  # threads that fit this process's cores; idle threads of its children sleep
     res = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run {res.run_dir}: step {res.step}, skipped {res.skipped}, checkpoint {res.checkpoint}")
