@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -144,3 +145,43 @@ def test_heatmap_marks_minimum(tmp_path):
     assert len(rect) == 1 and rect[0].get_xy() == (0, 1)  # row 0.003, column 0.01
     with pytest.raises(LicError, match="empty"):
         viz.heatmap(pd.DataFrame())
+
+
+def test_rd_curves_say_what_they_show(reference_dir):
+    kodak = reference_dir / "kodak"
+    tiny = [{"name": m, "results": {"bpp": [0.2, 0.3, 0.45], "psnr-rgb": [27.0 + d, 28.0 + d, 29.0 + d]}}
+            for m, d in (("standard", 0.0), ("balanced", 0.1))]
+    data = viz.data_note("Kodak", 2, 128)
+    fig = viz.rd_curves(tiny, anchors=[kodak / "vtm.json", kodak / "jpeg.json"], data=data,
+                        reference="standard")
+    ax = fig.axes[0]
+    assert data == "Kodak, 2 images (center crops 128 px)"
+    assert "Kodak, 2 images" in ax.get_title() and "BD reference: standard" in ax.get_title()
+    mine = [ln for ln in ax.get_lines() if ln.get_label() in ("standard", "balanced")]
+    assert mine[0].get_marker() != mine[1].get_marker() and mine[0].get_color() != mine[1].get_color()
+    assert len(ax.child_axes) == 1, "the tiny curves get a zoomed inset"
+    x0, x1 = ax.child_axes[0].get_xlim()
+    assert x0 < 0.2 and 0.45 < x1 < 1.0
+
+
+def test_scale_bpp_images_title_and_labels():
+    recs = [{"image": f"kodim0{i}.png", **{f"bpp_{s}": 0.1 for s in viz.SCALES}} for i in (1, 2)]
+    fig = viz.scale_bpp_images(recs, title="shipped λ=0.025; Kodak, 2 images")
+    ax = fig.axes[0]
+    assert ax.get_title() == "shipped λ=0.025; Kodak, 2 images"
+    assert all(t.get_rotation() == 0 for t in ax.get_xticklabels())
+
+
+def test_reconstructions_panels():
+    rng = np.random.default_rng(0)
+    original = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
+    original[:, :48] = 128  # flat left half: the detail box lies in the right half
+    top, left, side = viz.detail_box(original, 16)
+    assert side == 16 and left >= 46
+    fig = viz.reconstructions(original, [("shipped λ=0.0035", original, 0.213, 27.314),
+                                         ("Balanced λ=0.013", original, 0.5, 30.0)], title="kodim01", zoom=16)
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles[1] == "shipped λ=0.0035\n0.213 bpp / 27.31 dB"
+    assert len(fig.axes) == 6 and fig.axes[3].get_images()[0].get_array().shape[:2] == (16, 16)
+    with pytest.raises(LicError, match="reconstructions"):
+        viz.reconstructions(original, [("x", original[:32], 0.1, 20.0)])

@@ -46,6 +46,7 @@ def house_style() -> None:
 
 def _figure(size: str | tuple[float, float] = "column", ncols: int = 1, **kw) -> tuple[Figure, Any]:
     house_style()
+    kw.setdefault("layout", "constrained" if ncols > 1 else None)  # panels' labels never overlap
     fig, axes = plt.subplots(1, ncols, figsize=_size(size), squeeze=ncols == 1, **kw)
     return fig, axes if ncols == 1 else list(axes[0])
 
@@ -116,22 +117,67 @@ def _runs(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 # --------------------------------------------------------------------------- figures
+CURVE_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def data_note(name: str, images: int, crop: int = 0) -> str:
+    """``Kodak, 2 images (center crops 128 px)``: the data behind a figure or a number."""
+    return f"{name}, {images} image{'s' if images != 1 else ''}" + (f" (center crops {crop} px)" if crop else
+                                                                    " (full size)")
+
+
 def rd_curves(curves: Sequence[Source], anchors: Sequence[Source] = (), metric: str = "psnr-rgb",
-              size: str | tuple[float, float] = "column", title: str | None = None) -> Figure:
-    """Rate-distortion curves: ``curves`` solid with markers, ``anchors`` dashed, grey shades."""
+              size: str | tuple[float, float] = "column", title: str | None = None, data: str = "",
+              reference: str = "", zoom: bool = True) -> Figure:
+    """Rate-distortion curves: ``curves`` solid, each its color and marker (every other one
+    hollow), ``anchors`` dashed grey. ``data`` (:func:`data_note`) and ``reference`` (the BD-rate reference curve) are
+    written under the title. ``zoom``: when the anchors reach far beyond the curves, an inset
+    shows the curves' own range."""
     from lic_core.analysis.bdrate import load_curve
 
-    fig, ax = _figure(size)
+    fig, ax = _figure(size, layout="constrained")
     grey = sns.color_palette("Greys", len(anchors) + 2)[2:]
-    for src, color in zip(anchors, grey):
-        c = load_curve(src, metric, min_points=1, monotonic=False)
-        ax.plot(c.bpp, c.quality, "--", marker=".", color=color, label=c.name)
-    for src in curves:
-        c = load_curve(src, metric, min_points=1, monotonic=False)
-        ax.plot(c.bpp, c.quality, "-o", label=c.name)
-    ax.set(xlabel=METRIC_LABELS["bpp"], ylabel=METRIC_LABELS[metric], title=title)
-    ax.legend(fontsize="small")
+    lines = [(load_curve(src, metric, min_points=1, monotonic=False), dict(
+        linestyle="--", marker=".", color=color, linewidth=0.8)) for src, color in zip(anchors, grey)]
+    palette = sns.color_palette("colorblind")
+    mine = [load_curve(src, metric, min_points=1, monotonic=False) for src in curves]
+    lines += [(c, dict(linestyle="-", marker=CURVE_MARKERS[i % len(CURVE_MARKERS)],
+                       color=palette[i % len(palette)], markerfacecolor="none" if i % 2 else None))
+              for i, c in enumerate(mine)]
+    for c, style in lines:
+        ax.plot(c.bpp, c.quality, label=c.name, **style)
+    notes = [t for t in (data, f"BD reference: {reference}" if reference else "") if t]
+    ax.set(xlabel=METRIC_LABELS["bpp"], ylabel=METRIC_LABELS[metric],
+           title="\n".join([t for t in (title, "; ".join(notes)) if t]) or None)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    box = _bounds([c for c in mine])
+    if zoom and anchors and box is not None and _far_beyond(ax, box):
+        inset = ax.inset_axes([0.5, 0.06, 0.47, 0.45])
+        for c, style in lines:
+            inset.plot(c.bpp, c.quality, **style)
+        inset.set(xlim=box[:2], ylim=box[2:])
+        inset.tick_params(labelsize="xx-small")
+        inset.set_title("zoom: the curves' range", fontsize="xx-small")
+        ax.indicate_inset_zoom(inset, edgecolor="0.4")
     return fig
+
+
+def _bounds(curves: Sequence[Any], pad: float = 0.12) -> tuple[float, float, float, float] | None:
+    """(x0, x1, y0, y1) around the points of ``curves``, padded by ``pad`` of each span."""
+    x = np.concatenate([np.asarray(c.bpp, float) for c in curves]) if curves else np.array([])
+    y = np.concatenate([np.asarray(c.quality, float) for c in curves]) if curves else np.array([])
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    x, y = x[ok], y[ok]
+    dx, dy = max(np.ptp(x), 0.05 * abs(x.max()) or 0.01), max(np.ptp(y), 0.5)
+    return x.min() - pad * dx, x.max() + pad * dx, y.min() - pad * dy, y.max() + pad * dy
+
+
+def _far_beyond(ax: Any, box: tuple[float, float, float, float], share: float = 0.4) -> bool:
+    """Whether the curves' box covers less than ``share`` of the axes' width or height."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    return (box[1] - box[0]) < share * (x1 - x0) or (box[3] - box[2]) < share * (y1 - y0)
 
 
 def bd_bars(values: Mapping[str, float] | pd.Series | pd.DataFrame, column: str | None = None,
@@ -242,22 +288,30 @@ def scale_bpp_training(records: Iterable[Mapping] | pd.DataFrame | str | Path,
 
 
 def scale_bpp_images(per_image: Iterable[Mapping] | pd.DataFrame | str | Path,
-                     prefix: str = "bpp_", size: str | tuple[float, float] = "page") -> Figure:
-    """Stacked bars of per-scale bpp (``bpp_z, bpp_s1, bpp_s2, bpp_s3``) for every image."""
+                     prefix: str = "bpp_", size: str | tuple[float, float] = "page", title: str = "") -> Figure:
+    """Stacked bars of per-scale bpp (``bpp_z, bpp_s1, bpp_s2, bpp_s3``) for every image; ``title``
+    names the model, its λ and the data (the per-image file of :mod:`lic_core.analysis.evaluation`
+    names the model when none is given)."""
+    if isinstance(per_image, (str, Path)) and not title:
+        meta = json.loads(Path(per_image).read_text())
+        title = f"model {meta.get('model', Path(per_image).stem)}" if isinstance(meta, dict) else ""
     if isinstance(per_image, (str, Path)):
         per_image = json.loads(Path(per_image).read_text())
         per_image = per_image.get("images", per_image) if isinstance(per_image, dict) else per_image
     df = _records(per_image)
     keys = [f"{prefix}{s}" for s in SCALES]
     _need(df, ["image", *keys], "scale_bpp_images")
-    fig, ax = _figure(size)
+    fig, ax = _figure(size, layout="constrained")
     bottom = np.zeros(len(df))
     for s, k in zip(SCALES, keys):
         ax.bar([Path(str(i)).stem for i in df["image"]], df[k], bottom=bottom, label=s)
         bottom += df[k].to_numpy(float)
-    ax.set(ylabel="rate [bpp]")
-    ax.tick_params(axis="x", rotation=90, labelsize="x-small")
-    ax.legend(fontsize="small", ncols=4)
+    ax.set(ylabel="rate [bpp]", title=title or None)
+    few = len(df) <= 8
+    ax.tick_params(axis="x", rotation=0 if few else 45, labelsize="small" if few else "x-small")
+    if not few:
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    ax.legend(fontsize="small", ncols=4, title="scale", title_fontsize="small")
     return fig
 
 
@@ -309,4 +363,65 @@ def bd_bars_ci(summary: pd.DataFrame, method: str = "pchip", xlabel: str = "BD-r
     ax.set_yticks(y, [f"{t} vs {a}" for t, a in zip(rows["test"], rows["anchor"])])
     ax.invert_yaxis()
     ax.set(xlabel=f"{xlabel} ({method})")
+    return fig
+
+
+# --------------------------------------------------------------------------- reconstructions
+Panel = tuple[str, np.ndarray, float, float]  # (label, decoded (H, W, 3) uint8, bpp, PSNR dB)
+
+
+def detail_box(rgb: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(top, left, side) of the ``size``-pixel square of ``rgb`` with the most detail (largest
+    summed gradient magnitude), where coding artefacts show first; the whole image if smaller."""
+    h, w = rgb.shape[:2]
+    side = int(min(size, h, w))
+    gray = rgb.astype(np.float64).mean(-1)
+    grad = np.zeros_like(gray)
+    grad[:, 1:] += np.abs(np.diff(gray, axis=1))
+    grad[1:, :] += np.abs(np.diff(gray, axis=0))
+    integral = np.pad(grad.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side]
+            + integral[:-side, :-side])
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(top), int(left), side
+
+
+def panel_label(label: str, bpp: float, psnr: float) -> str:
+    """``label`` over ``0.213 bpp / 27.31 dB``: how compression papers label a decoded image."""
+    return f"{label}\n{bpp:.3f} bpp / {psnr:.2f} dB"
+
+
+def reconstructions(original: np.ndarray, decoded: Sequence[Panel], title: str = "",
+                    zoom: int = 0, panel_in: float = 1.45) -> Figure:
+    """The original then each decoded image (top row, the zoomed square outlined) and the same
+    square of each, enlarged (bottom row); every decoded panel labelled with its bpp and PSNR.
+    ``zoom``: side of the square in pixels (default: a quarter of the shorter side, at least 32)."""
+    if not decoded:
+        raise LicError("reconstructions: no decoded images to show")
+    for label, rgb, _, _ in decoded:
+        if rgb.shape != original.shape:
+            raise LicError(f"reconstructions: {label} is {rgb.shape}, the original {original.shape}")
+    h, w = original.shape[:2]
+    top, left, side = detail_box(original, zoom or max(32, min(h, w) // 4))
+    n = len(decoded) + 1
+    house_style()
+    fig, axes = plt.subplots(2, n, figsize=(panel_in * n, panel_in * (h / w + 1) + 0.9),
+                             squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": [h / w, 1]})
+    panels = [("original", original, float("nan"), float("nan")), *decoded]
+    for col, (label, rgb, bpp, psnr) in enumerate(panels):
+        full, crop = axes[0][col], axes[1][col]
+        full.imshow(rgb, interpolation="lanczos")
+        full.add_patch(plt.Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="red",
+                                     linewidth=0.8))
+        crop.imshow(rgb[top:top + side, left:left + side], interpolation="nearest")
+        name = label if col == 0 else panel_label(label, bpp, psnr)
+        full.set_title(name if col else f"{name}\n24 bpp (raw)", fontsize="x-small")
+        for ax in (full, crop):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+    axes[1][0].set_ylabel(f"zoom {side}x{side} px", fontsize="x-small")
+    if title:
+        fig.suptitle(title, fontsize="small")
     return fig
