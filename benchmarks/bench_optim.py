@@ -9,9 +9,10 @@ to Adam. Methods:
     cautious    Cautious Adam on L_D + bpp (the optimizer's own cost)
     faithful    Solution 1 as the reference: TaskWeighting + Cautious Adam + second forward
     next-batch  Solution 1 with L_new from the next batch's forward (ours, no second forward)
-    qp          Solution 2: per-task gradients, QP weights, Cautious Adam
+    qp          Solution 2: per-task gradients, QP weights, Cautious Adam: the training objective
+                ``qp`` (its QPWeighting, on its own tasks D and bpp)
 
-Targets (issue 3): faithful <= 1.25x Adam (the paper reports +20-23% per epoch), next-batch
+Targets: faithful <= 1.25x Adam (the paper reports +20-23% per epoch), next-batch
 <= 1.05x; qp is reported. Timings on a loaded machine are not final.
 
     python benchmarks/bench_optim.py [--quick] [--config tiny] [--tasks hierarchical] [--device cuda]
@@ -32,11 +33,12 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lic_core.config import LossConfig, OptimConfig  # noqa: E402
-from lic_core.training.losses import task_losses  # noqa: E402
+from lic_core.config import LossConfig, OptimConfig, TrainConfig  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.optim import CautiousAdam, QPWeighting, TaskWeighting  # noqa: E402
 from lic_core.training.engine import compiler_missing, make_optimizer  # noqa: E402
+from lic_core.training.losses import task_losses  # noqa: E402
+from lic_core.training.objectives import QP, TASKS  # noqa: E402
 
 TARGETS = {"faithful": 1.25, "next-batch": 1.05}
 Step = Callable[[torch.Tensor], None]
@@ -54,8 +56,8 @@ def _clip(model: torch.nn.Module) -> None:
 def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str, tuple[Step, object]]:
     """One closure per method, each on its own deep copy of ``model``; values are (step, state)."""
     loss_cfg = LossConfig(lmbda=0.013, metric="mse", mode=tasks)
-    std = LossConfig(lmbda=0.013, metric="mse", mode="standard")
-    k = 2 if tasks == "balanced" else 5
+    names, std = TASKS[tasks], TASKS["standard"]
+    k = len(names)
     steps: dict[str, tuple[Step, object]] = {}
 
     def plain(mode: str) -> Step:
@@ -64,7 +66,7 @@ def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str
 
         def step(x):
             opt.zero_grad(set_to_none=True)
-            task_losses(m(x), x, std).sum().backward()
+            task_losses(m(x), x, loss_cfg, std).sum().backward()
             _clip(m)
             opt.step()
         return step
@@ -76,7 +78,7 @@ def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str
 
         def step(x):
             opt.zero_grad(set_to_none=True)
-            losses = task_losses(m(x), x, loss_cfg)
+            losses = task_losses(m(x), x, loss_cfg, names)
             if next_batch:
                 tw.update_next_batch(losses.detach())
             tw.weighted_loss(losses).backward()
@@ -84,20 +86,20 @@ def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str
             opt.step()
             if not next_batch:
                 with torch.no_grad():  # the second forward, same batch, still in train mode
-                    tw.update(losses.detach(), task_losses(m(x), x, loss_cfg))
+                    tw.update(losses.detach(), task_losses(m(x), x, loss_cfg, names))
         return step, tw
 
     def solution2() -> tuple[Step, QPWeighting]:
         m = copy.deepcopy(model)
         opt = CautiousAdam(m.parameters(), lr=lr)
-        qp = QPWeighting(k)
+        qp = QP(TrainConfig(), next(m.parameters()).device)  # the training objective, on its own tasks
 
         def step(x):
             opt.zero_grad(set_to_none=True)
-            qp.backward(task_losses(m(x), x, loss_cfg), list(m.parameters()))
+            qp.backward(task_losses(m(x), x, loss_cfg, qp.tasks), list(m.parameters()), 0)
             _clip(m)
             opt.step()
-        return step, qp
+        return step, qp.weighting
 
     steps["adam"] = (plain("standard"), None)
     steps["cautious"] = (plain("balanced"), None)

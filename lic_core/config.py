@@ -18,17 +18,17 @@ from typing import Any, Union
 import yaml
 
 from lic_core.errors import ConfigError
-from lic_core.training.losses import TASKS as TASK_NAMES
+from lic_core.optim.balance import GAMMA, W_LR, as_list
+from lic_core.optim.schedules import LR_SCHEDULES, SCHEDULES
 from lic_core.paths import datasets_root
 
-MODES = ("standard", "balanced", "hierarchical", "qp")
 METRICS = ("mse", "ms-ssim")
-LR_SCHEDULES = ("constant", "step", "plateau", "cosine")
-GAMMA_SCHEDULES = ("constant", "linear", "cosine", "step")
+GAMMA_SCHEDULES = tuple(SCHEDULES)
 OPTIMIZERS = ("auto", "adam", "cautious")
 WANDB_MODES = ("offline", "online", "disabled")
 MODULE_GROUPS = ("transform", "hyper", "context")
 COMPILE_MIN_STEPS = 1000  # speed.compile=auto: shorter runs would spend a large share compiling
+AUTOTUNE = (True, False, "gemm", "conv")  # speed.autotune: lic_core.models.autotune's modes and paths
 MSSSIM_MIN_SIDE = 161  # pytorch_msssim's default 5 scales with an 11-tap window
 
 
@@ -91,8 +91,8 @@ class OptimConfig:
 class BalanceConfig:
     """Task weighting (BALANCED.md): FAMO logits for balanced/hierarchical, QP for ``qp``."""
 
-    w_lr: float = 0.025
-    gamma: float | list[float] = 0.003  # one value, or one per task (in the mode's task order)
+    w_lr: float = W_LR
+    gamma: float | list[float] = GAMMA  # one value, or one per task (in the mode's task order)
     gamma_schedule: str = "constant"
     gamma_end: float = 0.0  # linear / cosine: value at the last step
     gamma_milestones: list[float] = field(default_factory=list)  # step: fractions of run.steps
@@ -119,14 +119,20 @@ class FinetuneConfig:
 
 @dataclass
 class SpeedConfig:
-    """Accelerator options; each is refused on a device that does not support it."""
+    """Accelerator options; an explicit one is refused on a device that does not support it, an
+    ``auto`` one is chosen by what this machine supports (``lic_core.training.engine.speed_plan``)."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # autocast the transforms; entropy math stays float32 (GPU, AVX-512 CPU)
-    channels_last: bool = False
+    # autocast the transforms; entropy math stays float32. true (GPU, AVX-512 CPU), false, or auto =
+    # on where bfloat16 is native (a GPU that has it, a CPU with AVX512-BF16 or AMX); changes numerics
+    bf16: bool | str = False
+    channels_last: bool = False  # GPU inputs (on the CPU the model's convs are channels-last already)
     # torch.compile of the model's forward (inductor; on CPU it needs a C++ compiler): true, false,
-    # or auto = on for runs of at least COMPILE_MIN_STEPS steps, where the minute of compiling pays
+    # or auto = on for runs of at least COMPILE_MIN_STEPS steps where a compiler exists
     compile: bool | str = "auto"
+    # per-layer implementation (lic_core.models.autotune): true = measure each shape once on a CPU
+    # kind the project has measured, false = the portable default, or a path: gemm | conv
+    autotune: bool | str = True
 
 
 @dataclass
@@ -403,11 +409,6 @@ def hpcm_config(cfg: TrainConfig) -> Any:
         raise ConfigError(f"model.overrides: {err}") from err
 
 
-def as_list(v: float | list[float]) -> list[float]:
-    """A per-task setting (``balance.gamma``, ``balance.offset``) as a list."""
-    return v if isinstance(v, list) else [v]
-
-
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")
@@ -434,6 +435,8 @@ def _finite(node: Any, key: str) -> None:
 
 def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     """Raise :class:`ConfigError` naming the first key whose value is out of range."""
+    from lic_core.training.objectives import TASKS  # the registry of modes decides the names
+
     _finite(cfg, "")
     m, lo, d, o, b, f, s, r = (cfg.model, cfg.loss, cfg.data, cfg.optim, cfg.balance, cfg.finetune,
                                cfg.speed, cfg.run)
@@ -443,7 +446,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
                f"the padding multiple of model {m.name!r}")
     _check(lo.lmbda > 0, "loss.lmbda", f"must be > 0, got {lo.lmbda}")
     _check_choice(lo.metric, "loss.metric", METRICS)
-    _check_choice(lo.mode, "loss.mode", MODES)
+    _check_choice(lo.mode, "loss.mode", tuple(TASKS))
     for k in ("patch", "batch", "test_patch"):
         _check(getattr(d, k) > 0, f"data.{k}", f"must be > 0, got {getattr(d, k)}")
     _check(d.test_limit >= 0 and d.workers >= 0, "data.workers", "must be >= 0")
@@ -461,11 +464,11 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
     _check(all(0 < x < 1 for x in o.milestones) and o.milestones == sorted(o.milestones),
            "optim.milestones", "increasing fractions of run.steps in (0, 1)")
     _check(b.w_lr > 0, "balance.w_lr", f"must be > 0, got {b.w_lr}")
-    n_tasks = len(TASK_NAMES[lo.mode])
+    n_tasks = len(TASKS[lo.mode])
     for k in ("gamma", "offset"):
         v = getattr(b, k)
         _check(not isinstance(v, list) or len(v) == n_tasks, f"balance.{k}",
-               f"one value or {n_tasks} (tasks of mode {lo.mode}: {', '.join(TASK_NAMES[lo.mode])}), got {v}")
+               f"one value or {n_tasks} (tasks of mode {lo.mode}: {', '.join(TASKS[lo.mode])}), got {v}")
     _check(min(as_list(b.gamma)) >= 0 and b.gamma_end >= 0, "balance.gamma", "must be >= 0")
     _check_choice(b.gamma_schedule, "balance.gamma_schedule", GAMMA_SCHEDULES)
     _check(all(0 < x < 1 for x in b.gamma_milestones), "balance.gamma_milestones", "fractions in (0, 1)")
@@ -487,6 +490,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(getattr(r, k) > 0, f"run.{k}", f"must be > 0, got {getattr(r, k)}")
     _check_choice(r.wandb_mode, "run.wandb_mode", WANDB_MODES)
     _check(s.compile in (True, False, "auto"), "speed.compile", f"{s.compile!r} is not true, false or auto")
+    _check(s.bf16 in (True, False, "auto"), "speed.bf16", f"{s.bf16!r} is not true, false or auto")
+    _check(s.autotune in AUTOTUNE, "speed.autotune", f"{s.autotune!r} is not true, false, "
+           + ", ".join(a for a in AUTOTUNE if isinstance(a, str)))
     _check(s.device in ("auto", "cpu", "cuda") or s.device.startswith("cuda:"), "speed.device",
            f"{s.device!r} is not auto, cpu, cuda or cuda:N")
     if check_paths:

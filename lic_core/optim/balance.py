@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,20 @@ from torch import Tensor
 
 from lic_core.errors import LicError
 
-__all__ = ["TaskLossError", "TaskWeighting", "QPResult", "solve_qp", "QPWeighting"]
+__all__ = ["GAMMA", "W_LR", "TaskLossError", "TaskWeighting", "QPResult", "solve_qp", "QPWeighting",
+           "as_list"]
 
+# Defaults of Solution 1, the reference training script's (BALANCED.md): every other default
+# (TrainConfig's balance section, the toy, the notebooks' parameters) is one of these.
+GAMMA = 0.003  # logit decay
+W_LR = 0.025  # learning rate of the logit Adam
 EPS_D = 1e-8  # added to L - offset before the log, as in the reference code
 ON_BAD = ("raise", "skip")
+
+
+def as_list(v: float | Sequence[float]) -> list[float]:
+    """A per-task setting (one number, or one per task) as a list."""
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 class TaskLossError(LicError, ValueError):
@@ -124,8 +134,8 @@ class TaskWeighting(_LossCheck):
     def __init__(
         self,
         n_tasks: int,
-        w_lr: float = 0.025,
-        gamma: float | Sequence[float] | None = 0.003,
+        w_lr: float = W_LR,
+        gamma: float | Sequence[float] | None = GAMMA,
         offsets: float | Sequence[float] | Tensor = -1.0,
         names: Sequence[str] | None = None,
         device: torch.device | str | None = None,
@@ -313,16 +323,18 @@ class QPWeighting(_LossCheck):
     """Solution 2 for a training loop: per-task gradients, QP weights, ``p.grad = sum z_i g_i``.
 
     ``g_i = grad log D_i`` with ``D_i = L_i - m_i + 1e-8`` (our derivation, see :func:`solve_qp`),
-    one ``torch.autograd.grad`` per task through one shared forward (``retain_graph``). The model
-    step is then taken by any optimizer (Cautious Adam in the spec). :attr:`n_clipped` counts
-    steps where the negative-weight policy acted.
+    one ``torch.autograd.grad`` per task through one shared forward (``retain_graph``), flattened
+    into the rows of one ``K x P`` matrix ``G``; ``reduce`` (e.g. a mean over data-parallel ranks)
+    is applied to ``G`` before the Gram matrix ``G G^T`` is formed in float64. The model step is
+    then taken by any optimizer (Cautious Adam in the spec). :attr:`n_clipped` counts steps where
+    the negative-weight policy acted. The training objective ``qp`` runs this class.
     """
 
     def __init__(self, n_tasks: int, offsets: float | Sequence[float] | Tensor = -1.0,
                  ridge: float = 1e-6, negative: str = "clip", names: Sequence[str] | None = None,
-                 on_bad: str = "raise"):
+                 on_bad: str = "raise", reduce: Callable[[Tensor], Tensor] | None = None):
         super().__init__(n_tasks, offsets, names, on_bad)
-        self.ridge, self.negative = ridge, negative
+        self.ridge, self.negative, self.reduce = ridge, negative, reduce
         self.n_clipped = 0
         self.last: QPResult | None = None
         self._a: Tensor | None = None
@@ -336,26 +348,26 @@ class QPWeighting(_LossCheck):
         """Coefficients on ``grad L_i``: ``z_i / D_i`` (the gradient of ``log D_i`` is 1/D_i)."""
         return self._a
 
+    def task_gradients(self, log_d: Tensor, params: Sequence[Tensor]) -> Tensor:
+        """``G`` (K x P): row i is ``grad log_d[i]`` over ``params``, flattened (zeros where unused)."""
+        rows = []
+        for i in range(self.n_tasks):
+            gs = torch.autograd.grad(log_d[i], params, retain_graph=i < self.n_tasks - 1, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                                   for g, p in zip(gs, params)]))
+        g = torch.stack(rows)
+        return g if self.reduce is None else self.reduce(g)
+
     def backward(self, losses: Tensor, params: Sequence[Tensor]) -> QPResult | None:
         """Set ``p.grad = sum_i z_i grad log D_i`` for ``params``; None when skipped."""
         params = [p for p in params if p.requires_grad]
         if not self._accept({"losses": losses}, "QPWeighting.backward"):
             return None
-        log_d = self._log_d(losses)
-        grads = [torch.autograd.grad(log_d[i], params, retain_graph=i < self.n_tasks - 1,
-                                     allow_unused=True) for i in range(self.n_tasks)]
-        grads = [[torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)] for gs in grads]
-        q = sum(self._gram(list(col)) for col in zip(*grads))
-        res = solve_qp(q, self.ridge, self.negative)
+        g = self.task_gradients(self._log_d(losses), params)
+        res = solve_qp(g.double() @ g.double().T, self.ridge, self.negative)
         self.n_clipped += int(res.clipped)
         self.last = res
         self._a = res.z / (losses.detach() - self.offsets.to(losses) + EPS_D)
-        zs = res.z.tolist()
-        for i, p in enumerate(params):
-            p.grad = sum(z * gs[i] for z, gs in zip(zs, grads))
+        for p, part in zip(params, (res.z.to(g) @ g).split([p.numel() for p in params])):
+            p.grad = part.view_as(p)
         return res
-
-    @staticmethod
-    def _gram(gs: list[Tensor]) -> Tensor:
-        g = torch.stack([x.reshape(-1) for x in gs]).double()
-        return g @ g.T

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lic_core.atomic import write_file
 from lic_core.errors import command
-from lic_core.optim import CautiousAdam, TaskWeighting
+from lic_core.optim import GAMMA, W_LR, CautiousAdam, TaskWeighting
 
 N = 10
 BALANCED_COLUMNS = ["step", "L_D", "L_R", "w_D", "w_R", "logit_D", "logit_R", "coef_D", "coef_R",
@@ -43,8 +43,8 @@ class ToyConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
-    gamma: float = 0.003
-    w_lr: float = 0.025
+    gamma: float = GAMMA
+    w_lr: float = W_LR
     max_norm: float = 1.0
     second_clip: float = 2.0  # the training script's clip_max_norm default (a no-op after max_norm)
     offsets: tuple[float, float] = (-1.0, -1.0)

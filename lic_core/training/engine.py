@@ -29,12 +29,12 @@ from lic_core.config import COMPILE_MIN_STEPS, OptimConfig, TrainConfig, apply_o
 from lic_core.training.data import load_test_set, train_loader
 from lic_core.errors import ConfigError, command
 from lic_core.models.hpcm import HPCM, build, read_checkpoint
-from lic_core.optim import CautiousAdam
+from lic_core.optim import CautiousAdam, LRSchedule
 from lic_core.training import checkpoint as ckpt
 from lic_core.training import distributed as ddp
 from lic_core.training.finetune import frozen_at, load_init, param_groups, set_frozen
 from lic_core.training.logging import RunLogger, load_history, truncate_history
-from lic_core.training.objectives import _floats, objective
+from lic_core.training.objectives import named_floats, objective
 
 CKPT_DIR = "checkpoints"
 # Keys that may differ between a checkpoint's config and the config that resumes it.
@@ -56,45 +56,6 @@ class RunResult:
     step: int
     skipped: int
     model: HPCM | None = field(default=None, repr=False)
-
-
-# ------------------------------------------------------------------------------------ schedules
-
-
-class LRSchedule:
-    """Multiplier of the base learning rate at a step (``optim.schedule``, see OptimConfig)."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.o, self.total = cfg.optim, cfg.run.steps
-        self.best, self.bad, self.scale = math.inf, 0, 1.0  # plateau state
-
-    def factor(self, step: int) -> float:
-        o, t = self.o, step / self.total
-        if o.schedule == "step":
-            hit = [lr for m, lr in zip(o.milestones, o.step_lrs) if t >= m]
-            return hit[-1] / o.lr if hit else 1.0
-        if o.schedule == "cosine":
-            end = o.min_lr / o.lr
-            return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        return self.scale  # constant: 1; plateau: reduced by observe()
-
-    def observe(self, value: float) -> None:
-        """Plateau: one evaluation of the monitored loss."""
-        if self.o.schedule != "plateau" or not math.isfinite(value):
-            return
-        if value < self.best * (1 - 1e-4):
-            self.best, self.bad = value, 0
-            return
-        self.bad += 1
-        if self.bad > self.o.patience:
-            self.scale = max(self.scale * self.o.factor, self.o.min_lr / self.o.lr)
-            self.bad = 0
-
-    def state_dict(self) -> dict[str, float]:
-        return {"best": self.best, "bad": self.bad, "scale": self.scale}
-
-    def load_state_dict(self, sd: dict[str, float]) -> None:
-        self.best, self.bad, self.scale = sd["best"], sd["bad"], sd["scale"]
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -249,7 +210,7 @@ class Trainer:
         self.frozen = frozen_at(cfg.finetune, 0)
         set_frozen(self.groups, self.frozen)
         self.opt = self._optimizer()
-        self.sched = LRSchedule(cfg)
+        self.sched = LRSchedule(cfg.optim, cfg.run.steps)
         self.step, self.skipped = 0, 0
         self.history: list[dict[str, Any]] = []  # evaluation records (also in the checkpoint)
         self.score_acc = [0.0, 0]  # sum and count of the training R-D loss since the last score
@@ -384,7 +345,7 @@ class Trainer:
     def task_forward(self, x: Tensor) -> Tensor:
         """The task losses of batch ``x`` by the model as it is now (no DDP wrapper): Solution 1's
         second forward, after the step, on the same batch."""
-        return losses.task_losses(self.model(x), x, self.cfg.loss)
+        return losses.task_losses(self.model(x), x, self.cfg.loss, self.tasks)
 
     def _update_frozen(self) -> None:
         frozen = frozen_at(self.cfg.finetune, self.step)
@@ -396,7 +357,7 @@ class Trainer:
     def _record(self, rec: dict[str, Any], terms: dict[str, Tensor], task: Tensor) -> dict[str, Any]:
         """The step's log record: R-D terms, task losses, mask fraction, the objective's weights."""
         rec.update({k: float(v.detach()) for k, v in terms.items()})
-        rec.update(_floats(self.tasks, task, "task"))
+        rec.update(named_floats(self.tasks, task, "task"))
         if isinstance(self.opt, CautiousAdam):
             rec["mask_fraction"] = self.opt.last_mask_fraction
         return {**rec, **self.objective.record()}

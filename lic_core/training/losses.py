@@ -1,4 +1,4 @@
-"""Rate and distortion terms of one forward pass, and the task losses of each training mode.
+"""Rate and distortion terms of one forward pass, and task loss vectors built from them.
 
 Everything that reports a rate computes it here, so the per-scale rates of HPCM (Li et al., ICCV
 2025) add up to the bpp exactly: ``R_z`` (bits of z) and ``R_s1``, ``R_s2``, ``R_s3`` (bits of the y
@@ -6,23 +6,18 @@ symbols coded at scale s1, s2, s3, split by the model's ``scale_masks``), each o
 and ``bpp = R_z + R_s1 + R_s2 + R_s3`` computed as that sum.
 
 Task losses follow Balanced R-D (Zhang et al., CVPR 2025), ``shared/spec/BALANCED.md``: lambda is
-folded into ``L_D`` and the rate tasks carry none.
+folded into ``L_D`` and the rate tasks carry none. Which terms are the tasks of a training mode is
+the objective's (:data:`lic_core.training.objectives.TASKS`).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from pytorch_msssim import ms_ssim
 from torch import Tensor
 
 RATES = ("R_z", "R_s1", "R_s2", "R_s3")
-TASKS: dict[str, tuple[str, ...]] = {
-    "standard": ("D", "bpp"),  # summed: loss = D + bpp, with plain Adam
-    "balanced": ("D", "bpp"),
-    "hierarchical": ("D",) + RATES,
-    "qp": ("D", "bpp"),
-}
 
 
 def _bits(likelihoods: Tensor) -> Tensor:
@@ -73,15 +68,16 @@ def loss_terms(out: dict[str, Any], x: Tensor, cfg: Any) -> dict[str, Tensor]:
     return terms
 
 
-def task_vector(terms: dict[str, Tensor], mode: str) -> Tensor:
-    """The task losses of ``mode`` stacked in the spec's order (see :data:`TASKS`)."""
-    if mode not in TASKS:
-        raise ValueError(f"mode must be one of {', '.join(TASKS)}, got {mode!r}")
-    return torch.stack([terms[k] for k in TASKS[mode]])
+def task_vector(terms: dict[str, Tensor], tasks: Sequence[str]) -> Tensor:
+    """The terms named by ``tasks`` (e.g. ``("D", "bpp")``) stacked in that order."""
+    if isinstance(tasks, str):
+        raise ValueError(f"tasks: a sequence of term names (a mode's: objectives.TASKS[mode]), got {tasks!r}")
+    if not tasks or any(k not in terms for k in tasks):
+        raise ValueError(f"tasks must name terms of {', '.join(terms)}, got {list(tasks)}")
+    return torch.stack([terms[k] for k in tasks])
 
 
-def task_losses(out: dict[str, Any], x: Tensor, cfg: Any, mode: str | None = None) -> Tensor:
-    """Tensor[K] of task losses: standard / balanced / qp ``[D, bpp]``; hierarchical
-    ``[D, R_z, R_s1, R_s2, R_s3]``. ``mode`` defaults to ``cfg.mode``."""
-    cfg = getattr(cfg, "loss", cfg)
-    return task_vector(loss_terms(out, x, cfg), mode or cfg.mode)
+def task_losses(out: dict[str, Any], x: Tensor, cfg: Any, tasks: Sequence[str]) -> Tensor:
+    """Tensor[K] of the task losses ``tasks`` of one forward (:func:`loss_terms` of ``cfg``), e.g.
+    ``objectives.TASKS["hierarchical"]`` = ``[D, R_z, R_s1, R_s2, R_s3]``."""
+    return task_vector(loss_terms(out, x, cfg), tasks)

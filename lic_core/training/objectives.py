@@ -11,23 +11,29 @@ runs any of them in the same order (forward, task losses, backward, clip, step, 
 * :class:`QP`: Solution 2 (our derivation of the paper's equality-constrained QP, Eq. 14-16): per-task
   gradients of ``log D_i``, weights from the QP, the model stepped with their combination.
 
-A new objective is one subclass registered in :data:`OBJECTIVES` under its ``loss.mode`` name.
+:data:`OBJECTIVES` is the one registry of training modes: ``loss.mode`` is validated against it,
+and :data:`MODES` and :data:`TASKS` (each mode's task names) are read from it. A new objective is
+one subclass with its ``mode`` and ``tasks``, registered there. Objectives take a
+:class:`~lic_core.config.TrainConfig` (this module does not import the config module, which
+validates against this registry).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from lic_core.training import losses
-from lic_core.config import TrainConfig, as_list
-from lic_core.optim import TaskWeighting, gamma_schedule, solve_qp
-from lic_core.optim.balance import EPS_D
+from lic_core.optim import QPWeighting, TaskWeighting, gamma_schedule
+from lic_core.optim.balance import as_list
 from lic_core.training import distributed as ddp
+from lic_core.training import losses
+
+Config = Any  # a lic_core.config.TrainConfig: not imported, the config module validates against this registry
 
 
-def _floats(names: tuple[str, ...] | list[str], t: Tensor | None, prefix: str) -> dict[str, float]:
+def named_floats(names: Sequence[str], t: Tensor | None, prefix: str) -> dict[str, float]:
+    """``{f"{prefix}_{name}": value}`` of a per-task tensor (``{}`` for None): a log record's fields."""
     return {} if t is None else {f"{prefix}_{n}": float(v) for n, v in zip(names, t.tolist())}
 
 
@@ -45,16 +51,17 @@ class Objective:
     the DDP wrapper (which averages gradients over ranks)."""
 
     mode = "standard"
+    tasks: tuple[str, ...] = ("D", "bpp")  # terms of losses.loss_terms, in the spec's order
     wrapped = True
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        self.cfg, self.tasks = cfg, losses.TASKS[self.mode]
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg = cfg
         offsets = as_list(cfg.balance.offset)
         self.offsets = torch.tensor(offsets * (len(self.tasks) // len(offsets)), device=device)
 
     def task_losses(self, terms: dict[str, Tensor]) -> Tensor:
         """This objective's task vector, averaged over ranks (every rank weights the same losses)."""
-        return ddp.global_value(losses.task_vector(terms, self.mode))
+        return ddp.global_value(losses.task_vector(terms, self.tasks))
 
     def backward(self, task: Tensor, params: list[Tensor], step: int) -> str | None:
         """Gradients of one step into ``params``; a reason when the step must be skipped."""
@@ -86,7 +93,7 @@ class Balanced(Objective):
 
     mode = "balanced"
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: Config, device: torch.device):
         super().__init__(cfg, device)
         b = cfg.balance
         kw = {"linear": {"end": b.gamma_end}, "cosine": {"end": b.gamma_end},
@@ -117,8 +124,8 @@ class Balanced(Objective):
     def record(self) -> dict[str, float]:
         w, g = self.weighting, self.gamma
         gam = {"gamma": g[0]} if len(g) == 1 else {f"gamma_{n}": v for n, v in zip(self.tasks, g)}
-        return {**gam, "weight_skips": w.skipped, **_floats(self.tasks, w.z, "z"),
-                **_floats(self.tasks, w.a, "a"), **_floats(self.tasks, w.delta, "delta")}
+        return {**gam, "weight_skips": w.skipped, **named_floats(self.tasks, w.z, "z"),
+                **named_floats(self.tasks, w.a, "a"), **named_floats(self.tasks, w.delta, "delta")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"weighting": self.weighting.state_dict(), "qp_clipped": 0}
@@ -132,52 +139,44 @@ class Hierarchical(Balanced):
     task of its own (our extension of the paper's two-task split)."""
 
     mode = "hierarchical"
+    tasks = ("D",) + losses.RATES
 
 
 class QP(Objective):
     """Solution 2 (CVPR 2025, Eq. 14-16, our derivation): ``p.grad = sum_i z_i g_i`` with
     ``g_i = grad log D_i`` averaged over ranks and ``z`` from the equality-constrained QP on their
-    Gram matrix (:func:`~lic_core.optim.solve_qp`, ridge ``balance.qp_ridge``)."""
+    Gram matrix, by :class:`~lic_core.optim.QPWeighting` (ridge ``balance.qp_ridge``)."""
 
     mode = "qp"
-    wrapped = False  # the per-task gradients are averaged here, not by DDP
+    wrapped = False  # the per-task gradients are averaged by the weighting (reduce), not by DDP
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: Config, device: torch.device):
         super().__init__(cfg, device)
-        self.clipped = 0
-        self.last: tuple[Tensor, Tensor] | None = None
+        self.weighting = QPWeighting(len(self.tasks), offsets=self.offsets, ridge=cfg.balance.qp_ridge,
+                                     names=self.tasks, reduce=ddp.mean)
 
     def backward(self, task: Tensor, params: list[Tensor], step: int) -> str | None:
-        log_d = (task - self.offsets + EPS_D).log()
-        flat = []
-        for i in range(len(self.tasks)):
-            gs = torch.autograd.grad(log_d[i], params, retain_graph=i < len(self.tasks) - 1, allow_unused=True)
-            flat.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                                   for g, p in zip(gs, params)]))
-        g = ddp.mean(torch.stack(flat))
-        res = solve_qp(g.double() @ g.double().T, self.cfg.balance.qp_ridge)
-        self.clipped += int(res.clipped)
-        self.last = (res.z, res.z / (task.detach() - self.offsets + EPS_D))
-        for p, part in zip(params, (res.z.to(g) @ g).split([p.numel() for p in params])):
-            p.grad = part.view_as(p)
+        self.weighting.backward(task, params)
         return None
 
     def record(self) -> dict[str, float]:
-        if self.last is None:
+        w = self.weighting
+        if w.last is None:
             return {}
-        return {"qp_clipped": self.clipped, **_floats(self.tasks, self.last[0], "z"),
-                **_floats(self.tasks, self.last[1], "a")}
+        return {"qp_clipped": w.n_clipped, **named_floats(self.tasks, w.z, "z"), **named_floats(self.tasks, w.a, "a")}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weighting": None, "qp_clipped": self.clipped}
+        return {"weighting": None, "qp_clipped": self.weighting.n_clipped}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.clipped = sd["qp_clipped"]
+        self.weighting.n_clipped = sd["qp_clipped"]
 
 
 OBJECTIVES: dict[str, type[Objective]] = {c.mode: c for c in (Standard, Balanced, Hierarchical, QP)}
+MODES: tuple[str, ...] = tuple(OBJECTIVES)  # the values of loss.mode
+TASKS: dict[str, tuple[str, ...]] = {m: c.tasks for m, c in OBJECTIVES.items()}  # each mode's task names
 
 
-def objective(cfg: TrainConfig, device: torch.device) -> Objective:
+def objective(cfg: Config, device: torch.device) -> Objective:
     """The objective of ``loss.mode``."""
     return OBJECTIVES[cfg.loss.mode](cfg, device)
