@@ -4,10 +4,14 @@ strided (de)convolutions of the transforms and the window cross-attention of the
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from compressai.layers import conv1x1
 from torch import Tensor, nn
+
+from lic_core.models import autotune
 
 
 def down(cin: int, cout: int, first: bool = False) -> nn.Conv2d:
@@ -24,29 +28,71 @@ def up(cin: int, cout: int, last: bool = False) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, 2, stride=2)
 
 
+def gemm_1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A 1x1 convolution as one matrix product over the positions: the output is a channels-last
+    view of the (positions, C) product; a channels-last input is read in place, another layout is
+    copied once."""
+    b, c, h, w = x.shape
+    y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), weight.view(weight.shape[0], c), bias)
+    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def conv_1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A 1x1 convolution as PyTorch's convolution (oneDNN on x86 CPUs, in the input's layout)."""
+    return F.conv2d(x, weight, bias)
+
+
+CONV1X1 = {"gemm": gemm_1x1, "conv": conv_1x1}
+
+
 class Conv1x1(nn.Conv2d):
-    """A 1x1 convolution computed as one matrix product over the positions (same parameters and
-    state_dict as ``compressai.layers.conv1x1``). The context model's convs see few positions and
-    many channels (Base: 960 <-> 1920 channels on the latent grid), a GEMM shape: at the Base and
-    Large train steps' 4x16x16 positions, forward + backward ran at 52-71 GMAC/s as oneDNN
-    convolutions and at 63-82 as GEMMs on a 2-core Xeon (``benchmarks/bench_model.py --layers``).
-    The output is a channels-last view of the (positions, C) product; a channels-last input is read
-    in place, another layout is copied once."""
+    """A 1x1 convolution computed as a GEMM over the positions or as a oneDNN convolution,
+    whichever :mod:`lic_core.models.autotune` picks for the call's shape on this machine (same
+    parameters and state_dict as ``compressai.layers.conv1x1`` on both paths). The context model's
+    convs see few positions and many channels (Base: 960 <-> 1920 channels on the latent grid):
+    at the Base and Large train steps' 4x16x16 positions, forward + backward ran at 52-71 GMAC/s
+    as oneDNN convolutions and at 63-82 as GEMMs on a 2-core Xeon with AMX, while on an AMD EPYC
+    with AVX-512 oneDNN's convolutions were the faster (``benchmarks/bench_model.py --layers``)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), self.weight.view(self.out_channels, c), self.bias)
-        return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+        if torch.compiler.is_compiling():
+            return CONV1X1[autotune.traced_path("conv1x1")](x, self.weight, self.bias)
+        return CONV1X1[autotune.choose("conv1x1", self.key(x), x.device, lambda: self.candidates(x))](
+            x, self.weight, self.bias)
 
+    def key(self, x: Tensor) -> str:
+        """The autotuner's key of a call: input shape and layout, output channels, dtype, grad
+        mode (forward only, or forward and backward), autocast and device."""
+        b, c, h, w = x.shape
+        layout = "cl" if x.is_contiguous(memory_format=torch.channels_last) else "nchw"
+        grad = "train" if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) else "eval"
+        cast = " autocast" if torch.is_autocast_enabled(x.device.type) else ""
+        return f"{b}x{c}x{h}x{w}->{self.out_channels} {layout} {str(x.dtype).removeprefix('torch.')} {grad}{cast} {x.device}"
+
+    def candidates(self, x: Tensor) -> dict[str, Callable[[], object]]:
+        """Each path run once on detached copies of the input and the parameters: a forward, and
+        under autograd a backward too (``torch.autograd.grad``, so no ``.grad`` is touched)."""
+        train = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        xs, w, bias = (None if t is None else t.detach().requires_grad_(train and t.requires_grad)
+                       for t in (x, self.weight, self.bias))
+        leaves = [t for t in (xs, w, bias) if t is not None and t.requires_grad]
+
+        def run(fn: Callable[[Tensor, Tensor, Tensor | None], Tensor]) -> Callable[[], object]:
+            def once() -> object:
+                y = fn(xs, w, bias)
+                return torch.autograd.grad(y, leaves, torch.ones_like(y)) if train else y
+            return once
+
+        return {path: run(fn) for path, fn in CONV1X1.items()}
 
 def _residual(x: Tensor, fc2: nn.Module, h: Tensor, inplace: bool = True) -> Tensor:
     """``x + fc2(LeakyReLU(h))``, with ``inplace`` the activation and the sum in place: ``h`` and
     fc2's output are fresh conv outputs that autograd does not keep, and skipping two allocations
     of the widest tensors matters on CPU. Not for :class:`Conv1x1` outputs while autograd records,
-    as they are views: an in-place op on a view makes autograd rebuild its base in the backward (a
+    as the GEMM path's are views: an in-place op on a view makes autograd rebuild its base in the backward (a
     zeroed copy, a scatter and a standard-layout clone), which costs more than the allocations."""
     out = fc2(F.leaky_relu(h, inplace=inplace))
     return out.add_(x) if inplace else out + x

@@ -14,7 +14,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from lic_core.analysis import metrics
 from lic_core.config import COMPILE_MIN_STEPS, OptimConfig, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
 from lic_core.training.data import load_test_set, train_loader
 from lic_core.errors import ConfigError, command
+from lic_core.models import autotune
 from lic_core.models.hpcm import HPCM, build, read_checkpoint
 from lic_core.optim import CautiousAdam, LRSchedule
 from lic_core.training import checkpoint as ckpt
@@ -41,7 +42,7 @@ CKPT_DIR = "checkpoints"
 RESUMABLE = ("run.steps", "run.resume", "run.out", "run.name", "run.progress", "run.log_every",
              "run.eval_every", "run.ckpt_every", "run.keep_last", "run.wandb_project", "run.wandb_name",
              "run.wandb_mode", "data.workers", "data.cache_mb", "data.test", "data.test_patch", "data.test_limit",
-             "speed.compile")
+             "speed.compile", "speed.autotune")  # a resumed run keeps the checkpoint's autotune paths
 TRANSFORMS = ("g_a", "g_s", "h_a", "h_s")
 
 
@@ -74,18 +75,69 @@ def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
         if s.channels_last:
             raise ConfigError(f"speed.channels_last: a GPU option, refused on device {dev} (on the "
                               "CPU the model's convolutions are channels-last already)")
-        if s.bf16 and not cpu_bf16():
+        if s.bf16 is True and not cpu_bf16():
             raise ConfigError(f"speed.bf16: oneDNN has no bfloat16 kernels for this CPU (it needs "
                               f"AVX-512), refused on device {dev}")
-    elif s.bf16 and not torch.cuda.is_bf16_supported():
+    elif s.bf16 is True and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"speed.bf16: {torch.cuda.get_device_name(dev)} does not support bfloat16")
     return dev
 
 
 def cpu_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 on this CPU (AVX-512; native, and fast, only with AVX512-BF16
-    or AMX: README "Performance" has the project's Xeon measured)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether oneDNN runs bfloat16 on this CPU: AVX-512 present and neither ATen
+    (``ATEN_CPU_CAPABILITY``) nor oneDNN (``ONEDNN_MAX_CPU_ISA``) capped below it. Native, and
+    fast, only with AVX512-BF16 or AMX (:func:`native_bf16`)."""
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return (bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+            and isa.startswith(("ALL", "AVX512", "AVX10", "AMX")))
+
+
+def native_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` computes bfloat16 natively: a GPU that supports it, or a CPU where
+    :func:`cpu_bf16` holds with AVX512-BF16 or AMX instructions (elsewhere oneDNN converts)."""
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_bf16() and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """The speed options one run applies, each resolved from ``speed.*`` by what this machine
+    supports: ``auto`` values become true or false here, never later."""
+
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    autotune: str  # a mode of lic_core.models.autotune
+    notes: tuple[str, ...] = ()  # one line per option decided by the machine, for the log
+
+    def describe(self) -> str:
+        return (f"speed: bf16 {self.bf16}, channels_last {self.channels_last}, compile {self.compile}, "
+                f"autotune {self.autotune}" + "".join(f"; {n}" for n in self.notes))
+
+
+def speed_plan(cfg: TrainConfig, dev: torch.device) -> SpeedPlan:
+    """``cfg.speed`` resolved for ``dev`` (explicit options were checked by :func:`resolve_device`):
+    ``bf16=auto`` is on where bfloat16 is native (:func:`native_bf16`; it changes numerics, so it is
+    never the default), ``compile=auto`` on runs of at least ``COMPILE_MIN_STEPS`` steps where a
+    compiler exists (:func:`compiler_missing`), and ``autotune`` picks each 1x1 conv's path by
+    measuring on a CPU kind the project has measured (:mod:`lic_core.models.autotune`)."""
+    s, notes = cfg.speed, []
+    bf16 = s.bf16 is True
+    if s.bf16 == "auto":
+        bf16 = native_bf16(dev)
+        notes.append(f"bf16=auto: {'native' if bf16 else 'not native'} bfloat16 on {dev.type}")
+    compile_ = wants_compile(cfg)
+    if s.compile == "auto" and compile_:
+        why = compiler_missing(dev)
+        compile_ = not why
+        notes.append(f"compile=auto: {why or 'a compiler exists'}")
+    mode = autotune.normalize(s.autotune)
+    why = autotune.unmeasured_reason(dev)
+    if mode == "auto" and why:
+        notes.append(f"autotune=auto: {why}, portable default path")
+    return SpeedPlan(bf16, s.channels_last, compile_, mode, tuple(notes))
 
 
 def wants_compile(cfg: TrainConfig) -> bool:
@@ -191,8 +243,11 @@ class Trainer:
     and task weights of each step."""
 
     def __init__(self, cfg: TrainConfig):
-        self.cfg = validate(cfg)
-        self.dev = resolve_device(cfg)
+        self.dev = resolve_device(validate(cfg))
+        self.plan = speed_plan(cfg, self.dev)
+        # bf16=auto is decided here, once: the run folder's config and its checkpoints hold the value
+        self.cfg = cfg = replace(cfg, speed=replace(cfg.speed, bf16=self.plan.bf16))
+        autotune.set_mode(self.plan.autotune)  # a resumed run takes its checkpoint's (load_state)
         self.dist, self.owns_group = ddp.setup(self.dev.type)
         if self.dev.type == "cuda":
             self.dev = resolve_device(cfg, self.dist.local_rank)
@@ -217,11 +272,11 @@ class Trainer:
         self.best_score, self.last_score = math.inf, math.inf
         self._resume()
 
-        if cfg.speed.channels_last:
+        if self.plan.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if cfg.speed.bf16:
+        if self.plan.bf16:
             bf16_transforms(self.model, self.dev.type)
-        self.compiled = wants_compile(cfg) and compile_forward(self.model, self.dev)
+        self.compiled = self.plan.compile and compile_forward(self.model, self.dev)
         self.net = self._wrap()
         self.tests = load_test_set(cfg.data.test, cfg.data.test_patch, cfg.data.test_limit) \
             if cfg.data.test and self.dist.main else []
@@ -230,7 +285,7 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         # speed.compile compiles Cautious Adam's step with the forward (where a compiler exists)
-        compiled = wants_compile(self.cfg) and not compiler_missing(self.dev)
+        compiled = self.plan.compile and not compiler_missing(self.dev)
         return make_optimizer([{**g, "lr": o.lr * g["lr_mult"]} for g in self.groups], o, self.cfg.loss.mode,
                               compiled)
 
@@ -260,6 +315,7 @@ class Trainer:
             "data": {"seed": self.cfg.run.seed, "step": self.step, "world": self.dist.world},
             "history": self.history,
             "score": {"acc": list(self.score_acc), "best": self.best_score, "last": self.last_score},
+            "autotune": autotune.record(),  # the paths taken, so that a resumed run takes them too
         }
 
     def load_state(self, sd: dict[str, Any]) -> None:
@@ -268,6 +324,7 @@ class Trainer:
             raise ConfigError(f"run.resume: the checkpoint was trained with another config: {diff}; "
                               "use another run.name or run.resume=never")
         self.model.load_state_dict(sd["state_dict"])
+        self._restore_autotune(sd.get("autotune"))
         self.step, self.skipped = sd["step"], sd["skipped"]
         self.frozen = frozen_at(self.cfg.finetune, self.step)
         set_frozen(self.groups, self.frozen)
@@ -282,6 +339,16 @@ class Trainer:
             ckpt.set_rng_state(rngs[self.dist.rank])
         else:  # another world size: the run goes on, not bit-identically
             _seed_all(self.cfg.run.seed + 1_000_003 * self.dist.rank + self.step)
+
+    def _restore_autotune(self, rec: dict[str, Any] | None) -> None:
+        """The checkpoint's autotune mode and choices (older checkpoints: the portable default,
+        the only path there was), whatever ``speed.autotune`` says now: a resumed run stays
+        bit-identical only on the paths its original took."""
+        mode = autotune.restore(rec)
+        if mode != self.plan.autotune and self.dist.main:
+            print(f"speed.autotune: resuming with the checkpoint's mode {mode} (config: {self.plan.autotune})",
+                  file=sys.stderr)
+        self.plan = replace(self.plan, autotune=mode)
 
     def _resume(self) -> None:
         r = self.cfg.run.resume
@@ -462,12 +529,13 @@ def train(cfg: TrainConfig | dict | str | Path | None = None, overrides: dict | 
     ``train("cfg.yaml", {"loss.lmbda": 0.013, "run.steps": 200})`` from a notebook; the same
     code runs under ``torchrun`` (one process per GPU).
     """
-    trainer = Trainer(as_config(cfg, overrides))
-    try:
-        return trainer.fit(until)
-    finally:
-        if trainer.owns_group:
-            ddp.teardown()
+    with autotune.forced(autotune.mode()):  # the run's autotune mode ends with it
+        trainer = Trainer(as_config(cfg, overrides))
+        try:
+            return trainer.fit(until)
+        finally:
+            if trainer.owns_group:
+                ddp.teardown()
 
 
 @command("train")
