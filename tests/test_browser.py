@@ -1,17 +1,21 @@
-"""Notebooks in a real browser (issue 8): JupyterLab on localhost driven by headless Chromium.
+"""Notebooks in a real browser: JupyterLab on localhost driven by headless Chromium.
 
-The λ explorer (notebook 06) must react to its λ slider in the page, notebooks 01 and 05 must draw
-their figures there without browser console errors. ``tests/browser/fixtures/explorer.ipynb`` checks
+The notebook ``docs/QUICKSTART.md`` says to open first (the λ explorer, notebook 06) runs there on
+the shipped models in ``checkpoints/tiny``: its reconstruction panel shows the decoded image at the
+PSNR its label states, and moving the λ slider changes image and readouts. Notebooks 01 and 05 must
+draw their figures there without browser console errors. ``tests/browser/fixtures/explorer.ipynb`` checks
 the harness itself. Needs ``.ci/install-browser.sh``; without chromium the tests skip, unless
 ``LIC_REQUIRE_DATA=1`` (CI), where that is a failure. Screenshots: ``test-artifacts/browser/``.
 """
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import numpy as np
 import pytest
 
 from browser.harness import ARTIFACTS, CHROMIUM, REPO, Browser, JupyterLab, NotebookPage
@@ -21,19 +25,21 @@ from conftest import skip_or_fail
 FIXTURE = Path(__file__).parent / "browser" / "fixtures" / "explorer.ipynb"
 RUNS = ARTIFACTS / "runs"
 TINY_LAMBDAS = [0.0018, 0.0483]
-# Small values injected into each notebook's parameters cell (papermill) to keep CI fast; 05 and 06
-# read the checkpoints of the ``tiny_runs`` fixture (their "run_root").
+# Small values injected into each notebook's parameters cell (papermill) to keep CI fast; 05 reads
+# the checkpoints of the ``tiny_runs`` fixture (its "run_root").
 PARAMETERS: dict[str, dict] = {
     "01": {"steps": 6, "batch": 2, "patch": 128, "run_dir": str(RUNS / "01_train"),
            "figures_dir": str(ARTIFACTS / "figures" / "01")},
     "05": {"modes": ["standard"], "anchor": "standard", "train_if_missing": False, "limit": 1,
            "crop": 128, "codecs": ["jpeg"], "out_dir": str(RUNS / "05_evaluation"),
            "figures_dir": str(ARTIFACTS / "figures" / "05")},
-    "06": {"modes": ["standard"], "train_if_missing": False, "limit": 1, "crop": 128},
 }
 LAMBDA = re.compile(r"λ|lambda", re.I)
 FIGURE_SOURCE = re.compile(r"^\s*fig\s*[,=]|plt\.show\(|\.savefig\(|save_figure\(", re.M)
 RUN_TIMEOUT = 300.0  # seconds for Run All Cells on a loaded 2-core machine
+QUICKSTART = REPO / "docs" / "QUICKSTART.md"
+SHIPPED = REPO / "checkpoints" / "tiny"
+EXPLORER_CROP = 128
 
 
 def _notebook(prefix: str) -> Path:
@@ -118,8 +124,45 @@ def _state(page: NotebookPage, scope) -> dict[str, list]:
             **{key: page.readouts(key, scope) for key in ("bpp", "PSNR", "MS-SSIM")}}
 
 
-def _check_explorer(page: NotebookPage, name: str) -> None:
-    """Move the λ slider one step; the reconstruction and the bpp / PSNR readouts must change."""
+def quickstart_notebook() -> Path:
+    """The notebook ``docs/QUICKSTART.md`` tells a new user to open first."""
+    found = re.search(r"Open \*\*`(notebooks/[\w.-]+\.ipynb)`\*\*", QUICKSTART.read_text())
+    assert found, f"{QUICKSTART} names no notebook to open first (Open **`notebooks/...`**)"
+    path = REPO / found.group(1)
+    assert path.is_file(), f"{QUICKSTART} names {found.group(1)}, which does not exist"
+    return path
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255.0 ** 2 / mse) if mse > 0 else math.inf
+
+
+def _decoded_matches_label(original: np.ndarray) -> Callable[[NotebookPage, object], np.ndarray]:
+    """A check of the explorer's reconstruction panel: among the page's images of the original's
+    size, the decoded one is a real image (not blank) whose PSNR against the original is the one
+    the readout states (2 decimals). Returns the decoded pixels."""
+
+    def check(page: NotebookPage, scope) -> np.ndarray:
+        shown = [im for im in page.image_pixels(scope) if im.shape == original.shape]
+        decoded = [im for im in shown if _psnr(im, original) < math.inf]
+        assert decoded, f"no decoded {original.shape[1]}x{original.shape[0]} image in the explorer"
+        labels = page.readouts("PSNR", scope)
+        for im in decoded:
+            value = _psnr(im, original)
+            assert im.std() > 10, f"the reconstruction panel is blank (std {im.std():.1f})"
+            assert value > 20, f"the decoded image is at {value:.2f} dB: not a trained model's"
+            assert any(abs(value - v) < 0.006 for v in labels), (
+                f"the decoded image is at {value:.2f} dB, the labels say {labels}")
+        return decoded[0]
+
+    return check
+
+
+def _check_explorer(page: NotebookPage, name: str,
+                    decoded: Callable[[NotebookPage, object], np.ndarray] | None = None) -> None:
+    """Move the λ slider one step; the reconstruction and the bpp / PSNR readouts must change.
+    ``decoded`` checks the reconstruction panel before and after the step."""
     slider = page.slider(LAMBDA)
     cell = page.cell_of(slider)
     scope = cell if page.readouts("bpp", cell) else None  # readouts may sit in another cell
@@ -127,6 +170,7 @@ def _check_explorer(page: NotebookPage, name: str) -> None:
     for key in ("images", "bpp", "PSNR"):
         assert before[key], f"{page.path.name}: no {key} shown next to the λ slider"
     page.screenshot(f"{name}-before", cell)
+    pixels = decoded(page, scope) if decoded else None
     page.step_slider(slider)
 
     def changed() -> dict | None:
@@ -141,6 +185,8 @@ def _check_explorer(page: NotebookPage, name: str) -> None:
     assert not page.errors(), "\n".join(page.errors())
     if before["MS-SSIM"]:
         assert _state(page, scope)["MS-SSIM"] != before["MS-SSIM"], "MS-SSIM readout unchanged"
+    if decoded:
+        assert not np.array_equal(decoded(page, scope), pixels), "moving λ left the decoded image as it was"
     print(f"{name}: bpp {before['bpp']} -> {after['bpp']}, PSNR {before['PSNR']} -> {after['PSNR']}")
     _assert_console_clean(page)
 
@@ -166,7 +212,15 @@ def test_figures_in_browser(browser: Browser, lab: JupyterLab, prefix: str,
         _check_figures(page, prefix)
 
 
-def test_lambda_explorer_in_browser(browser: Browser, lab: JupyterLab, tiny_runs: Path) -> None:
-    src = _notebook("06")
-    with _run(browser, lab, src, {**PARAMETERS["06"], "run_root": str(tiny_runs)}) as page:
-        _check_explorer(page, "06")
+def test_quickstart_explorer_on_shipped_models(browser: Browser, lab: JupyterLab) -> None:
+    """The quick start's first notebook as a new user runs it: its own defaults (the shipped
+    models), only fewer and smaller images; the decoded image is at the PSNR its label states."""
+    from lic_core.workbench import store, workbook
+
+    src = quickstart_notebook()
+    runs = {"standard": store.models(store.checked(SHIPPED), "standard")}
+    original = workbook.explorer(runs, "kodak", limit=1, crop=EXPLORER_CROP).original(0)
+    with _run(browser, lab, src, {"limit": 1, "crop": EXPLORER_CROP}) as page:
+        text = "\n".join(page.notebook.locator(".jp-OutputArea-output").all_inner_texts())
+        assert f"λ={min(runs['standard']):g}" in text, "the explorer does not show the shipped models"
+        _check_explorer(page, "06", _decoded_matches_label(original))

@@ -122,9 +122,11 @@ def test_05_evaluation(tmp_path, shared_runs, tiny_store):
         curve = json.loads((out / f"{mode}.json").read_text())
         assert len(curve["results"]["bpp"]) == 2 and all(b > 0 for b in curve["results"]["bpp"])
     assert (out / "figures" / "bd_rate.tex").read_text().count("\\toprule") == 1
-    assert figures(out / "figures") == {"rd_psnr", "bd_rate_bars", "scale_bpp_images"}
+    assert figures(out / "figures") == {"rd_psnr", "bd_rate_bars", "scale_bpp_images", "reconstructions_kodim01"}
     assert "balanced" in json.loads((out / "metrics.json").read_text())["bd"]["BD-rate cubic (%)"]
-    assert images(nb) == 3
+    assert images(nb) == 4
+    jpeg = json.loads((out / "jpeg.json").read_text())
+    assert "qualities chosen to span PSNR" in jpeg["description"]  # anchors on the curves' range
 
 
 def test_06_lambda_explorer(tmp_path, shared_runs, tiny_store):

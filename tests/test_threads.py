@@ -78,3 +78,14 @@ def test_progress_is_silent_when_off(tmp_path, capsys):
     bar.finished("a", "done")
     bar.heartbeat(["b"])
     assert capsys.readouterr().out == "" and bar.estimate(2) == pytest.approx(120.0)
+
+
+def test_heartbeat_prints_while_the_block_runs(capsys):
+    import time
+
+    from lic_core.workbench.sweep import heartbeat
+
+    with heartbeat("evaluation", every=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(ln.startswith("  ... evaluation: still running after ") for ln in lines)

@@ -1,6 +1,10 @@
 """The λ explorer (notebook 06): pick a λ and an image, see two training modes side by side.
 
-For each mode the view shows the image decoded from its real bitstream, the error map
+On top, the reconstruction figure of notebook 05 for the chosen λ and image
+(:func:`lic_core.analysis.viz.reconstructions`: the original, each mode's decoded image labelled with
+its bpp and PSNR, and the same zoomed square of each). Then, for each mode, the image decoded from
+its real bitstream at its own pixels, its readout (bpp from the file size, PSNR and MS-SSIM of
+exactly those pixels), the error map
 ``|x - x_hat|`` (mean over RGB, 8-bit levels) and where the bits went: estimated bits per latent
 position from the eval-mode likelihoods, summed over channels, one panel per scale (s1, s2, s3;
 HPCM's hierarchical schedule), with bpp from the file size, PSNR and MS-SSIM as readouts.
@@ -52,15 +56,16 @@ def bit_maps(model: HPCM, x: torch.Tensor) -> dict[str, np.ndarray]:
     return {s: (bits * masks[i]).sum(0).numpy() for i, s in enumerate(SCALE_NAMES)}
 
 
-def compute_view(model: HPCM, rgb: np.ndarray) -> View:
-    """Encode, decode and measure one image (H, W, 3 uint8) with ``model``."""
+def compute_view(model: HPCM, rgb: np.ndarray, maps: bool = True) -> View:
+    """Encode, decode and measure one image (H, W, 3 uint8) with ``model``; ``maps``: also the
+    per-scale bit maps (one more forward pass)."""
     x = metrics.image_tensor(rgb)
     with torch.no_grad():
         enc = codec.encode(model, x)
         x_hat = codec.decompress(enc.data, model)
     out8 = metrics.to_uint8(x_hat)[0].permute(1, 2, 0).numpy().astype(np.uint8)
     err = np.abs(out8.astype(np.float32) - rgb.astype(np.float32)).mean(-1)
-    return View(out8, err, bit_maps(model, x), enc.bpp, metrics.psnr(x_hat, x), metrics.ms_ssim(x_hat, x),
+    return View(out8, err, bit_maps(model, x) if maps else {}, enc.bpp, metrics.psnr(x_hat, x), metrics.ms_ssim(x_hat, x),
                 dict(enc.stream_bytes))
 
 
@@ -83,6 +88,20 @@ def maps_png(view: View, err_max: float, bits_max: float) -> bytes:
     fig.colorbar(im, ax=axes[1:], shrink=0.8)
     for ax in axes:
         ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figure_png(original: np.ndarray, panels: Sequence[tuple[str, np.ndarray, float, float]],
+               title: str) -> bytes:
+    """The reconstruction figure (:func:`lic_core.analysis.viz.reconstructions`) as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    from lic_core.analysis.viz import reconstructions
+
+    fig = reconstructions(original, panels, title=title, panel_in=2.2)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
@@ -118,9 +137,12 @@ class LambdaExplorer:
         self._model = lru_cache(maxsize=16)(load_checkpoint)
         self._view = lru_cache(maxsize=64)(self._compute)
 
+    def original(self, image: int = 0) -> np.ndarray:
+        """The (cropped) image ``image`` as shown and coded, (H, W, 3) uint8."""
+        return center_crop(read_rgb(self.images[int(image)])[0], self.crop)
+
     def _compute(self, mode: str, lmbda: float, image: int) -> View:
-        rgb = center_crop(read_rgb(self.images[image])[0], self.crop)
-        return compute_view(self._model(self.runs[mode][lmbda]), rgb)
+        return compute_view(self._model(self.runs[mode][lmbda]), self.original(image))
 
     def view(self, mode: str, lmbda: float, image: int = 0) -> View:
         return self._view(mode, float(lmbda), int(image))
@@ -135,6 +157,7 @@ class LambdaExplorer:
         img = w.Dropdown(options=[(p.name, i) for i, p in enumerate(self.images)], value=0,
                          description="image")
         modes = list(self.runs)
+        figure = w.Image(format="png", layout=w.Layout(max_width="100%"))
         recon = {m: w.Image(format="png", layout=w.Layout(width="300px")) for m in modes}
         maps = {m: w.Image(format="png", layout=w.Layout(width="620px")) for m in modes}
         text = {m: w.HTML() for m in modes}
@@ -143,6 +166,10 @@ class LambdaExplorer:
             views = {m: self.view(m, lam.value, img.value) for m in modes}
             err_max = max(float(v.error.max()) for v in views.values()) or 1.0
             bits_max = max(float(b.max()) for v in views.values() for b in v.bit_maps.values()) or 1.0
+            name = self.images[img.value].name
+            figure.value = figure_png(self.original(img.value), [
+                (f"{m} λ={lam.value:g}", v.x_hat, v.bpp, v.psnr) for m, v in views.items()],
+                f"{name}" + (f", center crop {self.crop} px" if self.crop else "") + f", λ={lam.value:g}")
             for m, v in views.items():
                 recon[m].value = png_bytes(v.x_hat)
                 maps[m].value = maps_png(v, err_max, bits_max)
@@ -152,4 +179,4 @@ class LambdaExplorer:
         img.observe(redraw, names="value")
         redraw()
         rows = [w.VBox([text[m], w.HBox([recon[m], maps[m]])]) for m in modes]
-        return w.VBox([w.HBox([lam, img]), *rows])
+        return w.VBox([w.HBox([lam, img]), figure, *rows])

@@ -496,6 +496,27 @@ def _last_step(job_dir: Path) -> str:
         return ""
 
 
+@contextlib.contextmanager
+def heartbeat(what: str, every: float = HEARTBEAT_S) -> Iterator[None]:
+    """Print ``  ... <what>: still running after N min`` every ``every`` seconds inside the block
+    (a long step in a terminal or CI log never looks hung)."""
+    import threading
+
+    stop, t0 = threading.Event(), time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            print(f"  ... {what}: still running after {_minutes(time.monotonic() - t0)}", flush=True)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class _Progress:
     """One line per finished job (time taken, jobs left, an estimate of the time left) and a
     heartbeat while jobs run (readable in a terminal, a log file and CI alike)."""

@@ -134,11 +134,12 @@ def shipped_model(folder: str | Path, lmbda: float, seed: int = 0) -> Path:
     checked."""
     from lic_core.workbench import store
 
-    found = store.models(store.checked(folder), "standard", seed)
-    if lmbda not in found:
-        have = ", ".join(f"{k:g}" for k in found) or "none"
-        raise ConfigError(f"lmbda: {folder} has no standard model at λ {lmbda:g} (has {have})")
-    return found[lmbda]
+    from lic_core.training.run import lmbda_key
+
+    found = {lmbda_key(k): p for k, p in store.models(store.checked(folder), "standard", seed).items()}
+    if lmbda_key(lmbda) not in found:
+        raise ConfigError(f"lmbda: {folder} has no standard model at λ {lmbda:g} (has {', '.join(found) or 'none'})")
+    return found[lmbda_key(lmbda)]
 
 
 def ensure_runs(run_root: str | Path, modes: Sequence[str], lambdas: Sequence[float],
@@ -225,17 +226,14 @@ def best_setting(grid: pd.DataFrame) -> tuple[Any, Any, float]:
 
 
 def run_settings(run: str | Path) -> dict[str, Any] | None:
-    """``{"mode", "lmbda", "seed"}`` of a training run folder, read from its ``config.yaml``
-    (None when the folder holds no training config)."""
-    import yaml
+    """``{"mode", "lmbda", "seed"}`` of a training run folder, from its typed config
+    (:func:`lic_core.training.run.load_run`; None when the folder holds no training config)."""
+    from lic_core.training.run import load_run
 
     try:
-        cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        return load_run(run).settings()
+    except ConfigError:
         return None
-    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("loss", "run")):
-        return None
-    return {"mode": cfg["loss"].get("mode"), "lmbda": float(cfg["loss"]["lmbda"]), "seed": cfg["run"].get("seed")}
 
 
 def checkpoint_settings(path: str | Path) -> dict[str, Any]:
@@ -257,18 +255,12 @@ def checkpoints_of(run_root: str | Path, mode: str, seed: int | None = None) -> 
     from each run's ``config.yaml``), or of a checkpoint store (``checkpoints/tiny``, trunk
     ``seed`` or 0)."""
     from lic_core.workbench import store
-    from lic_core.training.checkpoint import latest
+    from lic_core.training.run import find_runs
 
     if store.is_store(run_root):
         return store.models(run_root, mode, seed or 0)
-    found: dict[float, Path] = {}
-    for cfg_file in sorted(Path(run_root).rglob("config.yaml")):
-        s = run_settings(cfg_file.parent)
-        if s is None or s["mode"] != mode or (seed is not None and s["seed"] != seed):
-            continue
-        ckpt = latest(cfg_file.parent / "checkpoints")
-        if ckpt is not None:
-            found[s["lmbda"]] = ckpt
+    found = {run.lmbda: run.latest for run in find_runs(run_root)
+             if run.mode == mode and (seed is None or run.seed == seed) and run.latest is not None}
     return dict(sorted(found.items()))
 
 
@@ -357,6 +349,67 @@ def per_image_file(out: str | Path, curve: Mapping[str, Any], point: int = -1) -
     if not path.is_file():
         raise LicError(f"{path} does not exist (evaluate {ckpts[order[point]]} first)")
     return path
+
+
+MODE_LABELS = {"standard": "Adam", "balanced": "Balanced R-D", "qp": "QP"}
+
+
+def test_images(dataset: str | Path, limit: int = 0) -> tuple[str, list[Path]]:
+    """(data set name, image paths) as the evaluation reads them (:func:`lic_core.datasets.resolve`)."""
+    from lic_core.datasets import resolve
+
+    return resolve(dataset, limit)
+
+
+def data_note(dataset: str | Path, limit: int = 0, crop: int = 0) -> str:
+    """``kodak, 2 images (center crops 128 px)``: what every figure and number of a run is
+    measured on (the images actually read, not the ``limit`` asked for)."""
+    from lic_core.analysis.viz import data_note as note
+
+    name, images = test_images(dataset, limit)
+    return note(name, len(images), crop)
+
+
+def reconstruction_models(run_root: str | Path, modes: Sequence[str], shipped: str | Path = "",
+                          lmbda: float | None = None) -> dict[str, Path]:
+    """``{panel label: checkpoint}`` of the reconstruction figures: the shipped standard model at
+    each λ (a checkpoint store; none when empty), then each mode's run at one λ they share
+    (``lmbda``, or the middle one)."""
+    from lic_core.workbench import store
+
+    found: dict[str, Path] = {}
+    if shipped:
+        found |= {f"shipped λ={k:g}": p for k, p in store.models(store.checked(shipped), "standard").items()}
+    runs = {m: checkpoints_of(run_root, m) for m in modes}
+    shared = sorted(set.intersection(*(set(r) for r in runs.values()))) if runs else []
+    if shared:
+        pick = lmbda if lmbda in shared else shared[len(shared) // 2]
+        found |= {f"{MODE_LABELS.get(m, m)} λ={pick:g}": runs[m][pick] for m in modes}
+    if not found:
+        raise LicError(f"no checkpoints to reconstruct with: no shipped store and no run of "
+                       f"{', '.join(modes)} under {run_root} at a shared λ")
+    return found
+
+
+def reconstructions(models: Mapping[str, str | Path], dataset: str | Path, limit: int = 0,
+                    crop: int = 0) -> list[tuple[str, Any, list]]:
+    """Each test image decoded from the real bitstream of every model: a list of (image name,
+    original (H, W, 3) uint8, [(label, decoded, bpp, PSNR dB), ...]) for
+    :func:`lic_core.analysis.viz.reconstructions`."""
+    from lic_core.analysis.anchors import center_crop
+    from lic_core.imageio import read_rgb
+    from lic_core.models.loading import load_checkpoint
+    from lic_core.workbench.explorer import compute_view
+
+    _, images = test_images(dataset, limit)
+    originals = [center_crop(read_rgb(p)[0], crop) for p in images]
+    panels: list[list] = [[] for _ in images]
+    for label, ckpt in models.items():  # each model loaded once
+        model = load_checkpoint(ckpt).eval()
+        for rows, rgb in zip(panels, originals):
+            v = compute_view(model, rgb, maps=False)
+            rows.append((label, v.x_hat, v.bpp, v.psnr))
+    return [(p.name, rgb, rows) for p, rgb, rows in zip(images, originals, panels)]
 
 
 def explorer(runs: Mapping[str, Mapping[float, Path]], dataset: str | Path, limit: int = 3, crop: int = 256):

@@ -413,6 +413,28 @@ class NotebookPage:
             }
             return out; }""", [root, _IMG])
 
+    def image_pixels(self, scope: Any | None = None) -> list[Any]:
+        """The images of output areas as decoded RGB arrays (H, W, 3 uint8), in page order: the
+        bytes the page shows, fetched from their ``src`` in the page."""
+        import base64
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        root = (scope or self.notebook).element_handle()
+        encoded = self.page.evaluate("""async (root) => {
+            const out = [];
+            for (const img of root.querySelectorAll('.jp-OutputArea-output img')) {
+                const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+                let text = '';
+                for (let i = 0; i < bytes.length; i += 0x8000)
+                    text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+                out.push(btoa(text));
+            }
+            return out; }""", root)
+        return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in encoded]
+
     def slider(self, label: str | re.Pattern) -> Any:
         """The ipywidgets slider whose description matches ``label``."""
         pattern = label if isinstance(label, re.Pattern) else re.compile(re.escape(label), re.I)
