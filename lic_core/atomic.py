@@ -1,18 +1,34 @@
 """Writing files so that a reader (or a crash) never sees half of one.
 
 Every file this project writes (bitstreams, PNGs, checkpoints, JSON results, manifests, figures)
-goes through :func:`write_atomic`: the content is written to a temporary file in the same folder,
-flushed to disk, then renamed onto the target with ``os.replace``. An existing file stays as it was
-when anything fails.
+goes through :func:`write_atomic`: the content is written to a temporary file ``.NAME.PID.XXXX.tmp``
+in the same folder, flushed to disk, then renamed onto the target with ``os.replace``. An existing
+file stays as it was when anything fails, keeps its permission bits when replaced, and is never a
+FIFO, device or socket (those are refused, not replaced). SIGINT and SIGTERM remove the temporary
+file; one left by a killed process (its PID gone, or an older unnumbered name over an hour old) is
+removed by the next write of the same name.
+
+Commands check their outputs first with :func:`check_output`, as gzip does: ``-`` is stdout, an
+existing file is refused unless ``force``, and the input itself is refused always.
 """
 from __future__ import annotations
 
+import glob
 import os
+import signal
+import stat
+import sys
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from lic_core.errors import OutputError
+
+STDOUT = "-"
+STALE_AGE_S = 3600  # an unnumbered temporary file older than this is a leftover
 
 
 def _umask() -> int:
@@ -21,13 +37,44 @@ def _umask() -> int:
     return mask
 
 
-def check_output(path: str | os.PathLike) -> Path:
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def _kind(mode: int) -> str | None:
+    """None for a regular file, else what the path is."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def check_output(path: str | os.PathLike, force: bool = True, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """``path`` if a file can be written there (its missing folders made later), else an
-    :class:`OutputError` naming why: a folder, a path under a file, or no permission. Commands
-    call it before any work, so that nothing is computed or written for an output that fails."""
+    :class:`OutputError` naming why: a folder, a path under a file, no permission, not a regular
+    file (FIFO, device, socket, symbolic link), the same file as one of ``inputs``, or (unless
+    ``force``) an existing file. Commands call it before any work, so that nothing is computed or
+    written for an output that fails."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder, not a file name")
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode) or (stat.S_ISLNK(st.st_mode) and path.is_dir()):
+            raise OutputError(f"{path}: is a folder, not a file name")
+        for other in inputs:
+            try:
+                if os.path.samefile(path, other):
+                    raise OutputError(f"{path}: is the input file {other}; not overwritten")
+            except OSError:
+                pass
+        kind = _kind(st.st_mode)
+        if kind is not None:
+            raise OutputError(f"{path}: is {kind}, not a regular file; not replaced")
+        if not force:
+            raise OutputError(f"{path}: already exists (-f/--force overwrites it)")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -38,26 +85,91 @@ def check_output(path: str | os.PathLike) -> Path:
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
+
+
+def clear_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writers of ``path`` left behind when killed: those whose
+    PID is gone, and unnumbered ones older than an hour. Returns what was removed."""
+    path = Path(path)
+    gone = []
+    for name in glob.glob(glob.escape(str(path.parent / f".{path.name}.")) + "*.tmp"):
+        p = Path(name)
+        middle = p.name[len(path.name) + 2 : -4]
+        pid = middle.split(".")[0]
+        try:
+            stale = not _alive(int(pid)) if pid.isdigit() and int(pid) < 2**22 else \
+                time.time() - p.lstat().st_mtime > STALE_AGE_S
+            if stale and stat.S_ISREG(p.lstat().st_mode):
+                p.unlink()
+                gone.append(p)
+        except OSError:
+            pass
+    return gone
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while a file was being written (the temporary file is then removed)."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """In the main thread, SIGTERM raises :class:`Terminated` (like SIGINT's KeyboardInterrupt),
+    so that the ``except`` below removes the temporary file before the process exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Run ``write(file)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it
     onto ``path`` (e.g. ``write=lambda f: torch.save(obj, f)``). A path that cannot be written
-    is an :class:`OutputError`."""
+    is an :class:`OutputError`; a replaced file keeps its permission bits."""
     path = check_output(path)
     try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600; a new file follows the umask
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        clear_stale(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a new file follows the umask
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _sigterm_raises():
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+    except Terminated:
+        Path(tmp).unlink(missing_ok=True)
+        sys.exit(128 + signal.SIGTERM)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -65,6 +177,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 
 
 def write_file(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically."""
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; ``-`` writes to stdout."""
     raw = data.encode() if isinstance(data, str) else data
+    if str(path) == STDOUT:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+        return Path(STDOUT)
     return write_atomic(path, lambda f: f.write(raw))

@@ -1,141 +1,278 @@
-"""``python -m lic_core info | compress | decompress``: model facts and real bitstream files."""
+"""``python -m lic_core info | compress | decompress``: model facts and real bitstream files.
+
+``compress`` codes with a shipped trained model (``--quality``, checkpoints/tiny) or a given
+``--checkpoint``; untrained (seeded-init) weights only with ``--untrained``. ``decompress`` finds
+the weights a version-4 file names by their fingerprint among the shipped models, or takes
+``--checkpoint``; it never builds a model from a header alone. Outputs are handled like gzip's:
+an existing file is refused without ``-f``, the input never overwritten, ``-`` is stdout.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from lic_core.coding import bitstream, codec
-from lic_core.atomic import check_output
-from lic_core.errors import LicError, ReconstructionWarning, command
 from lic_core.analysis.metrics import psnr
-from lic_core.imageio import load_image, save_png, write_bytes_atomic
-from lic_core.models.hpcm import CONFIGS, HPCM, count_parameters, hpcm, kmacs_per_pixel
+from lic_core.atomic import STDOUT, check_output, write_file
+from lic_core.cliargs import bounded_int
+from lic_core.coding import bitstream, codec
+from lic_core.errors import BitstreamError, LicError, OutputError, ReconstructionWarning, command, printable
+from lic_core.imageio import load_image, png_bytes
+from lic_core.models.hpcm import CONFIGS, HPCM, build, count_parameters, hpcm, kmacs_per_pixel
 from lic_core.models.loading import load_checkpoint
+from lic_core.workbench import store
 
 N_STEPS = 11
-
-
-def _model(name: str | None, checkpoint: str | None) -> HPCM:
-    """A checkpoint (ours or the authors', told apart by its keys) or a config's seeded init."""
-    if checkpoint is None:
-        return hpcm(name or "base").eval()
-    model = load_checkpoint(checkpoint).eval()
-    if name is not None and model.cfg.name != name:
-        raise LicError(f"--model {name} but {checkpoint} holds an HPCM {model.cfg.name!r}")
-    return model
+MAX_PIXELS_FLAG = 1 << 26  # the largest --max-pixels (8192x8192): decoding memory grows with it
+MAX_FILE_BYTES = 1 << 28  # a bitstream file larger than this is refused before it is read
+MAX_INFO_PIXELS = 1 << 22  # info --size runs one forward pass at that size
 
 
 def _bar(desc: str) -> tqdm:
     return tqdm(total=N_STEPS, desc=desc, unit="step", leave=False, file=sys.stderr)
 
 
+def _shipped(quality: int | None) -> tuple[HPCM, str]:
+    """The shipped model of ``quality`` (default: the middle level), SHA-256 checked, and its label."""
+    levels = store.qualities()
+    if not levels:
+        raise LicError(f"no shipped models in {store.SHIPPED}: give --checkpoint (or --untrained for tests)")
+    q = store.default_quality() if quality is None else quality
+    if q not in levels:
+        raise LicError(f"--quality {q}: the shipped models have qualities 1..{len(levels)}")
+    path = store.checked_file(levels[q])
+    lmbda = store.read_index(store.SHIPPED)[path.name].get("lmbda")
+    return load_checkpoint(path).eval(), f"shipped quality {q} (λ {lmbda}, {path.name})"
+
+
+def _model(name: str | None, checkpoint: str | None, untrained: bool = False,
+           quality: int | None = None) -> tuple[HPCM, str]:
+    """The coding model and how it was chosen: a checkpoint (ours or the authors'), the seeded init
+    of a config (``untrained``), or a shipped model by quality."""
+    if sum((checkpoint is not None, untrained, quality is not None)) > 1:
+        raise LicError("give one of --checkpoint, --quality and --untrained")
+    if untrained:
+        return hpcm(name or "tiny").eval(), "untrained seeded init"
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint).eval()
+        if name is not None and model.cfg.name != name:
+            raise LicError(f"--model {name} but {checkpoint} holds an HPCM {printable(model.cfg.name)!r}")
+        return model, str(checkpoint)
+    model, label = _shipped(quality)
+    if name is not None and model.cfg.name != name:
+        raise LicError(f"--model {name}: the shipped models are HPCM-{model.cfg.name}; "
+                       "give --checkpoint (or --untrained for tests and benchmarks)")
+    return model, label
+
+
+def _output(path: str, force: bool, inputs: list[str]) -> str:
+    """``path`` after gzip's checks (``-``: stdout, which must not be a terminal for binary data)."""
+    if path == STDOUT:
+        if sys.stdout.isatty():
+            raise OutputError("refusing to write binary data to a terminal (redirect it, or give a file name)")
+        return path
+    check_output(path, force=force, inputs=[i for i in inputs if i != STDOUT])
+    return path
+
+
+def _say(to_stdout: bool):
+    """``print`` for the report lines: stderr when the data itself goes to stdout."""
+    return (lambda *a: print(*a, file=sys.stderr)) if to_stdout else print
+
+
+def _read_input(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file, or of stdin for ``-``, at most ``limit``."""
+    if path == STDOUT:
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise BitstreamError(f"{path}: no such bitstream file" if not p.exists() else f"{path}: not a regular file")
+        if p.stat().st_size > limit:
+            raise BitstreamError(f"{path}: over {limit:,} bytes, not a bitstream this tool decodes")
+        data = p.read_bytes()
+    if len(data) > limit:
+        raise BitstreamError(f"{path}: over {limit:,} bytes, not a bitstream this tool decodes")
+    return data
+
+
 def _info(argv: list[str] | None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lic_core info", description="HPCM parameters and kMACs/pixel")
-    ap.add_argument("model", nargs="?", choices=sorted(CONFIGS), default="base")
+    ap = argparse.ArgumentParser(prog="python -m lic_core info",
+                                 description="the shipped models (no MODEL), or a config's parameters and kMACs/pixel")
+    ap.add_argument("model", nargs="?", choices=sorted(CONFIGS))
     ap.add_argument("--checkpoint", help="count this checkpoint's model instead")
-    ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size for the MAC count")
+    ap.add_argument("--size", type=bounded_int(1, bitstream.MAX_SIDE), nargs=2, metavar=("H", "W"),
+                    help="image size for the MAC count: multiples of the model's pad multiple, "
+                         f"at most {MAX_INFO_PIXELS:,} pixels")
     a = ap.parse_args(argv)
-    model = _model(None if a.checkpoint else a.model, a.checkpoint)
-    h, w = a.size or (model.cfg.pad_multiple,) * 2
-    print(f"model        HPCM-{model.cfg.name}")
+    if a.model is None and a.checkpoint is None:
+        return _list_shipped(a.size is not None)
+    model = load_checkpoint(a.checkpoint).eval() if a.checkpoint else hpcm(a.model).eval()
+    p = model.cfg.pad_multiple
+    h, w = a.size or (p, p)
+    if h % p or w % p or h * w > MAX_INFO_PIXELS:
+        raise LicError(f"--size {h} {w}: both sides must be multiples of {p} (HPCM-{printable(model.cfg.name)}'s pad "
+                       f"multiple), at most {MAX_INFO_PIXELS:,} pixels")
+    print(f"model        HPCM-{printable(model.cfg.name)}")
     print(f"config       {bitstream.config_json(model.cfg).decode()}")
     print(f"parameters   {count_parameters(model):,}")
+    if a.checkpoint:
+        print(f"fingerprint  {codec.fingerprint(model).hex()}")
     print(f"kMACs/pixel  {kmacs_per_pixel(model, h, w):.2f}  (eval forward at {h}x{w})")
-    print(f"pad multiple {model.cfg.pad_multiple}")
+    print(f"pad multiple {p}")
+    return 0
+
+
+def _list_shipped(size_given: bool) -> int:
+    if size_given:
+        raise LicError("--size needs a MODEL or --checkpoint")
+    rows = store.shipped_table()
+    if not rows:
+        raise LicError(f"no shipped models in {store.SHIPPED}")
+    default = store.default_quality()
+    print(f"shipped models ({store.SHIPPED}; compress --quality Q, default {default}); Kodak: mean of the 24 "
+          "images, real bitstreams")
+    print(f"{'quality':>7}  {'lambda':>7}  {'Kodak bpp':>9}  {'PSNR dB':>7}  {'fingerprint':16}  file")
+    for r in rows:
+        bpp = f"{r['bpp']:.4f}" if r["bpp"] is not None else "-"
+        ps = f"{r['psnr']:.2f}" if r["psnr"] is not None else "-"
+        print(f"{r['quality']:>7}  {r['lmbda']:>7g}  {bpp:>9}  {ps:>7}  {r['fingerprint']:16}  {r['file'].name}")
+    print("python -m lic_core info tiny|base|large: a config's parameters and kMACs/pixel")
     return 0
 
 
 def _compress(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lic_core compress", description="image -> HPCM bitstream")
     ap.add_argument("input")
-    ap.add_argument("output")
-    ap.add_argument("--model", choices=sorted(CONFIGS), help="config (default base, or the checkpoint's)")
-    ap.add_argument("--checkpoint", help="our checkpoint or the authors' .pth.tar")
+    ap.add_argument("output", help="bitstream file to write, or - for stdout")
+    ap.add_argument("-q", "--quality", type=bounded_int(1, 64),
+                    help="shipped model by quality level, 1 (lowest λ) up (default: the middle; see `info`)")
+    ap.add_argument("--checkpoint", help="our checkpoint or the authors' .pth.tar instead of a shipped model")
+    ap.add_argument("--untrained", action="store_true",
+                    help="the config's seeded init (poor images: for tests and benchmarks only)")
+    ap.add_argument("--model", choices=sorted(CONFIGS), help="config of --untrained (default tiny); else a check")
+    ap.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
     ap.add_argument("--verify", action="store_true", help="decode the file again: PSNR and decode time")
+    ap.add_argument("--max-pixels", type=bounded_int(1, MAX_PIXELS_FLAG), default=bitstream.MAX_PIXELS,
+                    help=f"refuse images whose padded grid is larger (default {bitstream.MAX_PIXELS:,})")
     ap.add_argument("--float64", action="store_true",
                     help="code in float64: with the shipped tiny models such files decoded identically on other "
                          "CPUs where float32 files did not (benchmarks/cross_cpu.py); about 2.5-3x the time")
     a = ap.parse_args(argv)
-    check_output(a.output)
-    x, notes = load_image(a.input)
+    _output(a.output, a.force, [a.input])
+    x, notes = load_image(a.input, max_pixels=a.max_pixels)
+    say = _say(a.output == STDOUT)
     for note in notes:
-        print(f"note: {note}")
-    model = _model(a.model, a.checkpoint)
+        say(f"note: {note}")
+    model, label = _model(a.model, a.checkpoint, a.untrained, a.quality)
+    if a.untrained:
+        print("warning: coding with untrained weights (--untrained): for tests and benchmarks, not for images",
+              file=sys.stderr)
     if a.float64:
         model = model.double()
     h, w = x.shape[2:]
     with _bar("encode") as bar:
         t0 = time.perf_counter()
-        enc = codec.encode(model, x, progress=lambda k: bar.update())
+        enc = codec.encode(model, x, progress=lambda k: bar.update(), max_pixels=a.max_pixels)
         t_enc = time.perf_counter() - t0
-    write_bytes_atomic(a.output, enc.data)
+    write_file(a.output, enc.data)
     est = sum(enc.estimated_bits.values())
     streams = ", ".join(f"{k} {v}" for k, v in enc.stream_bytes.items())
-    print(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}"
-          f"{', float64' if a.float64 else ''}]")
-    print(f"streams (bytes): header {enc.header_bytes}, {streams}; estimate {est / 8:,.0f} bytes")
-    print(f"encode {t_enc:.2f} s")
+    say(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}"
+        f"{', float64' if a.float64 else ''}, {label}, weights {codec.fingerprint(model).hex()}]")
+    say(f"streams (bytes): header {enc.header_bytes}, {streams}; estimate {est / 8:,.0f} bytes")
+    say(f"encode {t_enc:.2f} s")
     if a.verify:
         t0 = time.perf_counter()
-        x_hat = codec.decompress(enc.data, model)
-        print(f"decode {time.perf_counter() - t0:.2f} s, PSNR {psnr(x_hat, x):.3f} dB")
+        x_hat = codec.decompress(enc.data, model, max_pixels=a.max_pixels)
+        say(f"decode {time.perf_counter() - t0:.2f} s, PSNR {psnr(x_hat, x):.3f} dB")
     return 0
+
+
+def decoder_model(header: bitstream.Header, checkpoint: str | None = None, untrained: bool = False) -> HPCM:
+    """The model that decodes a file of ``header``, from trusted weights only: ``checkpoint``, else
+    the shipped model the header's fingerprint names, else (``untrained``) the seeded init of a
+    built-in config equal to the header's. Config and fingerprint are then checked against the
+    header (:func:`lic_core.coding.codec.check_model`); a header alone never builds a model."""
+    if checkpoint is not None and untrained:
+        raise LicError("give --checkpoint or --untrained, not both")
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint).eval()
+    elif untrained:
+        named = CONFIGS.get(header.config.name)
+        if named is None or replace(named, seed=0) != replace(header.config, seed=0):
+            raise BitstreamError(f"--untrained decodes files of the built-in configs ({', '.join(CONFIGS)}); "
+                                 f"this one has {bitstream.config_json(header.config).decode()}")
+        model = build(replace(named, seed=header.config.seed)).eval()
+    elif header.fingerprint is None:
+        raise BitstreamError(f"format version {header.version} files do not name their weights: give --checkpoint "
+                             "(or --untrained for a file coded with untrained weights)")
+    else:
+        path = store.shipped_by_fingerprint(header.fingerprint)
+        if path is None:
+            raise BitstreamError(f"this file needs the weights with fingerprint {header.fingerprint.hex()}, which are "
+                                 f"not among the shipped models ({store.SHIPPED}): give --checkpoint")
+        model = load_checkpoint(path).eval()
+    return codec.check_model(model, header)
 
 
 def _decompress(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lic_core decompress", description="HPCM bitstream -> PNG")
-    ap.add_argument("input")
-    ap.add_argument("output", help="PNG file to write")
-    ap.add_argument("--checkpoint", help="weights; default: the header's config with its seeded init")
+    ap.add_argument("input", help="bitstream file, or - for stdin")
+    ap.add_argument("output", help="PNG file to write, or - for stdout")
+    ap.add_argument("--checkpoint", help="weights (default: the shipped model the file's fingerprint names)")
+    ap.add_argument("--untrained", action="store_true",
+                    help="a file coded with --untrained: the seeded init of its built-in config")
+    ap.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
     ap.add_argument("--reference", help="original image: print the PSNR against it")
-    ap.add_argument("--max-pixels", type=int, default=bitstream.MAX_PIXELS,
-                    help=f"refuse larger images (default {bitstream.MAX_PIXELS:,}: decoding costs memory and time)")
+    ap.add_argument("--max-pixels", type=bounded_int(1, MAX_PIXELS_FLAG), default=bitstream.MAX_PIXELS,
+                    help=f"refuse images whose padded grid is larger (default {bitstream.MAX_PIXELS:,}: "
+                         "decoding costs memory and time)")
     a = ap.parse_args(argv)
-    check_output(a.output)
-    path = Path(a.input)
-    if not path.is_file():
-        raise LicError(f"{path}: no such bitstream file")
-    data = path.read_bytes()
+    _output(a.output, a.force, [a.input] + ([a.reference] if a.reference else []))
+    say = _say(a.output == STDOUT)
+    data = _read_input(a.input)
     header = bitstream.read_header(data, a.max_pixels)
-    ref = load_image(a.reference)[0] if a.reference else None
+    ref = load_image(a.reference, max_pixels=a.max_pixels)[0] if a.reference else None
     if ref is not None and tuple(ref.shape[2:]) != (header.height, header.width):
         raise LicError(f"{a.reference} is {ref.shape[3]}x{ref.shape[2]}, the bitstream's image "
                        f"{header.width}x{header.height}")
-    model = load_checkpoint(a.checkpoint).eval() if a.checkpoint else codec.model_for(header)
+    model = decoder_model(header, a.checkpoint, a.untrained)
     with _bar("decode") as bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReconstructionWarning)
         t0 = time.perf_counter()
         x_hat = codec.decompress(data, model, progress=lambda k: bar.update(), max_pixels=a.max_pixels)
         t_dec = time.perf_counter() - t0
     for w in caught:  # one line each, e.g. an image that differs from the encoder's by rounding
-        print(f"warning: {w.message}", file=sys.stderr)
-    save_png(x_hat, a.output)
+        print(f"warning: {printable(w.message)}", file=sys.stderr)
+    write_file(a.output, png_bytes(x_hat))
     bpp = 8 * len(data) / (header.height * header.width)
-    print(f"{a.input} -> {a.output} ({header.width}x{header.height}, HPCM-{header.config.name}, {bpp:.4f} bpp)")
-    print(f"decode {t_dec:.2f} s")
+    say(f"{a.input} -> {a.output} ({header.width}x{header.height}, HPCM-{printable(header.config.name)}, "
+        f"{bpp:.4f} bpp, weights {codec.fingerprint(model).hex()})")
+    say(f"decode {t_dec:.2f} s")
     if ref is not None:
-        print(f"PSNR {psnr(x_hat, ref):.3f} dB")
+        say(f"PSNR {psnr(x_hat, ref):.3f} dB")
     return 0
 
 
 @command("info")
 def info_main(argv: list[str] | None = None) -> int:
-    """``python -m lic_core info [MODEL] [--checkpoint CKPT]``."""
+    """``python -m lic_core info [MODEL] [--checkpoint CKPT] [--size H W]``."""
     return _info(argv)
 
 
 @command("compress")
 def compress_main(argv: list[str] | None = None) -> int:
-    """``python -m lic_core compress IN OUT [--model NAME] [--checkpoint CKPT] [--verify]``."""
+    """``python -m lic_core compress IN OUT [--quality Q | --checkpoint CKPT | --untrained] [-f]``."""
     return _compress(argv)
 
 
 @command("decompress")
 def decompress_main(argv: list[str] | None = None) -> int:
-    """``python -m lic_core decompress IN OUT.png [--checkpoint CKPT] [--reference IMG]``."""
+    """``python -m lic_core decompress IN OUT.png [--checkpoint CKPT] [--reference IMG] [-f]``."""
     return _decompress(argv)

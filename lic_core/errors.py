@@ -5,12 +5,16 @@ text behind an error (a torch or YAML message) only with ``--verbose`` or ``LIC_
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
-from typing import Callable, Sequence
+import traceback
+from contextlib import contextmanager
+from typing import Callable, Iterator, NoReturn, Sequence
 
 EXIT_ERROR = 2
+INTERNAL = "unexpected"  # the last-resort message's start: a case no check handled (a bug to fix)
 
 
 class LicError(Exception):
@@ -48,11 +52,43 @@ class DatasetError(LicError):
 
 
 class OutputError(LicError):
-    """A path that cannot be written (a folder, a path under a file, no permission)."""
+    """A path that cannot be written (a folder, a path under a file, no permission), or an output
+    refused as gzip would: an existing file without ``--force``, the input itself, a non-regular file."""
+
+
+class UsageError(LicError):
+    """A command line that does not parse (argparse's message, as one line)."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (terminal escape codes, control characters)
+    written as a Python escape, so that bytes from a file never reach the terminal raw."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return printable(" ".join(str(text).split()))
+
+
+def _argparse_error(self: argparse.ArgumentParser, message: str) -> NoReturn:
+    raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+@contextmanager
+def one_line_usage() -> Iterator[None]:
+    """While a command runs, argparse's errors raise :class:`UsageError` instead of printing the
+    usage block and exiting, so that a bad flag is one line like any other error."""
+    saved = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _argparse_error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = saved  # type: ignore[method-assign]
+
+
+def _allocation(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("alloc" in text or "out of memory" in text))
 
 
 def verbose() -> bool:
@@ -60,9 +96,10 @@ def verbose() -> bool:
 
 
 def command(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """Decorate a command's ``main(argv) -> int``: a :class:`LicError` becomes one line
-    ``PROG: error: ...`` on stderr and exit code 2. ``--verbose`` anywhere in argv (or
-    ``LIC_VERBOSE=1``) adds the text behind the error."""
+    """Decorate a command's ``main(argv) -> int``: a :class:`LicError`, an ``OSError``, a bad
+    command line, memory exhaustion or too deep recursion becomes one line ``PROG: error: ...`` on
+    stderr and exit code 2 (anything else too, as ``unexpected ...``: a bug); Ctrl-C exits 130.
+    ``--verbose`` anywhere in argv (or ``LIC_VERBOSE=1``) adds the text behind the error."""
 
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -72,16 +109,29 @@ def command(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                 args.remove("--verbose")
                 os.environ["LIC_VERBOSE"] = "1"
             try:
-                return main(args)
+                with one_line_usage():
+                    return main(args)
             except OSError as e:  # a file the command reads or writes: its path and the reason
                 print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-                return EXIT_ERROR
             except LicError as e:
                 hint = " (--verbose for details)" if e.detail and not verbose() else ""
                 print(f"{prog}: error: {one_line(e)}{hint}", file=sys.stderr)
                 if e.detail and verbose():
-                    print(e.detail, file=sys.stderr)
-                return EXIT_ERROR
+                    print(printable(e.detail), file=sys.stderr)
+            except RecursionError:
+                print(f"{prog}: error: input nested too deeply", file=sys.stderr)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+            except Exception as e:  # noqa: BLE001 - the last resort: still one line
+                if _allocation(e):
+                    print(f"{prog}: error: out of memory ({one_line(e)[:200]})", file=sys.stderr)
+                else:
+                    print(f"{prog}: error: {INTERNAL} {type(e).__name__}: {one_line(e)[:300]}"
+                          f"{'' if verbose() else ' (--verbose for the traceback)'}", file=sys.stderr)
+                if verbose():
+                    traceback.print_exc()
+            return EXIT_ERROR
 
         return run
 

@@ -31,17 +31,21 @@ _ORIENTATION = 0x0112  # EXIF tag
 _SIXTEEN = "16-bit image reduced to 8 bits per channel"
 
 
-def read_rgb(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
     """The one image reader of the project (training, evaluation, anchors, explorer, command line):
     (H, W, 3) uint8 RGB and the notes on what was converted.
 
     EXIF orientation is applied; grayscale, alpha, palette, CMYK and 16-bit images are converted to
-    RGB with a note each; anything Pillow cannot read raises :class:`ImageError` naming the file."""
+    RGB with a note each; anything Pillow cannot read raises :class:`ImageError` naming the file, and
+    so does an image of over ``max_pixels`` pixels (checked before its pixels are decoded)."""
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
+        raise ImageError(f"{path}: no such image file" if not path.exists() else f"{path}: not a regular file")
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} is over {max_pixels:,} pixels")
             notes = _frame_notes(img)
             sixteen = _is_16bit(img)
             img.load()
@@ -51,17 +55,19 @@ def read_rgb(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
             rgb, more = _to_rgb(img)
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ImageError(f"{path}: not an image this tool can read ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
         raise ImageError(f"{path}: unreadable image data ({e})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: out of memory decoding the image") from None
     notes += more
     if sixteen and _SIXTEEN not in notes:
         notes.append(_SIXTEEN)
     return np.ascontiguousarray(rgb), notes
 
 
-def load_image(path: str | os.PathLike) -> tuple[Tensor, list[str]]:
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[Tensor, list[str]]:
     """:func:`read_rgb` as (1, 3, H, W) float32 in [0, 1] (8-bit levels k/255), and its notes."""
-    rgb, notes = read_rgb(path)
+    rgb, notes = read_rgb(path, max_pixels)
     return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255, notes
 
 
@@ -98,6 +104,11 @@ def _to_rgb(img: Image.Image) -> tuple[np.ndarray, list[str]]:
 
 def save_png(x: Tensor, path: str | os.PathLike) -> Path:
     """Write (1, 3, H, W) or (3, H, W) values in [0, 1] as an 8-bit RGB PNG, atomically."""
+    return write_bytes_atomic(path, png_bytes(x))
+
+
+def png_bytes(x: Tensor) -> bytes:
+    """(1, 3, H, W) or (3, H, W) values in [0, 1] as the bytes of an 8-bit RGB PNG."""
     if x.dim() == 4:
         if x.shape[0] != 1:
             raise ValueError(f"save_png takes one image, got a batch of {x.shape[0]}")
@@ -107,6 +118,6 @@ def save_png(x: Tensor, path: str | os.PathLike) -> Path:
     arr = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB").save(buf, format="PNG")
-    return write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 

@@ -16,6 +16,9 @@ from lic_core.coding.codec import synthetic_weights
 from lic_core.errors import BitstreamError, ReconstructionWarning
 from lic_core.imageio import load_image
 from lic_core.models.hpcm import CONFIGS, hpcm
+from lic_core.paths import REPO
+
+OLD_FILES = REPO / "tests" / "data" / "bitstreams"  # written by the last build that wrote versions 1 and 2
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +81,39 @@ def test_kodak_image_round_trip(tiny, kodak_dir):
     assert abs(sum(enc.stream_bytes.values()) - est) <= 0.01 * est + 32
 
 
-def test_default_init_decoder_from_header():
-    """Without a model, decompress builds the header's config with its seeded init."""
-    model = hpcm("tiny")
-    x = image(9, 11, seed=9)
-    data = codec.compress(model, x)
-    assert torch.equal(codec.decompress(data), codec.reconstruct(model, x))
+def test_a_header_never_builds_a_model():
+    """decompress needs the model: the header's config alone builds nothing."""
+    data = codec.compress(hpcm("tiny"), image(9, 11, seed=9))
+    with pytest.raises(TypeError, match="needs the model"):
+        codec.decompress(data, None)
+    assert not hasattr(codec, "model_for")
+
+
+def test_version_4_names_its_weights(tiny):
+    """The header's fingerprint is that of the coding weights, the same in float16/32/64; other
+    weights are refused before any decoding, naming the fingerprint the file needs."""
+    x = image(12, 13, seed=4)
+    data = codec.compress(tiny, x)
+    hdr = bitstream.read_header(data)
+    assert hdr.version == 4 and hdr.fingerprint == codec.fingerprint(tiny)
+    assert len(hdr.fingerprint) == bitstream.FINGERPRINT_BYTES
+    half = {k: v.half() if v.is_floating_point() else v for k, v in tiny.state_dict().items()}
+    assert codec.fingerprint_of(half) != hdr.fingerprint  # rounded values are other weights
+    assert codec.fingerprint(copy_double(tiny)) == hdr.fingerprint
+    other = synthetic_weights(hpcm("tiny"), factor=0.79)
+    with pytest.raises(BitstreamError, match=f"needs the weights with fingerprint {hdr.fingerprint.hex()}"):
+        codec.decompress(data, other)
+    with torch.no_grad():  # the cache follows in-place edits
+        model = synthetic_weights(hpcm("tiny"))
+        before = codec.fingerprint(model)
+        model.g_s[-1].bias += 1
+    assert codec.fingerprint(model) != before
+
+
+def copy_double(model):
+    import copy
+
+    return copy.deepcopy(model).double()
 
 
 def test_encode_restores_training_mode(tiny):
@@ -119,11 +149,13 @@ def stream(tiny) -> bytes:
     return codec.compress(tiny, image(20, 30, seed=20))
 
 
-def forge(stream: bytes, version: int = bitstream.VERSION, config: bytes | None = None, height: int | None = None,
+def forge(stream: bytes, version: int | None = None, config: bytes | None = None, height: int | None = None,
           streams: dict[str, bytes] | None = None, width: int | None = None,
-          checks: tuple[int, int] | None = None, precision: int | None = None) -> bytes:
+          checks: tuple[int, int] | None = None, precision: int | None = None,
+          fingerprint: bytes | None = None) -> bytes:
     """Rebuild a bitstream with edited fields and a valid CRC, so the edit gets past the CRC."""
     hdr = bitstream.read_header(stream)
+    version = hdr.version if version is None else version
     streams = {**bitstream.split_streams(stream, hdr), **(streams or {})}
     raw = bitstream.config_json(hdr.config) if config is None else config
     body = b"".join(streams[k] for k in bitstream.STREAMS)
@@ -131,7 +163,8 @@ def forge(stream: bytes, version: int = bitstream.VERSION, config: bytes | None 
         ">II4I", hdr.height if height is None else height, hdr.width if width is None else width,
         *(len(streams[k]) for k in bitstream.STREAMS)
     ) + (struct.pack(">IIB", *(hdr.checks if checks is None else checks), hdr.precision if precision is None else precision)
-         if version >= bitstream.CHECKED else b"")
+         if version >= bitstream.CHECKED else b"") + (
+        (fingerprint or hdr.fingerprint or bytes(8)) if version >= bitstream.NAMED else b"")
     return prefix + struct.pack(">I", zlib.crc32(body, zlib.crc32(prefix))) + body
 
 
@@ -187,6 +220,11 @@ def test_foreign_bytes(tiny):
         ({"height": 0}, "size"),
         ({"height": 1 << 20}, "size"),
         ({"precision": 16}, "precision 16 bits"),
+        ({"config": b'{"name":"tiny","aligned_s2_gather":{}}'}, "aligned_s2_gather"),
+        ({"config": b'{"name":"tiny","windows":[[2],4,8]}'}, "nested"),
+        ({"config": b"[" * 20000 + b"]" * 20000}, "nested too deeply"),
+        ({"config": b'{"name":"ti\\u001b[31mny"}'}, "control characters"),
+        ({"config": b'{"name":"tiny","windows":[64,64,64]}', "height": 1, "width": 1}, "pads to 4096x4096"),
     ],
 )
 def test_header_fields_checked_behind_a_valid_crc(stream, fields, match):
@@ -218,25 +256,45 @@ def test_base_round_trip_256():
     check_round_trip(synthetic_weights(hpcm("base")), image(256, 256, seed=256))
 
 
-@pytest.mark.parametrize("version", sorted(bitstream.INDEX_RULES))
-def test_every_format_version_round_trips(version):
-    """Version 1 (the spec's next-up table rule) and 2 (nearest) still decode; version 3 (nearest,
-    with the decoder's checks) is written by default; the decoder takes the rule from the header."""
+@pytest.mark.parametrize("version", sorted(bitstream.WRITABLE))
+def test_written_format_versions_round_trip(version):
+    """Version 4 (checks and the weights' fingerprint) is written by default, 3 (checks) on request;
+    versions 1 and 2 are no longer written."""
     model = hpcm("tiny").eval()
     x = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(version))
     enc = codec.encode(model, x, version=version)
     assert enc.data[len(bitstream.MAGIC)] == version
     assert bitstream.read_header(enc.data).index_rule == bitstream.INDEX_RULES[version]
     assert torch.equal(codec.decompress(enc.data, model), codec.reconstruct(model, x))
-    with pytest.raises(ValueError, match="format version"):
-        codec.encode(model, x, version=9)
+    for old in (1, 2, 9):
+        with pytest.raises(ValueError, match="writes format versions"):
+            codec.encode(model, x, version=old)
 
 
-def test_symbols_that_differ_from_the_encoders_are_refused(tiny, stream):
-    """Format version 3: other weights of the same config (as when a GPU computes a scale a little
-    differently) give other symbols; the decoder names the cause instead of returning garbage."""
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_committed_old_files_still_decode(version):
+    """Files of versions 1 (the spec's next-up table rule), 2 and 3 (nearest) written by the last
+    build that wrote them decode to the model's forward reconstruction; the rule comes from the header."""
+    model = synthetic_weights(hpcm("tiny"))
+    x = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(7))
+    data = (OLD_FILES / f"tiny-synthetic-40x70-v{version}.hpcm").read_bytes()
+    hdr = bitstream.read_header(data)
+    assert (hdr.version, hdr.index_rule, hdr.fingerprint) == (version, bitstream.INDEX_RULES[version], None)
+    assert torch.equal(codec.decompress(data, model), codec.reconstruct(model, (x * 255).round() / 255))
+
+
+@pytest.fixture(scope="module")
+def stream3(tiny) -> bytes:
+    return codec.encode(tiny, image(20, 30, seed=20), version=3).data
+
+
+def test_symbols_that_differ_from_the_encoders_are_refused(tiny, stream3):
+    """Format version 3 (no fingerprint): other weights of the same config (as when a GPU computes
+    a scale a little differently) give other symbols; the decoder names the cause instead of
+    returning garbage."""
+    stream = stream3
     hdr = bitstream.read_header(stream)
-    assert hdr.checks is not None and bitstream.VERSION == bitstream.CHECKED
+    assert hdr.checks is not None and hdr.fingerprint is None
     other = synthetic_weights(hpcm("tiny"), factor=0.79)
     with pytest.raises(BitstreamError, match="symbols CRC-32.*other weights, or another kind of device"):
         codec.decompress(stream, other)
@@ -245,9 +303,10 @@ def test_symbols_that_differ_from_the_encoders_are_refused(tiny, stream):
         codec.decompress(forge(stream, checks=(sym ^ 1, img)), tiny)
 
 
-def test_an_image_that_differs_only_by_rounding_is_decoded_with_a_warning(tiny, stream):
+def test_an_image_that_differs_only_by_rounding_is_decoded_with_a_warning(tiny, stream3):
     """Symbols exact, synthesis different (another device rounds g_s differently; here one bias of
     the last layer moved by a level): the image is returned and the difference is reported."""
+    stream = stream3
     x_ref = codec.decompress(stream, tiny)
     moved = synthetic_weights(hpcm("tiny"))
     bias = [p for n, p in moved.g_s.named_parameters() if n.endswith("bias")][-1]
@@ -289,7 +348,7 @@ def test_a_float64_model_codes_in_float64_and_the_file_says_so(tiny):
         assert torch.equal(codec.decompress(data, decoder).float(), ref.float())
     assert tiny.means_hyper.dtype == torch.float32
     assert torch.equal(codec.decompress(codec.compress(tiny, x), model).float(), codec.reconstruct(tiny, x))
-    with pytest.raises(ValueError, match="cannot record 64-bit"):
+    with pytest.raises(ValueError, match="writes format versions"):
         codec.encode(model, x, version=2)
     with pytest.raises(ValueError, match="float32 or float64"):
         codec.encode(synthetic_weights(hpcm("tiny")).half(), x)

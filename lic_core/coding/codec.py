@@ -15,12 +15,19 @@ decodes to other symbols), and rounds the synthesis transform differently (pixel
 apart). Format version 3 therefore stores a CRC-32 of the symbols and of the encoder's 8-bit image:
 the decoder refuses symbols that differ (:class:`BitstreamError`) and warns when only the image
 does (:class:`ReconstructionWarning`). Measured by benchmarks/cross_cpu.py and gpu_check.py.
+
+Version 4, written by default, also stores the :func:`fingerprint` of the weights: the decoder
+refuses a model with other weights before decoding. A model is never built from a header: the
+caller gives the model (a checkpoint, or a shipped model found by the fingerprint,
+:func:`lic_core.workbench.store.shipped_by_fingerprint`) and its config must equal the header's.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import warnings
+import weakref
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -31,15 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lic_core.coding.bitstream import (CHECKED, INDEX_RULES, MAX_PIXELS, MAX_SIDE, VERSION, Header, check_precision, config_json,
-                        pack, read_header, split_streams)
+from lic_core.coding.bitstream import (CHECKED, FINGERPRINT_BYTES, INDEX_RULES, MAX_PIXELS, MAX_SIDE, NAMED, VERSION, WRITABLE, Header,
+                                       check_pixels, check_precision, config_json, pack, read_header, split_streams)
+from lic_core.coding.entropy import SCALE_BOUND, GGTables
+from lic_core.errors import BitstreamError, LicError, ReconstructionWarning, _allocation
+from lic_core.models.hpcm import HPCM
 
 DTYPES = {32: torch.float32, 64: torch.float64}  # a file's coding precision (bits) -> the model's dtype
-from lic_core.coding.entropy import SCALE_BOUND, GGTables
-from lic_core.errors import BitstreamError, ReconstructionWarning
-from lic_core.models.hpcm import HPCM, build, count_parameters
-
-MAX_MODEL_PARAMETERS = 200_000_000  # a header-built model beyond this is refused (HPCM-Large: ~90M)
 Progress = Callable[[int], None]
 
 
@@ -87,6 +92,52 @@ def _image_crc(x8: Tensor) -> int:
     return crc_of(x8 * 255, dtype=torch.uint8)  # exact: x8 holds k/255
 
 
+# -- the weights' fingerprint ---------------------------------------------------------------------
+def fingerprint_of(state_dict: dict[str, Tensor]) -> bytes:
+    """The first 8 bytes of the SHA-256 of a canonical state_dict: for each key in sorted order, its
+    UTF-8 name, shape, and values in C order as little-endian float64 (floating tensors) or int64
+    (others). Float16, float32 and float64 copies of the same values have the same fingerprint, so a
+    model keeps it when loaded from a float16 checkpoint or run in float64."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        if not isinstance(key, str) or not isinstance(t, Tensor):
+            raise LicError(f"state_dict entry {key!r} is not a named tensor")
+        h.update(key.encode() + b"\0" + repr(tuple(t.shape)).encode() + b"\0")
+        t = t.detach().to("cpu", torch.float64 if t.is_floating_point() else torch.int64).contiguous()
+        h.update(t.numpy().astype("<f8" if t.is_floating_point() else "<i8", copy=False).tobytes())
+    return h.digest()[:FINGERPRINT_BYTES]
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[HPCM, tuple[tuple, bytes]]" = weakref.WeakKeyDictionary()
+
+
+def fingerprint(model: HPCM) -> bytes:
+    """:func:`fingerprint_of` the model's state_dict, cached until a tensor changes."""
+    sd = model.state_dict()
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sd.values())
+    cached = _FINGERPRINTS.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, fingerprint_of(sd))
+        _FINGERPRINTS[model] = cached
+    return cached[1]
+
+
+@contextmanager
+def _bounded(what: str) -> Iterator[None]:
+    """Memory exhaustion and numeric failures of the model become one-line :class:`LicError`s."""
+    try:
+        yield
+    except LicError:
+        raise
+    except (MemoryError, RuntimeError) as e:
+        if not _allocation(e):
+            raise
+        raise LicError(f"{what}: out of memory ({' '.join(str(e).split())[:160]})", detail=str(e)) from None
+    except (ValueError, OverflowError) as e:
+        raise LicError(f"{what}: these weights give latents that cannot be coded ({e})") from None
+
+
 # -- coding -------------------------------------------------------------------------------------
 @contextmanager
 def _eval(model: HPCM) -> Iterator[None]:
@@ -125,20 +176,24 @@ def _check_image(x: Tensor) -> Tensor:
     return x.float()
 
 
-def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: int = VERSION) -> Encoded:
+def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: int = VERSION,
+           max_pixels: int | None = None) -> Encoded:
     """Compress ``x`` (1, 3, H, W) in [0, 1], any H, W >= 1, with ``model`` (run in eval mode).
-    ``progress(k)`` is called after each coding step k; ``version`` 1 picks y tables by the spec's
-    next-up rule, 2 and 3 by the nearest scale (see :data:`INDEX_RULES`); 3, the default, also stores
-    the decoder's checks, which costs one synthesis pass here."""
-    if version not in INDEX_RULES:
-        raise ValueError(f"format version must be one of {sorted(INDEX_RULES)}, got {version}")
+    ``progress(k)`` is called after each coding step k; ``version`` is 4 (the default: the checks
+    and the weights' fingerprint) or 3 (the checks only); both store the decoder's checks, which
+    costs one synthesis pass here. ``max_pixels`` refuses a larger padded grid."""
+    if version not in WRITABLE:
+        raise ValueError(f"this build writes format versions {list(WRITABLE)}, not {version} (older ones are read only)")
     precision = {v: k for k, v in DTYPES.items()}.get(model.means_hyper.dtype)
     if precision is None:
         raise ValueError(f"a model codes in float32 or float64, not {model.means_hyper.dtype}")
     check_precision(version, precision)  # before the work, not after it
     x = _check_image(x).to(model.means_hyper.dtype)  # a float64 model codes in float64
     height, width = x.shape[2:]
-    with _eval(model):
+    p = model.cfg.pad_multiple
+    if max_pixels is not None:
+        check_pixels((-(-height // p) * p, -(-width // p) * p), max_pixels, (height, width))
+    with _eval(model), _bounded("encode"):
         y, z = model.analysis(pad_image(x, model.cfg.pad_multiple))
         z_q = torch.round(z - model.means_hyper)
         crc = [crc_of(z_q)]
@@ -162,13 +217,13 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
             return q + means
 
         y_hat = model.context_model(params, code_step)["y_hat"]
-        # version 3 checks the decoder against this encoder's own image: one synthesis pass more
-        checks = (crc[0], _image_crc(to_8bit(model.synthesis(y_hat)[:, :, :height, :width]))) \
-            if version >= CHECKED else None
-    for s, enc in enumerate(encoders):
-        streams[f"s{s + 1}"] = enc.flush()
-        bits[f"s{s + 1}"] = scale_bits[s]
-    data, header_bytes = pack(model.cfg, height, width, streams, version, checks, precision)
+        # the checks compare the decoder with this encoder's own image: one synthesis pass more
+        checks = (crc[0], _image_crc(to_8bit(model.synthesis(y_hat)[:, :, :height, :width])))
+        for s, enc in enumerate(encoders):
+            streams[f"s{s + 1}"] = enc.flush()
+            bits[f"s{s + 1}"] = scale_bits[s]
+    data, header_bytes = pack(model.cfg, height, width, streams, version, checks, precision,
+                              fingerprint(model) if version >= NAMED else None)
     sizes = {k: len(v) for k, v in streams.items()}
     return Encoded(data, sizes, header_bytes, height, width, bits)
 
@@ -183,24 +238,25 @@ def compress(model: HPCM, x: Tensor) -> bytes:
     return encode(model, x).data
 
 
-def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None = None,
+def decompress(data: bytes, model: HPCM, progress: Progress | None = None,
                max_pixels: int = MAX_PIXELS) -> Tensor:
-    """Decode a bitstream to (1, 3, H, W) with 8-bit values k/255.
-
-    ``model`` None builds the header's config with its seeded default init; a given model must
-    have the header's config (the seed aside). Images over ``max_pixels`` are refused. Every
-    stream must be used exactly: its bytes must be the encoding of the symbols decoded from it.
-    From format version 3 the symbols must also match the encoder's (else :class:`BitstreamError`:
-    another device or other weights), and an image that differs from the encoder's although they
-    do raises a :class:`ReconstructionWarning`."""
+    """Decode a bitstream to (1, 3, H, W) with 8-bit values k/255 with ``model``, which must have
+    the header's config (the seed aside) and, from format version 4, the header's weights
+    fingerprint (:class:`BitstreamError` naming the fingerprint the file needs). Images whose padded
+    grid is over ``max_pixels`` are refused, and so are stream lengths too short for the image,
+    before the context model runs. Every stream must be used exactly: its bytes must be the
+    encoding of the symbols decoded from it. From format version 3 the symbols must also match the
+    encoder's (else :class:`BitstreamError`: another device or other weights), and an image that
+    differs from the encoder's although they do raises a :class:`ReconstructionWarning`."""
+    if not isinstance(model, HPCM):
+        raise TypeError(f"decompress needs the model (weights) the file was coded with, got {type(model).__name__}")
     header = read_header(data, max_pixels)
-    model = model_for(header) if model is None else _check_model(model, header)
+    model = check_model(model, header)
     if model.means_hyper.dtype != DTYPES[header.precision]:  # decode in the file's precision
         model = copy.deepcopy(model).to(DTYPES[header.precision])
     streams = split_streams(bytes(data), header)
-    p = model.cfg.pad_multiple
-    hp, wp = -(-header.height // p) * p, -(-header.width // p) * p
-    with _eval(model):
+    hp, wp = header.padded
+    with _eval(model), _bounded("decode"):
         z_shape = torch.Size((1, model.cfg.N, hp // 64, wp // 64))
         ztab, ytab = z_tables(model), GGTables.for_y()
         masks = model.step_masks(hp // 16, wp // 16)
@@ -245,16 +301,6 @@ def decompress(data: bytes, model: HPCM | None = None, progress: Progress | None
     return x8
 
 
-def model_for(header: Header) -> HPCM:
-    """The header's model with its seeded default init; sized first on the meta device, so that a
-    crafted config cannot make it allocate gigabytes."""
-    with torch.device("meta"):
-        n = count_parameters(HPCM(header.config))
-    if n > MAX_MODEL_PARAMETERS:
-        raise BitstreamError(f"header's model config has {n:,} parameters, over {MAX_MODEL_PARAMETERS:,}")
-    return build(header.config)
-
-
 def check_stream_sizes(header: Header, counts: dict[str, int], tables: dict[str, GGTables]) -> None:
     """Refuse a header whose image needs more bytes than its streams hold: every symbol costs at
     least its table's cheapest code, and an rANS stream ends with its 64-bit state."""
@@ -265,12 +311,17 @@ def check_stream_sizes(header: Header, counts: dict[str, int], tables: dict[str,
                                  f"bytes in stream {k}, the file holds {header.stream_bytes[k]:,}")
 
 
-def _check_model(model: HPCM, header: Header) -> HPCM:
+def check_model(model: HPCM, header: Header) -> HPCM:
+    """``model`` if it can decode the file of ``header``: the same config (the init seed aside)
+    and, from version 4, the same weights fingerprint; else a one-line :class:`BitstreamError`."""
     if replace(model.cfg, seed=0) != replace(header.config, seed=0):
         raise BitstreamError(
             f"bitstream was written by HPCM config {config_json(header.config).decode()}, "
             f"the given model is {config_json(model.cfg).decode()}"
         )
+    if header.fingerprint is not None and fingerprint(model) != header.fingerprint:
+        raise BitstreamError(f"this file needs the weights with fingerprint {header.fingerprint.hex()}; "
+                             f"the given model's are {fingerprint(model).hex()}")
     return model
 
 

@@ -6,6 +6,11 @@ every value stays in range (the stored, rounded weights are the model: the study
 evaluates these files, and the ``eval`` in ``meta`` is the float32 run's last evaluation); ``SHA256SUMS`` (``sha256sum -c`` format) and ``index.json`` (every file's meta) beside
 them. :func:`models` finds a curve in it by mode, the way :func:`lic_core.workbench.workbook.checkpoints_of`
 finds one among training runs.
+
+The codec's defaults come from here: :func:`qualities` numbers the shipped standard models by λ
+(``compress --quality``), :func:`shipped_by_fingerprint` finds the weights a version-4 file names
+(``decompress`` without ``--checkpoint``), and :func:`shipped_table` is what ``info`` lists, with
+each model's mean bpp and PSNR on the 24 Kodak images from the study's real-bitstream evaluation.
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ from lic_core.paths import REPO
 MANIFEST = "SHA256SUMS"
 INDEX = "index.json"
 SHIPPED = REPO / "checkpoints" / "tiny"  # the tiny-HPCM models of the study (studies/tiny/study.yaml)
+# the study's real-bitstream evaluation of every shipped model on the 24 whole Kodak images
+SHIPPED_EVAL = REPO / "studies" / "tiny" / "results" / "eval"
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:
@@ -63,14 +71,34 @@ def write_manifest(folder: Path) -> Path:
     return write_file(folder / INDEX, json.dumps(index, indent=1))
 
 
+def read_manifest(folder: str | Path) -> dict[str, str]:
+    """File name -> SHA-256 of a store's ``SHA256SUMS``; a missing or malformed manifest is a
+    :class:`LicError` naming the line."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise LicError(f"{folder}: no {MANIFEST} (not a checkpoint store)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise LicError(f"{path}: over {MAX_MANIFEST_BYTES:,} bytes, not a manifest")
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise LicError(f"{path}: not UTF-8 text") from None
+    listed = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        parts = line.split(maxsplit=1)
+        name = parts[1].strip().removeprefix("*") if len(parts) == 2 else ""
+        if (len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdef" for c in parts[0])
+                or not name or "/" in name or name in (".", "..")):
+            raise LicError(f"{path}: line {i} is not '<sha256 hex>  <file name>'")
+        listed[name] = parts[0]
+    return listed
+
+
 def verify_store(folder: str | Path) -> dict[str, str]:
     """Files of the store whose SHA-256 does not match the manifest (name -> problem)."""
     folder = Path(folder)
     bad = {}
-    listed = {}
-    for line in (folder / MANIFEST).read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        listed[name] = digest
+    listed = read_manifest(folder)
     for name, digest in listed.items():
         p = folder / name
         if not p.is_file():
@@ -92,7 +120,15 @@ def read_index(folder: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(folder) / INDEX
     if not path.is_file():
         raise LicError(f"{folder}: not a checkpoint store (no {INDEX})")
-    return json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_bytes().decode())
+    except RecursionError:
+        raise LicError(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise LicError(f"{path}: not a JSON index ({e})") from None
+    if not isinstance(index, dict) or not all(isinstance(m, dict) for m in index.values()):
+        raise LicError(f"{path}: not an object of file name -> meta objects")
+    return index
 
 
 def mode_of(meta: dict[str, Any]) -> str | None:
@@ -116,3 +152,86 @@ def checked(folder: str | Path = SHIPPED) -> Path:
         name, why = next(iter(bad.items()))
         raise LicError(f"checkpoint store {folder}: {name}: {why} ({len(bad)} problem(s); git checkout it again)")
     return Path(folder)
+
+
+# -- the codec's shipped models -----------------------------------------------------------------
+def qualities(folder: str | Path = SHIPPED) -> dict[int, Path]:
+    """``{quality: checkpoint}``: the store's standard seed-0 models numbered 1, 2, ... by rising λ
+    (``compress --quality``)."""
+    try:
+        found = models(folder)
+    except (TypeError, ValueError) as e:
+        raise LicError(f"{folder}: bad {INDEX} ({e})") from None
+    return {q: p for q, p in enumerate(found.values(), 1)}
+
+
+def default_quality(folder: str | Path = SHIPPED) -> int:
+    """The middle quality level (the upper middle of an even count)."""
+    return len(qualities(folder)) // 2 + 1
+
+
+def checked_file(path: Path) -> Path:
+    """``path``, a file of a store, after checking its SHA-256 against the store's manifest."""
+    digest = read_manifest(path.parent).get(path.name)
+    if digest is None:
+        raise LicError(f"{path}: not in {path.parent / MANIFEST}")
+    if sha256(path) != digest:
+        raise LicError(f"{path}: SHA-256 differs from {MANIFEST} (git checkout it again)")
+    return path
+
+
+_FINGERPRINTS: dict[tuple[str, float, int], bytes] = {}
+
+
+def file_fingerprint(path: Path) -> bytes:
+    """The codec's weights fingerprint of a checkpoint file (cached by path, mtime and size)."""
+    from lic_core.coding.codec import fingerprint_of
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime, st.st_size)
+    if key not in _FINGERPRINTS:
+        sd = read_checkpoint(path).get("state_dict")
+        if not isinstance(sd, dict):
+            raise LicError(f"{path}: no state_dict")
+        _FINGERPRINTS[key] = fingerprint_of(sd)
+    return _FINGERPRINTS[key]
+
+
+def shipped_by_fingerprint(fp: bytes, folder: str | Path = SHIPPED) -> Path | None:
+    """The store's checkpoint whose weights have fingerprint ``fp`` (its SHA-256 checked), or None;
+    the quality levels are tried first."""
+    folder = Path(folder)
+    if not is_store(folder):
+        return None
+    first = list(qualities(folder).values())
+    rest = sorted(p for p in folder.glob("*.pt") if p not in first)
+    for p in first + rest:
+        if file_fingerprint(p) == fp:
+            return checked_file(p)
+    return None
+
+
+def kodak_of(path: Path, folder: str | Path = SHIPPED_EVAL) -> tuple[float, float] | None:
+    """Mean bpp and PSNR (dB) of the 24 Kodak images in the study's real-bitstream evaluation of
+    exactly this file (its SHA-256 recorded there), or None when there is none."""
+    ev = Path(folder) / f"{path.stem}.images.json"
+    try:
+        d = json.loads(ev.read_text())
+        if d.get("fingerprint") != f"sha256:{sha256(path)}" or d.get("crop") != 0:
+            return None
+        imgs = d["images"]
+        return (sum(r["bpp"] for r in imgs) / len(imgs), sum(r["psnr-rgb"] for r in imgs) / len(imgs))
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def shipped_table(folder: str | Path = SHIPPED) -> list[dict[str, Any]]:
+    """One row per quality level: quality, λ, file, weights fingerprint, Kodak bpp and PSNR."""
+    index = read_index(folder)
+    rows = []
+    for q, p in qualities(folder).items():
+        kodak = kodak_of(p)
+        rows.append({"quality": q, "lmbda": float(index[p.name]["lmbda"]), "file": p,
+                     "fingerprint": file_fingerprint(p).hex(), "bpp": kodak[0] if kodak else None,
+                     "psnr": kodak[1] if kodak else None})
+    return rows
