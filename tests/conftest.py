@@ -1,9 +1,12 @@
 """Shared fixtures. Data under ../shared is optional on a user's machine (tests skip with the
-reason) but required in CI, where ``.ci/run`` sets ``LIC_REQUIRE_DATA=1`` and absence fails."""
+reason) but required in CI, where ``.ci/run`` sets ``LIC_REQUIRE_DATA=1`` and absence fails.
+Every skip goes through :func:`skip_or_fail` (``tests/test_skips.py`` rejects any other)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 # Before torch loads OpenMP: spinning worker threads collapse when the 2 cores are shared
 # (measured: a tiny train step 12 s with active waiting vs 1.5 s passive under load 10).
@@ -18,14 +21,70 @@ from lic_core.paths import datasets_root, reference_root  # noqa: E402
 # runs two): side by side, 1-thread processes get more done on 2 cores than one 2-thread process.
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
+SKIP_KINDS = {"data": "LIC_REQUIRE_DATA", "env": "LIC_REQUIRE_ENV"}
 
-def skip_or_fail(msg: str) -> None:
-    """Skip with ``msg`` on a user's machine; under ``LIC_REQUIRE_DATA=1`` (CI) fail instead: every
-    data- or dependency-dependent skip goes through here."""
-    if os.environ.get("LIC_REQUIRE_DATA") == "1":
-        pytest.fail(msg + "; LIC_REQUIRE_DATA=1 makes this a failure", pytrace=False)
-    print(f"SKIP: {msg}")
-    pytest.skip(msg)
+
+class RoutedSkip(pytest.skip.Exception):  # type: ignore[misc,name-defined]
+    """A skip raised by :func:`skip_or_fail`; any other skip fails under ``LIC_REQUIRE_DATA=1``."""
+
+
+def required(kind: str) -> bool:
+    """Whether a skip of ``kind`` is a failure here: ``LIC_REQUIRE_DATA=1`` for data;
+    ``LIC_REQUIRE_ENV`` for the machine, which follows ``LIC_REQUIRE_DATA`` when unset."""
+    if kind not in SKIP_KINDS:
+        raise ValueError(f"skip kind {kind!r}: choose from {', '.join(SKIP_KINDS)}")
+    if kind == "env" and os.environ.get("LIC_REQUIRE_ENV", "") != "":
+        return os.environ["LIC_REQUIRE_ENV"] == "1"
+    return os.environ.get("LIC_REQUIRE_DATA") == "1"
+
+
+def skip_or_fail(msg: str, kind: str = "data") -> NoReturn:
+    """Skip with ``msg`` on a user's machine; where the skip's ``kind`` is required, fail instead.
+    The one way a test skips.
+
+    - ``kind="data"``: something the project provides and CI has: datasets and reference files
+      under ../shared, the shipped checkpoints, a Pillow with every codec, chromium. Fails under
+      ``LIC_REQUIRE_DATA=1`` (``.ci/run`` sets it).
+    - ``kind="env"``: a property of the machine: a C++ compiler for ``torch.compile``, a CPU with
+      bfloat16 kernels (AVX-512). Fails under ``LIC_REQUIRE_ENV=1``; unset, it follows
+      ``LIC_REQUIRE_DATA``, so CI on the project's machine (gcc, AVX-512) runs them all. CI on a
+      machine known to lack them sets ``LIC_REQUIRE_ENV=0``: those tests then skip, said so.
+    """
+    if required(kind):
+        flag = SKIP_KINDS[kind] if kind == "env" and os.environ.get("LIC_REQUIRE_ENV") else "LIC_REQUIRE_DATA"
+        pytest.fail(f"{msg}; {flag}=1 makes this a failure", pytrace=False)
+    print(f"SKIP ({kind}): {msg}")
+    raise RoutedSkip(msg=msg)
+
+
+def requires(check: Callable[[], bool], reason: str, kind: str = "env") -> pytest.MarkDecorator:
+    """A mark that runs the test only where ``check()`` holds, otherwise :func:`skip_or_fail`
+    with ``reason`` and ``kind`` (checked when the test is set up, not at import)."""
+    return pytest.mark.requires(check=check, reason=reason, kind=kind)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(check, reason, kind): see conftest.requires")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        if not mark.kwargs["check"]():
+            skip_or_fail(mark.kwargs["reason"], mark.kwargs.get("kind", "env"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """A skip that did not come through :func:`skip_or_fail` (a bare ``pytest.skip`` anywhere,
+    an empty parametrization) fails under ``LIC_REQUIRE_DATA=1``."""
+    outcome = yield
+    report = outcome.get_result()
+    exc = call.excinfo
+    if (report.skipped and exc is not None and exc.errisinstance(pytest.skip.Exception)
+            and not exc.errisinstance(RoutedSkip) and required("data")):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: skipped without skip_or_fail ({exc.value}); "
+                           "LIC_REQUIRE_DATA=1 makes this a failure")
 
 
 def _need(path: Path) -> Path:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import skip_or_fail
 
 from lic_core.optim import CautiousAdam, TaskLossError, TaskWeighting
 from lic_core.optim.schedules import gamma_schedule
@@ -123,7 +124,7 @@ def test_compiled_path_equals_foreach_to_rounding(dtype):
     """``compiled=True`` (what speed.compile gives the balanced modes): the same update in one
     torch.compile'd function, equal to the multi-tensor path to float rounding, with the same masks."""
     if compiler_missing(torch.device("cpu")):
-        pytest.skip(f"no C++ compiler for torch.compile: {compiler_missing(torch.device('cpu'))}")
+        skip_or_fail(f"no C++ compiler for torch.compile: {compiler_missing(torch.device('cpu'))}", kind="env")
     models = [_model(dtype), _model(dtype)]
     opts = [CautiousAdam(m.parameters(), lr=3e-2, weight_decay=0.05, compiled=c) for m, c in zip(models, (False, True))]
     _steps_side_by_side(models, opts, dtype,
