@@ -12,11 +12,16 @@ shared machine is not comparable (this project saw the same Base step take 10 s 
     python benchmarks/bench_model.py --models base --kodak 24 --checkpoint base=ckpt.pth.tar
     python benchmarks/bench_model.py --models base --kodak 0 --authors ~/LIC-HPCM   # + their code
     python benchmarks/bench_model.py --models base --kodak 0 --layers   # 1x1 convs: oneDNN vs GEMM
+    python benchmarks/bench_model.py --models base --kodak 0 --authors ~/LIC-HPCM --paths  # + each path forced
 
 ``--authors PATH`` takes a checkout of the authors' repository (lyq133/LIC-HPCM, not shipped here)
 and times its ``src/models/HPCM_{Base,Large}.HPCM`` interleaved with ours, in this process, with
 the same weights (ours, renamed to theirs), the same inputs and the same loss, so the printed
 ratio is like-for-like on whatever machine runs it.
+
+Ours runs with the autotuner (``--autotune``, default ``auto``: lic_core.models.autotune) measuring
+each 1x1 conv shape afresh in this process (``--machine-cache`` reuses the machine's stored
+choices instead); the output ends with every choice it made and the times it measured.
 
 Without a checkpoint, weights follow the conformance rule (codec.synthetic_weights) so that the
 entropy coder sees non-trivial symbols; timings do not depend on the weight values.
@@ -46,6 +51,7 @@ from lic_core.config import OptimConfig  # noqa: E402
 from lic_core.training.losses import distortion  # noqa: E402
 from lic_core.models.authors import authors_name  # noqa: E402
 from lic_core.provenance import commit, cpu_name  # noqa: E402
+from lic_core.models import autotune  # noqa: E402
 from lic_core.models.blocks import Conv1x1  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
@@ -304,19 +310,36 @@ def conv1x1_calls(model: torch.nn.Module, batch: int, size: int) -> dict[tuple[i
     return calls
 
 
+class Forced(torch.nn.Module):
+    """``model`` run with the autotuner forced to ``path`` (a benchmark variant of ours)."""
+
+    def __init__(self, model: torch.nn.Module, path: str):
+        super().__init__()
+        self.model, self.path = model, path
+
+    def forward(self, x: torch.Tensor) -> dict:
+        with autotune.forced(self.path):
+            return self.model(x)
+
+
 def layers_table(model: torch.nn.Module, batch: int, size: int, repeat: int) -> list[str]:
-    """Forward + backward of each of the model's Conv1x1 shapes, as the GEMM it is and as a oneDNN
-    ``nn.Conv2d`` (channels-last, as the model's other convs) with the same weights, in interleaved
-    rounds; rows by oneDNN time spent per train step, then the total."""
+    """Forward + backward of each of the model's Conv1x1 shapes on both of its paths, forced: the
+    GEMM and the oneDNN convolution (channels-last weights, as the model's), the same weights, in
+    interleaved rounds; rows by oneDNN time spent per train step, then the total."""
     rows, tot = [], {"gemm": 0.0, "onednn": 0.0}
     calls = conv1x1_calls(model, batch, size)
     for (b, c, h, w, cout), n in calls.items():
-        gemm = Conv1x1(c, cout)
-        dnn = torch.nn.Conv2d(c, cout, 1).to(memory_format=torch.channels_last)
-        dnn.load_state_dict(gemm.state_dict())
+        layer = Conv1x1(c, cout).to(memory_format=torch.channels_last)
         x = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last).requires_grad_()
         grad = torch.randn(b, cout, h, w)
-        t = rounds({k: (lambda m=m: m(x).backward(grad)) for k, m in (("gemm", gemm), ("onednn", dnn))}, repeat)
+
+        def run(path: str) -> Callable[[], None]:
+            def once() -> None:
+                with autotune.forced(path):
+                    layer(x).backward(grad)
+            return once
+
+        t = rounds({"gemm": run("gemm"), "onednn": run("conv")}, repeat)
         med = {k: statistics.median(v) for k, v in t.items()}
         for k in tot:
             tot[k] += n * med[k]
@@ -330,10 +353,14 @@ def layers_table(model: torch.nn.Module, batch: int, size: int, repeat: int) -> 
         f"{tot['onednn']:.2f} s | {tot['gemm']:.2f} s | {tot['gemm'] / tot['onednn']:.2f} |"]
 
 
-def variants(model: torch.nn.Module, bf16: bool) -> dict[str, torch.nn.Module]:
-    """Ours as is and, with ``bf16``, a copy with the engine's ``speed.bf16`` (transforms under
+def variants(model: torch.nn.Module, bf16: bool, paths: bool = False) -> dict[str, torch.nn.Module]:
+    """Ours as is (the autotuner in the benchmark's mode); with ``paths``, a copy with each path of
+    the autotuner forced; with ``bf16``, a copy with the engine's ``speed.bf16`` (transforms under
     bfloat16 autocast; not like-for-like with their float32, so it gets its own row)."""
     out = {"ours": model}
+    if paths:
+        for path in autotune.PATHS["conv1x1"]:
+            out[f"ours, {path}"] = Forced(copy.deepcopy(model), path)
     if bf16:
         out["ours, speed.bf16"] = copy.deepcopy(model)
         bf16_transforms(out["ours, speed.bf16"], "cpu")
@@ -356,7 +383,35 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --authors: also ours with speed.bf16 (CPUs with oneDNN bfloat16 kernels)")
     ap.add_argument("--layers", action="store_true",
                     help="forward + backward of each 1x1 conv shape of the context model: GEMM vs oneDNN")
+    ap.add_argument("--autotune", default="auto", choices=autotune.MODES,
+                    help="ours: measure each 1x1 conv shape (auto), the portable default (off), or one path")
+    ap.add_argument("--machine-cache", action="store_true",
+                    help="take the autotuner's choices stored on this machine (default: measure afresh)")
+    ap.add_argument("--paths", action="store_true",
+                    help="with --authors: also ours with each autotuner path forced, one row each")
     a = ap.parse_args(argv)
+    with autotune.forced(a.autotune), machine_cache(a.machine_cache):
+        return run(a)
+
+
+@contextlib.contextmanager
+def machine_cache(use: bool) -> Iterator[None]:
+    """Without ``use``, the autotuner neither reads nor stores the machine cache while the
+    benchmark runs: it measures every shape afresh, in this process."""
+    saved = os.environ.get(autotune.STORE_ENV)
+    if not use:
+        os.environ[autotune.STORE_ENV] = ""
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(autotune.STORE_ENV, None)
+        else:
+            os.environ[autotune.STORE_ENV] = saved
+
+
+def run(a: argparse.Namespace) -> int:
+    """The benchmark of the parsed command line ``a``."""
     if a.bf16 and not cpu_bf16():
         raise SystemExit("--bf16: oneDNN has no bfloat16 kernels for this CPU (it needs AVX-512)")
     torch.set_num_threads(a.threads)
@@ -394,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
           "(this run's own 2 threads count)")
     print(f"Train step: batch {batch} x {size}^2, forward + loss + backward + Adam step (ours: the "
           f"engine's, torch's fused Adam; theirs: their train.py's, torch's default Adam); eval forward 1x3x{eh}x{ew}; "
-          f"median of {repeat} after a warm-up. Coding: mean over {len(kodak)} Kodak image(s)"
+          f"median of {repeat} after a warm-up; ours with the autotuner in mode {autotune.mode()} (its choices at "
+          f"the end). Coding: mean over {len(kodak)} Kodak image(s)"
           + (f" cropped to {crop}x{crop}" if crop else "") + ". Ratios to the authors' code: `--authors`.\n")
     print("| model | params | kMACs/px | " + " | ".join(COLUMNS) + " | forward GMAC/s (% of that round's matmul: median, min-max) | bpp | streams vs est. | header B |")
     print("|---|---:|---:|" + "---:|" * (len(COLUMNS) + 4))
@@ -419,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             ours = build(name, checkpoints)
-            res = side_by_side(variants(ours, a.bf16), authors_model(a.authors, name, ours), a_batch, a_size,
+            res = side_by_side(variants(ours, a.bf16, a.paths), authors_model(a.authors, name, ours), a_batch, a_size,
                                a_eh, a_ew, repeat)
             for k, r in res.items():
                 label = name if k == "ours" else f"{name} ({k})"
@@ -439,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                 (_, conv, _), (_, c2, r2) = prof["ours"], prof["theirs"]
                 print(f"\n{name}: ours with nothing but its convolutions and matrix products would take "
                       f"{conv / (c2 + r2):.2f}x theirs (a bound on what code around them can reach)")
+    print("\nThe autotuner's choices for ours (key: path; how decided: times of the best round):\n```\n"
+          + "\n".join(autotune.describe()) + "\n```")
     return 0
 
 

@@ -9,6 +9,8 @@ images per second.
         # Solution 1's overhead with the compiled forward
     python benchmarks/bench_train.py --speed --batch 8 --modes standard,balanced --options fp32,compile
         # per option: each mode's step, and Solution 1's second forward timed alone (its floor)
+    python benchmarks/bench_train.py --speed --options fp32,gemm,conv --batch 8 --modes standard,balanced
+        # the autotuner (fp32: speed.autotune=true) against each of its paths forced
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
     python benchmarks/bench_train.py --engine --batch 8 --steps 30 --modes standard,balanced
         # whole runs (CLI, photos, loader, logging): no photo cache (as issue 14 found the engine),
@@ -19,7 +21,9 @@ images per second.
 Variants run in interleaved rounds (A B C, A B C, ...) on the same batch; a ratio is taken within
 each round and the median of the per-round ratios is reported with its min and max, so one burst
 of load spoils one round, not the table. The load average is printed: numbers taken on a loaded
-machine are not final. ``--grid`` times the standard step over batch x patch (images/s) for sizing.
+machine are not final. In-process variants each run in their own ``speed.autotune`` mode; the speed
+plan of each (what ``auto`` options became on this machine) and the autotuner's choices follow the
+table. ``--grid`` times the standard step over batch x patch (images/s) for sizing.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's lic_core, as the runs use
 
 from lic_core.config import PRESETS, TrainConfig  # noqa: E402
+from lic_core.models import autotune  # noqa: E402
 from lic_core.training.data import train_loader  # noqa: E402
 from lic_core.provenance import commit, cpu_name  # noqa: E402
 from lic_core.training.engine import Trainer, as_config, cpu_bf16  # noqa: E402
@@ -57,6 +62,8 @@ SPEED: dict[str, dict] = {
     "bf16": {"speed.bf16": True},
     "channels_last": {"speed.channels_last": True},
     "compile": {"speed.compile": True},
+    "gemm": {"speed.autotune": "gemm"},  # the autotuner's paths forced (fp32 runs it in mode auto)
+    "conv": {"speed.autotune": "conv"},
     "all": {"speed.bf16": True, "speed.channels_last": True, "speed.compile": True},
 }
 
@@ -68,21 +75,24 @@ def make_trainer(base: dict, extra: dict, out: str, name: str) -> Trainer:
 
 
 def time_steps(tr: Trainer, x: torch.Tensor, n: int) -> float:
-    """Seconds per step over ``n`` steps."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        tr.train_step(x)
-    return (time.perf_counter() - t0) / n
+    """Seconds per step over ``n`` steps, in the trainer's own autotune mode (the mode is one per
+    process: the last trainer built would set it for all)."""
+    with autotune.forced(tr.plan.autotune):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tr.train_step(x)
+        return (time.perf_counter() - t0) / n
 
 
 def time_second_forward(tr: Trainer, x: torch.Tensor, n: int) -> float:
     """Seconds per Solution 1 second forward (the engine's :func:`losses_after_step` of
     :meth:`Trainer.task_forward`) over ``n``: timed alone, its ratio to a standard step is the
     least a faithful step can add."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        losses_after_step(lambda: tr.task_forward(x))
-    return (time.perf_counter() - t0) / n
+    with autotune.forced(tr.plan.autotune):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            losses_after_step(lambda: tr.task_forward(x))
+        return (time.perf_counter() - t0) / n
 
 
 # --speed: the second forward of Solution 1 alone, timed on the standard mode's trainer of each option
@@ -170,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(k for k in ENGINE if "bf16" not in k or cpu_bf16()),
                     help=f"--engine: which of {', '.join(ENGINE)} (bf16: only where it runs)")
     args = ap.parse_args(argv)
+    with autotune.forced(autotune.mode()):  # each trainer sets the process's mode; restored after
+        return run(args, ap)
+
+
+def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """The benchmark of the parsed command line ``args``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -181,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = {f"batch {b} x {p}px": {"data.batch": int(b), "data.patch": int(p)}
                     for p in args.patches.split(",") for b in args.batches.split(",")}
     if args.speed:  # on a CPU: compile, and bf16 where oneDNN has kernels (channels_last is GPU-only)
-        opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in ("fp32", "compile")}
+        opts = SPEED if torch.cuda.is_available() else {k: SPEED[k] for k in ("fp32", "gemm", "conv", "compile")}
         if not torch.cuda.is_available() and cpu_bf16():  # "all" has channels_last, refused on a CPU
             opts |= {"bf16": SPEED["bf16"], "bf16 + compile": SPEED["bf16"] | SPEED["compile"]}
         if args.options:
@@ -229,8 +245,18 @@ def main(argv: list[str] | None = None) -> int:
             for name, (fn, tr, x) in timed.items():
                 times[name].append(fn(tr, x, args.steps))
     kind = "speed" if args.speed else "grid" if args.grid else "modes"
-    return report(times, {k: tr.cfg.data.batch for k, (_, tr, _) in timed.items()}, kind, args, first.dev,
-                  cfg.model.name)
+    report(times, {k: tr.cfg.data.batch for k, (_, tr, _) in timed.items()}, kind, args, first.dev, cfg.model.name)
+    print_plans(trainers)
+    return 0
+
+
+def print_plans(trainers: dict[str, Trainer]) -> None:
+    """Each variant's speed plan (``auto`` options as this machine resolved them) and every choice
+    the autotuner made in this process."""
+    print("\nSpeed plans:")
+    for name, tr in trainers.items():
+        print(f"  {name}: {tr.plan.describe()}")
+    print("Autotuner (key: path; how decided):\n  " + "\n  ".join(autotune.describe()))
 
 
 def report(times: dict[str, list[float]], batch: dict[str, int], kind: str, args: argparse.Namespace,

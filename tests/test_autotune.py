@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import images, micro_config, no_wandb  # noqa: F401 (fixtures)
 
 from lic_core.config import TrainConfig, apply_overrides, validate
 from lic_core.errors import ConfigError
@@ -229,3 +230,23 @@ def test_avx2_capped_process_runs_the_portable_default(tmp_path):
     assert got["cap"] == "AVX2" and got["why"] and got["timings"] == {} and got["bf16"] is False
     assert got["choices"] and set(got["choices"].values()) == {"gemm"}
     assert not (tmp_path / "autotune.json").exists()
+
+
+def test_a_resumed_run_takes_its_checkpoints_paths_and_stays_bit_identical(tmp_path, images, capsys):
+    """A run forced to ``conv``, cut after its step-2 checkpoint and resumed with the default
+    ``speed.autotune`` (true), goes on in the checkpoint's mode and ends bit-identical to the run
+    left alone; a checkpoint from before the autotuner resumes in mode off."""
+    from lic_core.training.engine import Trainer, train
+
+    sets = dict(run__steps=4, run__ckpt_every=2, speed__autotune="conv")
+    full = train(micro_config(tmp_path, images, run__name="full", **sets))
+    assert torch.load(full.checkpoint, weights_only=True)["autotune"]["mode"] == "conv"
+    Trainer(micro_config(tmp_path, images, run__name="cut", **sets)).fit(until=2)
+    resumed = Trainer(micro_config(tmp_path, images, run__name="cut", **{**sets, "speed__autotune": True}))
+    assert resumed.step == 2 and resumed.plan.autotune == "conv" == autotune.mode()
+    assert "resuming with the checkpoint's mode conv (config: auto)" in capsys.readouterr().err
+    cut = resumed.fit()
+    a, b = (torch.load(r.checkpoint, weights_only=True)["state_dict"] for r in (full, cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed._restore_autotune(None)
+    assert autotune.mode() == "off"

@@ -33,28 +33,36 @@ def image(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("path", ["gemm", "conv"])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_conv1x1_is_a_1x1_convolution(layout):
-    """The GEMM form gives nn.Conv2d's output and gradients (to float32 rounding) for either input
-    layout, with the same state_dict."""
-    gemm = Conv1x1(24, 40)
+def test_conv1x1_is_a_1x1_convolution(layout, path):
+    """Each of the autotuner's paths gives nn.Conv2d's output and gradients (to float32 rounding)
+    for either input layout, with the same state_dict."""
+    from lic_core.models import autotune
+
+    layer = Conv1x1(24, 40)
     conv = torch.nn.Conv2d(24, 40, 1)
-    conv.load_state_dict(gemm.state_dict())
+    conv.load_state_dict(layer.state_dict())
     x = torch.randn(3, 24, 5, 7).contiguous(memory_format=layout)
     xs = [x.clone().requires_grad_() for _ in range(2)]
-    outs = [m(t) for m, t in zip((gemm, conv), xs)]
+    with autotune.forced(path):
+        outs = [m(t) for m, t in zip((layer, conv), xs)]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(outs[1])
     for out in outs:
         out.backward(grad)
-    for a, b in [(xs[0].grad, xs[1].grad), (gemm.weight.grad, conv.weight.grad), (gemm.bias.grad, conv.bias.grad)]:
+    for a, b in [(xs[0].grad, xs[1].grad), (layer.weight.grad, conv.weight.grad), (layer.bias.grad, conv.bias.grad)]:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_training_graph_has_no_in_place_ops_on_views(tiny):
-    """Conv1x1 returns views; an in-place op on one would put CopySlices nodes (a zeroed copy, a
-    scatter and a clone of the base in every backward) into the training graph."""
-    out = tiny.train()(image(1, 128, 128))
+@pytest.mark.parametrize("path", ["gemm", "conv"])
+def test_training_graph_has_no_in_place_ops_on_views(tiny, path):
+    """Conv1x1's GEMM path returns views; an in-place op on one would put CopySlices nodes (a zeroed
+    copy, a scatter and a clone of the base in every backward) into the training graph."""
+    from lic_core.models import autotune
+
+    with autotune.forced(path):
+        out = tiny.train()(image(1, 128, 128))
     loss = out["x_hat"].sum() + sum(lik.log().sum() for lik in out["likelihoods"].values())
     seen, todo = set(), [loss.grad_fn]
     while todo:
