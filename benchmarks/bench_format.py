@@ -3,12 +3,15 @@ against the first variant, on the same images, in interleaved rounds (per-round 
 min-max).
 
     python benchmarks/bench_format.py --models tiny,base --kodak 2 --crop 256 --rounds 7
-    python benchmarks/bench_format.py --models tiny --variants v3,v3-float64 --kodak 1 --crop 0 --rounds 3
+    python benchmarks/bench_format.py --models tiny --variants v4,v4-float64 --kodak 1 --crop 0 --rounds 3
 
-A variant is ``v<version>`` with an optional ``-float64`` (the model and the coding in float64,
-which decodes identically across instruction sets: benchmarks/cross_cpu.py). Version 3 adds a CRC-32
-of the symbols (both sides) and of the encoder's 8-bit image, which costs the encoder one synthesis
-pass (:mod:`lic_core.coding.codec`). Synthetic weights (no trained Base here).
+A variant is ``v<version>`` of a version this build writes (3 or 4) with an optional ``-float64``
+(the model and the coding in float64, which decodes identically across instruction sets:
+benchmarks/cross_cpu.py). Version 3 carries a CRC-32 of the symbols (both sides) and of the
+encoder's 8-bit image, which costs the encoder one synthesis pass (:mod:`lic_core.coding.codec`);
+version 4 adds the weights' fingerprint (a SHA-256 of the weights, cached per model). Versions 1
+and 2 are no longer written: benchmarks/results/bench_format_cpu.txt holds the last version 2 vs
+3 run. Synthetic weights (no trained Base here).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import per_round, spread  # noqa: E402
 
 from lic_core.coding import codec  # noqa: E402
-from lic_core.coding.bitstream import INDEX_RULES  # noqa: E402
+from lic_core.coding.bitstream import WRITABLE  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
@@ -34,8 +37,8 @@ from lic_core.paths import datasets_root  # noqa: E402
 
 def parse_variant(v: str) -> tuple[int, torch.dtype]:
     version, _, dtype = v.removeprefix("v").partition("-")
-    if not version.isdigit() or int(version) not in INDEX_RULES or dtype not in ("", "float64"):
-        raise SystemExit(f"bench_format: variant {v!r} is not v<version>[-float64] with a version in {sorted(INDEX_RULES)}")
+    if not version.isdigit() or int(version) not in WRITABLE or dtype not in ("", "float64"):
+        raise SystemExit(f"bench_format: variant {v!r} is not v<version>[-float64] with a version in {list(WRITABLE)}")
     return int(version), torch.float64 if dtype else torch.float32
 
 
@@ -61,7 +64,7 @@ def rounds_of(name: str, images: list[torch.Tensor], variants: list[str], rounds
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,base")
-    ap.add_argument("--variants", default="v2,v3", help="comma list; ratios are to the first")
+    ap.add_argument("--variants", default="v3,v4", help="comma list; ratios are to the first")
     ap.add_argument("--kodak", type=int, default=2, help="Kodak images per round")
     ap.add_argument("--crop", type=int, default=256, help="top-left crop side (0: whole image)")
     ap.add_argument("--rounds", type=int, default=7)

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lic_core.coding import codec  # noqa: E402
-from lic_core.coding.bitstream import VERSION  # noqa: E402
+from lic_core.coding.bitstream import VERSION, WRITABLE  # noqa: E402
 from lic_core.errors import BitstreamError, ReconstructionWarning  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kodak", type=int, default=24)
     ap.add_argument("--crop", type=int, default=256, help="crop side for synthetic-weight models")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--version", type=int, default=VERSION, help="format version the encoders write")
+    ap.add_argument("--version", type=int, default=VERSION, choices=WRITABLE,
+                    help="format version the encoders write (versions 1 and 2 are no longer written; "
+                         "benchmarks/results/cross_cpu_xeon_v2.txt holds the version-2 run)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                     help="the models' precision on both sides (float64: far slower on a CPU)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
