@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 
 from lic_core.atomic import write_file
+from lic_core.cliargs import bounded_float
 from lic_core.errors import LicError, command
 
 METHODS = ("cubic", "pchip", "akima")
 METRICS = ("psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
+MAX_CURVE_BYTES = 64 << 20  # an R-D curve file larger than this is refused before it is read
 
 CurveSource = Union[str, Path, Mapping[str, Any]]
 
@@ -61,12 +63,18 @@ def read_results(src: CurveSource) -> tuple[str, dict[str, list[float]]]:
     where = str(src)
     if isinstance(src, (str, Path)):
         path = Path(src)
+        if not path.is_file():
+            raise LicError(f"{path}: no such R-D curve file" if not path.exists() else f"{path}: not a regular file")
+        if path.stat().st_size > MAX_CURVE_BYTES:
+            raise LicError(f"{path}: over {MAX_CURVE_BYTES:,} bytes, not an R-D curve file")
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LicError(f"{path}: no such R-D curve file") from None
-        except json.JSONDecodeError as e:
-            raise LicError(f"{path}: not JSON ({e})") from None
+            data = json.loads(path.read_bytes().decode())
+        except UnicodeDecodeError:
+            raise LicError(f"{path}: not UTF-8 text") from None
+        except RecursionError:
+            raise LicError(f"{path}: JSON nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, and integers too long to convert
+            raise LicError(f"{path}: not JSON ({' '.join(str(e).split())[:120]})") from None
         default = path.stem
     else:
         data, default, where = dict(src), "curve", str(src.get("name", "curve"))
@@ -89,7 +97,10 @@ def load_curve(src: CurveSource, metric: str = "psnr-rgb", name: str | None = No
     key = "ms-ssim-rgb" if metric == "ms-ssim-db" else metric
     if key not in results:
         raise LicError(f"curve {name!r}: no {key!r} in results (has {', '.join(results)})")
-    bpp, q = np.asarray(results["bpp"], float), np.asarray(results[key], float)
+    try:
+        bpp, q = np.asarray(results["bpp"], float), np.asarray(results[key], float)
+    except (TypeError, ValueError, OverflowError):
+        raise LicError(f"curve {name!r}: 'bpp' and {key!r} must be lists of numbers") from None
     if metric == "ms-ssim-db":
         q = -10 * np.log10(np.clip(1 - q, 1e-12, None))
     _check(name, key, bpp, q, min_points, monotonic)
@@ -212,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", action="append", choices=METHODS,
                    help="interpolation (repeatable; default cubic)")
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
-    p.add_argument("--min-overlap", type=float, default=0.75,
+    p.add_argument("--min-overlap", type=bounded_float(0.0, 1.0), default=0.75,
                    help="a value whose curves overlap less than this fraction is undefined (NaN)")
     p.add_argument("--lenient", action="store_true",
                    help="print the extrapolated value of a low-overlap pair (with its warning) instead of NaN")
