@@ -1,4 +1,4 @@
-"""Issue 7: does Balanced R-D lower HPCM's BD-rate? Protocol, evaluation and statistics.
+"""Does Balanced R-D lower HPCM's BD-rate? Protocol, evaluation and statistics.
 
 The experiment is two papermill sweeps and an analysis:
 
@@ -8,8 +8,8 @@ The experiment is two papermill sweeps and an analysis:
    lr schedule.
 2. ``finetune``: Solution 2 (our derivation of the paper's equality-constrained QP, BALANCED.md).
    Its sweep over notebook 04 is *built from the first sweep's results*: for every finished
-   train job, ``init`` = that job's ``standard`` checkpoint (found from the run's own
-   ``config.yaml`` and ``checkpoints/``, see :func:`collect_runs`); model, batch, patch and data
+   train job, ``init`` = that job's ``standard`` checkpoint (found through the run's typed config,
+   :func:`lic_core.training.run.load_run`, see :func:`collect_runs`); model, batch, patch and data
    are the train sweep's; steps = ``fraction`` x train steps; modes ``qp``, ``balanced``
    (Solution 1 from the same warm start: separates "FAMO from scratch" from "FAMO at all") and,
    as the control, ``standard`` Adam for the same steps. Output: ``<train output>-finetune``.
@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from lic_core.atomic import write_file
 from lic_core.config import parse_yaml
@@ -48,10 +47,12 @@ from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
 from lic_core.analysis.stats import Interval, mean_ci
 from lic_core.analysis.tables import write_results
-from lic_core.training.logging import METRICS_FILE
+from lic_core.training.objectives import MODES
+from lic_core.training.run import find_runs, lmbda_key
 from lic_core.workbench.sweep import SweepSpec, load_sweep, read_manifest, run_sweep, spec_from_dict, summarize, sweep_results
 
-TRAIN_MODES = ("standard", "balanced", "hierarchical")
+# stage 1 trains every objective but Solution 2, which the paper uses for fine-tuning (stage 2)
+TRAIN_MODES = tuple(m for m in MODES if m != "qp")
 ANCHOR = "standard"
 METHODS = ("pchip", "cubic")
 EXPECTED = (-5.0, -2.0)  # the project plan's expectation: a 2-5 % BD-rate gain
@@ -129,39 +130,24 @@ def launch(spec: SweepSpec, executor: str = "local", jobs: int | None = None,
 # ------------------------------------------------------------------------------------ runs
 
 
-def _run_config(path: Path) -> dict[str, Any] | None:
-    """A training run's ``config.yaml`` (None for other files of that name, e.g. wandb's)."""
-    cfg = yaml.safe_load(path.read_text())
-    ok = isinstance(cfg, dict) and all(isinstance(cfg.get(k), dict) for k in ("loss", "run", "finetune"))
-    return cfg if ok and (path.parent / METRICS_FILE).is_file() else None
-
-
 def collect_runs(sweep_dir: str | Path, jobs: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per training run of the done jobs of a sweep folder (``jobs``: only those):
     ``job, stage (train | finetune), mode, lmbda, seed, steps, run_dir, checkpoint``.
 
-    Read from each run's own ``config.yaml``, so nothing depends on folder names; a checkpoint is
-    the newest ``step_*.pt``, or where the final one was when the weights are gone (a committed run
-    keeps its config, metrics and evaluations). Two runs of one (stage, mode, λ, seed) are an error.
+    Read from each run's typed config (:func:`lic_core.training.run.find_runs`, runs that have
+    logged), so nothing depends on folder names; a checkpoint is the newest ``step_*.pt``, or where
+    the final one was when the weights are gone (a committed run keeps its config, metrics and
+    evaluations). Two runs of one (stage, mode, λ, seed) are an error.
     """
-    from lic_core.training.checkpoint import latest, step_file
-
     sweep_dir = Path(sweep_dir)
     done = sweep_results(sweep_dir)
     names = [j for j in done.index if jobs is None or j in set(jobs)]
     rows = []
     for job in names:
-        for cfg_file in sorted((sweep_dir / job / "run").rglob("config.yaml")):
-            cfg = _run_config(cfg_file)
-            if cfg is None:
-                continue
+        for run in find_runs(sweep_dir / job / "run", logged=True):
             # weights are not committed: a done job's run without them is named by its final checkpoint
-            ckpt = latest(cfg_file.parent / "checkpoints") or step_file(cfg_file.parent / "checkpoints",
-                                                                        int(cfg["run"]["steps"]))
-            rows.append({"job": job, "stage": "finetune" if cfg["finetune"].get("init") else "train",
-                         "mode": cfg["loss"]["mode"], "lmbda": float(cfg["loss"]["lmbda"]),
-                         "seed": int(cfg["run"]["seed"]), "steps": int(cfg["run"]["steps"]),
-                         "run_dir": cfg_file.parent, "checkpoint": ckpt})
+            rows.append({"job": job, "stage": run.stage, "mode": run.mode, "lmbda": run.lmbda, "seed": run.seed,
+                         "steps": run.steps, "run_dir": run.run_dir, "checkpoint": run.latest or run.final})
     cols = ["job", "stage", "mode", "lmbda", "seed", "steps", "run_dir", "checkpoint"]
     runs = pd.DataFrame(rows, columns=cols)
     twice = runs[runs.duplicated(["stage", "mode", "lmbda", "seed"], keep=False)]
@@ -222,8 +208,9 @@ def finetune_spec(spec: SweepSpec, settings: Finetune = Finetune(), partial: boo
     ``init`` = that job's standard checkpoint. Missing train jobs are an error unless ``partial``."""
     runs = collect_runs(spec.output, [j.name for j in spec.expand()])
     std = runs[(runs["stage"] == "train") & (runs["mode"] == ANCHOR) & runs["checkpoint"].notna()]
+    have = {(lmbda_key(lam), int(seed)) for lam, seed in zip(std["lmbda"], std["seed"])}
     expected = {(float(j.parameters["lmbda"]), int(j.parameters["seed"])) for j in spec.expand()}
-    missing = sorted(expected - set(zip(std["lmbda"], std["seed"])))
+    missing = sorted((lam, seed) for lam, seed in expected if (lmbda_key(lam), seed) not in have)
     if std.empty or (missing and not partial):
         raise LicError(f"{spec.output}: no finished {ANCHOR} run for (λ, seed) {missing}; run the train "
                        "stage first (re-running it resumes), or pass partial=True / --partial")

@@ -194,3 +194,47 @@ def test_every_config_field_with_bad_values_is_a_config_error_or_accepted():
                 with pytest.raises(ConfigError, match=f"^{key}"):
                     load_config(None, {key: bad}, check_paths=False)
     assert refused > len(keys) * 4
+
+
+# ------------------------------------------------------------------------------- one owner per name
+
+
+def test_modes_and_their_tasks_are_the_objectives_registry():
+    from lic_core.training.losses import loss_terms  # noqa: F401  (losses names terms, not modes)
+    from lic_core.training.objectives import MODES, OBJECTIVES, TASKS
+
+    assert MODES == tuple(OBJECTIVES) == ("standard", "balanced", "hierarchical", "qp")
+    assert TASKS == {m: c.tasks for m, c in OBJECTIVES.items()}
+    for mode in MODES:  # every registered mode validates, with one value per task where a list is given
+        n = len(TASKS[mode])
+        validate(apply_overrides(TrainConfig(), {"loss.mode": mode, "balance.offset": [-1.0] * n}), check_paths=False)
+    with pytest.raises(ConfigError, match="loss.mode: 'fancy' is not one of standard, balanced, hierarchical, qp"):
+        validate(apply_overrides(TrainConfig(), {"loss.mode": "fancy"}), check_paths=False)
+
+
+def test_schedule_names_are_the_schedule_module():
+    from lic_core import config
+    from lic_core.optim.schedules import LR_SCHEDULES, SCHEDULES
+
+    assert config.GAMMA_SCHEDULES == tuple(SCHEDULES) and config.LR_SCHEDULES is LR_SCHEDULES
+
+
+def test_balance_defaults_are_written_once():
+    """gamma and w_lr defaults: optim.balance's constants, which the config, the weighting, the toy
+    and notebook 01's parameters (papermill shows literal values there) all equal."""
+    import inspect
+    import json
+
+    from lic_core.optim import GAMMA, W_LR, TaskWeighting
+    from lic_core.optim.toy import ToyConfig
+    from lic_core.paths import REPO
+
+    b = TrainConfig().balance
+    assert (b.gamma, b.w_lr) == (GAMMA, W_LR) == (ToyConfig().gamma, ToyConfig().w_lr)
+    sig = inspect.signature(TaskWeighting).parameters
+    assert (sig["gamma"].default, sig["w_lr"].default) == (GAMMA, W_LR)
+    nb = json.loads((REPO / "notebooks" / "01_train.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    values: dict = {}
+    exec("".join(cell["source"]), {}, values)
+    assert (values["gamma"], values["w_lr"]) == (GAMMA, W_LR)

@@ -107,3 +107,51 @@ def test_qp_weighting_unused_parameter_and_bad_loss():
         qp.backward(bad, list(model.parameters()))
     skip = QPWeighting(3, on_bad="skip")
     assert skip.backward(bad, list(model.parameters())) is None and skip.skipped == 1
+
+
+def test_reduce_sees_the_task_gradient_matrix():
+    model, losses = _setup()
+    params = list(model.parameters())
+    seen = []
+
+    def reduce(g):
+        seen.append(g.shape)
+        return g * 2  # what two ranks' sum would be: same weights, doubled combined gradient
+
+    want = QPWeighting(3).backward(losses, params)
+    grads = [p.grad.clone() for p in params]
+    model, losses = _setup()  # the same model and losses, a fresh graph
+    params = list(model.parameters())
+    got = QPWeighting(3, reduce=reduce).backward(losses, params)
+    assert seen == [(3, sum(p.numel() for p in params))]
+    torch.testing.assert_close(got.z, want.z)
+    for p, g in zip(params, grads):
+        torch.testing.assert_close(p.grad, 2 * g)
+
+
+def test_the_qp_objective_runs_qp_weighting():
+    """One Solution 2: the training objective ``qp`` delegates to optim's QPWeighting (averaged
+    over ranks), and its checkpoint state is the weighting's clip count."""
+    from lic_core.config import TrainConfig, apply_overrides
+    from lic_core.training import distributed as ddp
+    from lic_core.training.objectives import QP, objective
+
+    cfg = apply_overrides(TrainConfig(), {"loss.mode": "qp", "balance.qp_ridge": 1e-5})
+    obj = objective(cfg, torch.device("cpu"))
+    assert isinstance(obj, QP) and isinstance(obj.weighting, QPWeighting)
+    w = obj.weighting
+    assert w.reduce is ddp.mean and w.ridge == 1e-5 and w.names == ["D", "bpp"]
+    model, losses = _setup()
+    params = list(model.parameters())
+    task = losses[:2]
+    assert obj.record() == {} and obj.backward(task, params, 0) is None
+    ref = QPWeighting(2, ridge=1e-5)
+    grads = [p.grad.clone() for p in params]
+    model2, losses2 = _setup()
+    ref.backward(losses2[:2], list(model2.parameters()))
+    assert torch.equal(w.z, ref.z) and all(torch.equal(a, b.grad) for a, b in zip(grads, model2.parameters()))
+    assert obj.record()["z_D"] == float(w.z[0])
+    w.n_clipped = 3
+    other = objective(cfg, torch.device("cpu"))
+    other.load_state_dict(obj.state_dict())
+    assert other.weighting.n_clipped == 3 and obj.state_dict() == {"weighting": None, "qp_clipped": 3}

@@ -36,8 +36,8 @@ from lic_core.training import distributed as ddp
 from lic_core.training.finetune import frozen_at, load_init, param_groups, set_frozen
 from lic_core.training.logging import RunLogger, load_history, truncate_history
 from lic_core.training.objectives import named_floats, objective
+from lic_core.training.run import CKPT_DIR, CONFIG_FILE
 
-CKPT_DIR = "checkpoints"
 # Keys that may differ between a checkpoint's config and the config that resumes it.
 RESUMABLE = ("run.steps", "run.resume", "run.out", "run.name", "run.progress", "run.log_every",
              "run.eval_every", "run.ckpt_every", "run.keep_last", "run.wandb_project", "run.wandb_name",
@@ -478,7 +478,7 @@ class Trainer:
         main = self.dist.main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.to_yaml(self.run_dir / "config.yaml")
+            cfg.to_yaml(self.run_dir / CONFIG_FILE)
             truncate_history(self.run_dir, self.step)
         log = RunLogger(self.run_dir, cfg, r.steps, self.step, active=main)
         batches = train_loader(cfg.train_dir, cfg.data.patch, cfg.data.batch, r.seed, self.step,
