@@ -83,14 +83,33 @@ class ExtendSpec:
 
 
 @dataclass
+class AnalysisSpec:
+    """A pre-registered analysis: ``comparisons`` as {test, anchor} curves (the first is the
+    primary), each BD-rate defined when the overlap reaches ``min_overlap``; trunks are the unit
+    (a trunk's value is the mean of its blocks'); ``margin``: the equivalence margin (%) of the
+    comparisons listed in ``equivalence``."""
+    comparisons: list[dict[str, str]] = field(default_factory=list)
+    min_overlap: float = 0.75
+    samples: int = 2000
+    margin: float = 0.5
+    equivalence: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
 class CompareSpec:
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm name -> config overrides
     seeds: list[int] = field(default_factory=lambda: [100, 101])  # fine-tune crop orders
+    trunk_seeds: dict[int, list[int]] = field(default_factory=dict)  # per trunk, where not ``seeds``
+    # named sets of (base λ, fine-tune λ) points, and the sets each arm is fine-tuned at; an arm
+    # not in ``arm_points`` gets the grid (its own base's λ) and, if extended, ``extend``'s points
+    point_sets: dict[str, list[list[float]]] = field(default_factory=dict)
+    arm_points: dict[str, list[str]] = field(default_factory=dict)
     steps: int = 1000
     lr: float = 5e-5
     milestones: list[float] = field(default_factory=lambda: [0.8])
     step_lrs: list[float] = field(default_factory=lambda: [1e-5])
     extend: ExtendSpec = field(default_factory=ExtendSpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
 
 
 @dataclass
@@ -151,6 +170,24 @@ def load_study(path: str | Path, root: str | Path = ".") -> Study:
         raise ConfigError(f"compare.extend: needs lambdas and a base in branch.lambdas {st.branch.lambdas}")
     if set(ext.lambdas) & set(st.branch.lambdas):
         raise ConfigError(f"compare.extend.lambdas: {ext.lambdas} overlap branch.lambdas {st.branch.lambdas}")
+    c = st.compare
+    for arm, sets in c.arm_points.items():
+        if arm not in c.arms or set(sets) - set(c.point_sets):
+            raise ConfigError(f"compare.arm_points.{arm}: needs an arm of compare.arms and sets of "
+                              f"compare.point_sets {sorted(c.point_sets)}, got {sets}")
+    bases: dict[float, float] = {}
+    for name, pts in c.point_sets.items():
+        for pt in pts:
+            if len(pt) != 2 or pt[0] not in st.branch.lambdas or bases.setdefault(pt[1], pt[0]) != pt[0]:
+                raise ConfigError(f"compare.point_sets.{name}: {pt} must be [base λ of branch.lambdas, λ], "
+                                  "and one λ comes from one base")
+    if set(c.trunk_seeds) - set(st.trunk.seeds):
+        raise ConfigError(f"compare.trunk_seeds: {sorted(set(c.trunk_seeds) - set(st.trunk.seeds))} not in trunk.seeds")
+    for cmp in [*c.analysis.comparisons, *c.analysis.equivalence]:
+        if set(cmp) != {"test", "anchor"}:
+            raise ConfigError(f"compare.analysis: each comparison is {{test, anchor}}, got {cmp}")
+        for curve in cmp.values():
+            curve_points(st, curve)
     return st
 
 
@@ -272,13 +309,35 @@ def run_branch(st: Study, seed: int, lmbda: float) -> Path:
 
 
 def arm_lambdas(st: Study, arm: str) -> list[float]:
-    """The λ of one arm's curve: the grid, then ``compare.extend.lambdas`` for an extended arm."""
-    ext = st.compare.extend
-    return [*st.branch.lambdas, *(ext.lambdas if arm in ext.arms else [])]
+    """The λ an arm is fine-tuned at: its ``arm_points`` sets in order, or the grid, then
+    ``compare.extend.lambdas`` for an extended arm."""
+    c = st.compare
+    if arm in c.arm_points:
+        return [pt[1] for name in c.arm_points[arm] for pt in c.point_sets[name]]
+    return [*st.branch.lambdas, *(c.extend.lambdas if arm in c.extend.arms else [])]
+
+
+def curve_points(st: Study, curve: str) -> tuple[str, list[float]]:
+    """The arm and λ of a curve: ``arm`` (every point of the arm) or ``arm[set+set]`` (the
+    points of those ``point_sets``, each of which the arm must have)."""
+    arm, _, rest = curve.partition("[")
+    if arm not in st.compare.arms:
+        raise ConfigError(f"curve {curve!r}: {arm!r} is not an arm of compare.arms {sorted(st.compare.arms)}")
+    if not rest:
+        return arm, arm_lambdas(st, arm)
+    sets = rest.rstrip("]").split("+")
+    if not rest.endswith("]") or not set(sets) <= set(st.compare.arm_points.get(arm, [])):
+        raise ConfigError(f"curve {curve!r}: sets must be among {arm}'s compare.arm_points "
+                          f"{st.compare.arm_points.get(arm, [])}")
+    return arm, [pt[1] for name in sets for pt in st.compare.point_sets[name]]
 
 
 def base_lmbda(st: Study, lmbda: float) -> float:
     """The λ of the base a comparison at ``lmbda`` starts from."""
+    for pts in st.compare.point_sets.values():
+        for base, lam in pts:
+            if lam == lmbda:
+                return base
     return lmbda if lmbda in st.branch.lambdas else st.compare.extend.base
 
 
@@ -374,12 +433,13 @@ def scratch_markdown(st: Study) -> list[str]:
     return lines
 
 
-def curve_checkpoints(st: Study, arm: str, seed: int, ft_seed: int | None) -> list[Path]:
-    """The checkpoints of one R-D curve: a base curve over ``branch.lambdas`` (``arm`` "base") or
-    one arm's fine-tuned models over :func:`arm_lambdas`."""
-    if arm == "base":
+def curve_checkpoints(st: Study, curve: str, seed: int, ft_seed: int | None) -> list[Path]:
+    """The checkpoints of one R-D curve: a base curve over ``branch.lambdas`` (``curve`` "base")
+    or fine-tuned models over :func:`curve_points`."""
+    if curve == "base":
         return [st.store_dir / f"{base_name(lam, seed)}.pt" for lam in st.branch.lambdas]
-    return [compare_checkpoint(st, arm, seed, lam, ft_seed) for lam in arm_lambdas(st, arm)]
+    arm, lams = curve_points(st, curve)
+    return [compare_checkpoint(st, arm, seed, lam, ft_seed) for lam in lams]
 
 
 def curve_name(arm: str, seed: int, ft_seed: int | None) -> str:
@@ -465,8 +525,10 @@ def tasks(st: Study, stage: str) -> list[Task]:
         out += [Task(f"eval-{curve_name('base', s, None)}", run_evaluate, (st, "base", s, None),
                      tuple(base_name(lam, s) for lam in lams)) for s in seeds]
     if k >= 2:  # block by block, fine-tune seed outermost, each block's curve summaries after its runs
-        ext = st.compare.extend
-        runs = [(a, lam) for lam in lams for a in arms] + [(a, lam) for lam in ext.lambdas for a in ext.arms]
+        ext, pts = st.compare.extend, st.compare.arm_points
+        runs = [(a, lam) for lam in lams for a in arms if a not in pts]
+        runs += [(a, lam) for lam in ext.lambdas for a in ext.arms if a not in pts]
+        runs += [(a, lam) for a in arms if a in pts for lam in arm_lambdas(st, a)]
         for s, f in blocks(st):
             out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f),
                          (base_name(base_lmbda(st, lam), s),)) for a, lam in runs]
@@ -540,8 +602,12 @@ def _images(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
 
 
 def comparisons(st: Study) -> list[tuple[str, str]]:
-    """(test arm, anchor arm): every arm against the Adam control, and the task weighting alone
-    (balanced against Cautious Adam on the standard loss) where both arms exist."""
+    """(test curve, anchor curve): the pre-registered analysis' comparisons where the study has
+    one; otherwise every arm against the Adam control, and the task weighting alone (balanced
+    against Cautious Adam on the standard loss) where both arms exist."""
+    pre = st.compare.analysis
+    if pre.comparisons:
+        return [(c["test"], c["anchor"]) for c in [*pre.comparisons, *pre.equivalence]]
     arms = list(st.compare.arms)
     anchor = arms[0]
     pairs = [(a, anchor) for a in arms[1:]]
@@ -550,9 +616,16 @@ def comparisons(st: Study) -> list[tuple[str, str]]:
     return pairs
 
 
+def ft_seeds(st: Study, seed: int) -> list[int]:
+    """The fine-tune seeds of trunk ``seed``."""
+    return st.compare.trunk_seeds.get(seed, st.compare.seeds)
+
+
 def blocks(st: Study) -> list[tuple[int, int]]:
-    """The (trunk seed, fine-tune seed) blocks of the protocol, in the order the study runs them."""
-    return [(s, f) for f in st.compare.seeds for s in st.trunk.seeds]
+    """The (trunk seed, fine-tune seed) blocks of the protocol, in the order the study runs them:
+    fine-tune seed outermost."""
+    order = list(dict.fromkeys(f for s in st.trunk.seeds for f in ft_seeds(st, s)))
+    return [(s, f) for f in order for s in st.trunk.seeds if f in ft_seeds(st, s)]
 
 
 def evaluated_blocks(st: Study) -> list[tuple[int, int]]:
@@ -573,7 +646,7 @@ def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
             a, t = load_image_curve(st, anchor, s, f), load_image_curve(st, test, s, f)
             gaps, rgaps = quality_gaps(a.mean(), t.mean()), rate_gaps(a.mean(), t.mean())
             for m in methods:
-                v, why = bd_rate_or_nan(a.mean(), t.mean(), m)
+                v, why = bd_rate_or_nan(a.mean(), t.mean(), m, st.compare.analysis.min_overlap)
                 rows.append({"test": test, "anchor": anchor, "seed": s, "ft_seed": f, "method": m,
                              "bd_rate": v, "note": why, "gaps": gaps, "rate_gaps": rgaps})
     return rows
@@ -610,14 +683,129 @@ def gap_summary(st: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
     first = rows[0]["method"] if rows else None
+    by_trunk = bool(st.compare.analysis.comparisons)  # a pre-registered study: trunks are the unit
     for test, anchor in comparisons(st):
         sel = [r for r in rows if (r["test"], r["anchor"], r["method"]) == (test, anchor, first)]
         row: dict[str, Any] = {"test": test, "anchor": anchor}
         for key in ("gaps", "rate_gaps"):
-            ci = mean_ci([float(np.mean(r[key])) if r[key] else float("nan") for r in sel])
-            row[key] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "of": len(sel)}
+            blocks_ = [{"seed": r["seed"], "bd_rate": float(np.mean(r[key])) if r[key] else float("nan")} for r in sel]
+            vals = list(trunk_means(blocks_).values()) if by_trunk else [b["bd_rate"] for b in blocks_]
+            ci = mean_ci(vals)
+            row[key] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n,
+                        "of": len({r["seed"] for r in sel}) if by_trunk else len(sel)}
         out.append(row)
     return out
+
+
+def trunk_means(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Per trunk: the mean of its blocks' defined values (a trunk with none is left out)."""
+    by: dict[int, list[float]] = {}
+    for r in rows:
+        if r["bd_rate"] == r["bd_rate"]:
+            by.setdefault(r["seed"], []).append(r["bd_rate"])
+    return {s: float(np.mean(v)) for s, v in sorted(by.items())}
+
+
+def trunk_bootstrap(st: Study, test: str, anchor: str, method: str, blocks_: list[tuple[int, int]],
+                    samples: int) -> dict[str, float]:
+    """Two-level bootstrap of the mean over trunks: trunks resampled with replacement and, in every
+    draw, the test images too (one draw shared by every curve); a trunk's value is the mean over
+    its blocks, as in :func:`trunk_means`."""
+    from lic_core.analysis.bdrate import bd_rate_or_nan
+    from lic_core.analysis.stats import two_level_bootstrap
+
+    trunks = sorted({s for s, _ in blocks_})
+    curves = {b: (load_image_curve(st, anchor, *b), load_image_curve(st, test, *b)) for b in blocks_}
+    images = next(iter(curves.values()))[0].bpp.shape[1]
+    min_overlap = st.compare.analysis.min_overlap
+
+    def statistic(units: np.ndarray, idx: np.ndarray) -> float:
+        per: dict[int, float] = {}
+        for u in set(units.tolist()):
+            vals = [bd_rate_or_nan(a.mean(idx), t.mean(idx), method, min_overlap)[0]
+                    for (s, _), (a, t) in curves.items() if s == trunks[u]]
+            vals = [v for v in vals if v == v]
+            per[u] = float(np.mean(vals)) if vals else float("nan")
+        return float(np.mean([per[u] for u in units]))
+
+    return two_level_bootstrap(len(trunks), images, statistic, samples)
+
+
+def trunk_summary(st: Study, rows: list[dict[str, Any]], samples: int) -> list[dict[str, Any]]:
+    """Per (comparison, method): each trunk's value, the mean over trunks with its 95 % t-interval
+    and (PCHIP) the two-level bootstrap interval; blocks are averaged within their trunk."""
+    from lic_core.analysis.stats import mean_ci
+
+    out = []
+    for test, anchor in comparisons(st):
+        for m in dict.fromkeys(r["method"] for r in rows):
+            sel = [r for r in rows if (r["test"], r["anchor"], r["method"]) == (test, anchor, m)]
+            per = trunk_means(sel)
+            ci = mean_ci(list(per.values()))
+            boot = {"low": float("nan"), "high": float("nan"), "samples": 0, "dropped": 0}
+            if m == "pchip" and ci.n >= 3 and samples:
+                boot = trunk_bootstrap(st, test, anchor, m, sorted({(r["seed"], r["ft_seed"]) for r in sel}), samples)
+            out.append({"test": test, "anchor": anchor, "method": m, "trunks": per, "values": list(per.values()), "n": ci.n,
+                        "of": len({r["seed"] for r in sel}), "mean": ci.mean, "t_low": ci.low, "t_high": ci.high,
+                        "boot_low": boot["low"], "boot_high": boot["high"], "boot_samples": boot["samples"],
+                        "notes": sorted({f"{test} vs {anchor}, block s{r['seed']}-f{r['ft_seed']}: {r['note']}"
+                                         for r in sel if r["note"]})})
+    return out
+
+
+def decision(r: dict[str, Any]) -> str:
+    """The pre-registered decision rule's words for one trunk-level result."""
+    if r["n"] < 3:
+        return f"undefined: {r['n']} trunk(s) with a defined value, the rule needs at least 3"
+    where = f"{r['mean']:+.2f} % (95 % t-interval [{r['t_low']:+.2f}, {r['t_high']:+.2f}], {r['n']} trunks)"
+    if r["t_high"] < 0:
+        verdict = "Balanced R-D **helps** at this scale (the interval lies below 0)"
+    elif r["t_low"] > 0:
+        verdict = "Balanced R-D **hurts** at this scale (the interval lies above 0)"
+    else:
+        verdict = "**no effect detected** (the interval contains 0); the interval bounds its size"
+    lo, hi = r["boot_low"], r["boot_high"]
+    if lo == lo and hi == hi and ((hi < 0) != (r["t_high"] < 0) or (lo > 0) != (r["t_low"] > 0)):
+        verdict += f"; the bootstrap interval [{lo:+.2f}, {hi:+.2f}] lies on another side of 0"
+    return f"{where}: {verdict}."
+
+
+def equivalent(r: dict[str, Any], margin: float) -> str:
+    """Whether a trunk-level t-interval lies within ±``margin`` %."""
+    if r["n"] < 3:
+        return f"undefined ({r['n']} trunk(s))"
+    inside = -margin < r["t_low"] and r["t_high"] < margin
+    return (f"{'the same R-D' if inside else 'not shown to be the same R-D'}: t-interval "
+            f"[{r['t_low']:+.2f}, {r['t_high']:+.2f}] {'within' if inside else 'not within'} ±{margin} %")
+
+
+def preregistered_markdown(st: Study, rows: list[dict[str, Any]], samples: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """The report's lines for the pre-registered analysis (PROTOCOL.md): trunk-level values, the
+    primary comparison's decision and the equivalence checks; also its rows."""
+    pre = st.compare.analysis
+    summary = trunk_summary(st, rows, samples)
+    trunks = sorted({r["seed"] for r in rows})
+    first = (pre.comparisons[0]["test"], pre.comparisons[0]["anchor"])
+    primary = next(r for r in summary if (r["test"], r["anchor"]) == first and r["method"] == "pchip")
+    lines = ["", "#### Pre-registered analysis (trunks as the unit)", "",
+             f"**Primary**: `{first[0]}` against `{first[1]}`, BD-rate (PCHIP): {decision(primary)}", "",
+             "| comparison | method | " + " | ".join(f"trunk {s}" for s in trunks)
+             + " | mean over trunks | 95 % t-interval | two-level bootstrap 95 % |",
+             "|---|---|" + "---:|" * len(trunks) + "---:|---|---|"]
+    for r in summary:
+        t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 trunks)"
+        b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "-"
+        lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | "
+                     + " | ".join(_fmt(r["trunks"].get(s)) for s in trunks)
+                     + f" | {_fmt(r['mean'])} | {t_ci} | {b_ci} |")
+    for cmp in pre.equivalence:
+        r = next(x for x in summary if (x["test"], x["anchor"]) == (cmp["test"], cmp["anchor"]) and x["method"] == "pchip")
+        lines += ["", f"Equivalence, `{cmp['test']}` against `{cmp['anchor']}` (margin ±{pre.margin} %): "
+                      f"{equivalent(r, pre.margin)}."]
+    notes = sorted({n for r in summary for n in r["notes"]})
+    if notes:
+        lines += ["", "Undefined block values and why:", *[f"- {n}" for n in notes]]
+    return lines, summary
 
 
 def base_points(st: Study) -> list[dict[str, Any]]:
@@ -688,17 +876,30 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
                       f"{len(ready)} of {len(blocks(st))} (trunk, fine-tune seed) blocks evaluated so far "
                       f"({', '.join(f's{s}-f{f}' for s, f in ready)}; blocks run in a fixed order)."]
     rows = bd_rows(st, among=ready)
-    summary = summarize(st, rows, samples)
-    lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
-              "|---|---|---:|---:|---|---|---|"]
-    for r in summary:
-        t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 values)"
-        b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "undefined"
-        lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | {r['n']}/{r['of']} | {_fmt(r['mean'])} | "
-                     f"{t_ci} | {b_ci} | {', '.join(_fmt(v) for v in r['values'])} |")
-    notes = sorted({n for r in summary for n in r["notes"]})
-    if notes:
-        lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
+    pre = bool(st.compare.analysis.comparisons)
+    if pre:
+        pre_lines, summary = preregistered_markdown(st, rows, st.compare.analysis.samples)
+        lines += pre_lines + ["", "Per block (descriptive): BD-rate % of each comparison in each (trunk, "
+                                  "fine-tune seed) block.", "",
+                              "| comparison | method | " + " | ".join(f"s{s}-f{f}" for s, f in ready) + " |",
+                              "|---|---|" + "---:|" * len(ready)]
+        for test, anchor in comparisons(st):
+            for m in dict.fromkeys(r["method"] for r in rows):
+                by = {(r["seed"], r["ft_seed"]): r["bd_rate"] for r in rows
+                      if (r["test"], r["anchor"], r["method"]) == (test, anchor, m)}
+                lines.append(f"| {test} vs {anchor} | {m} | " + " | ".join(_fmt(by.get(b)) for b in ready) + " |")
+    else:
+        summary = summarize(st, rows, samples)
+        lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
+                  "|---|---|---:|---:|---|---|---|"]
+        for r in summary:
+            t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 values)"
+            b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "undefined"
+            lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | {r['n']}/{r['of']} | {_fmt(r['mean'])} | "
+                         f"{t_ci} | {b_ci} | {', '.join(_fmt(v) for v in r['values'])} |")
+        notes = sorted({n for r in summary for n in r["notes"]})
+        if notes:
+            lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
     lines += ["", "Each test point against its anchor's curve (PCHIP): its PSNR minus the anchor's at the same "
                   "rate (points inside the anchor's rate range, in rate order), and its rate against the "
                   "anchor's at the same PSNR (points inside the anchor's PSNR range, in PSNR order; negative: "
@@ -707,19 +908,22 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
               "| comparison | block | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
               "|---|---|---|---|"]
     for r in (r for r in rows if r["method"] == rows[0]["method"]):
-        n = len(arm_lambdas(st, r["test"]))
+        n = len(curve_points(st, r["test"])[1])
         lines.append(f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | "
                      f"{len(r['gaps'])}/{n}: {', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} | "
                      f"{len(r['rate_gaps'])}/{n}: {', '.join(f'{g:+.1f}' for g in r['rate_gaps']) or '-'} |")
 
+    unit = "trunks" if pre else "blocks"
+
     def cell(g: dict[str, Any], digits: int) -> str:
         if g["n"] == 0:
             return f"0/{g['of']}: undefined"
-        t_ci = f"[{_fmt(g['low'], digits)}, {_fmt(g['high'], digits)}]" if g["n"] >= 2 else "undefined (< 2 blocks)"
+        t_ci = f"[{_fmt(g['low'], digits)}, {_fmt(g['high'], digits)}]" if g["n"] >= 2 else f"undefined (< 2 {unit})"
         return f"{g['n']}/{g['of']}: {_fmt(g['mean'], digits)} {t_ci}"
 
-    lines += ["", "The same gaps, averaged within each block (the block's points inside the anchor's range), "
-                  "then over the blocks: mean and 95 % t-interval over blocks (n/N: blocks with a point inside).", "",
+    within = "within each block, then within each trunk" if pre else "within each block"
+    lines += ["", f"The same gaps, averaged {within} (the block's points inside the anchor's range), "
+                  f"then over the {unit}: mean and 95 % t-interval over {unit} (n/N: {unit} with a point inside).", "",
               "| comparison | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
               "|---|---|---|"]
     lines += [f"| {g['test']} vs {g['anchor']} | {cell(g['gaps'], 3)} | {cell(g['rate_gaps'], 2)} |"
