@@ -1,5 +1,6 @@
-"""README.md and RESULTS.md cite only files that exist: benchmark results, figures, checkpoints,
-run records, notebooks, sweeps and modules named by a repository path."""
+"""The docs cite only files that exist (benchmark results, figures, checkpoints, run records,
+notebooks, sweeps, studies and modules named by a repository path), RESULTS.md's blocks regenerate
+from the committed files, and the README stays a short page for users."""
 from __future__ import annotations
 
 import re
@@ -8,9 +9,11 @@ import pytest
 
 from lic_core.paths import REPO
 
-DOCS = ("README.md", "RESULTS.md")
+DOCS = ("README.md", "RESULTS.md", *sorted(str(p.relative_to(REPO)) for p in [*(REPO / "docs").glob("*.md"),
+                                                                             *(REPO / "studies").glob("**/README.md"),
+                                                                             *(REPO / "studies").glob("*/PROTOCOL.md")]))
 # A repository path: one of the project's top folders, then a file name with an extension.
-CITED = re.compile(r"(?<![\w/.])((?:benchmarks|figures|checkpoints|papermill_runs|notebooks|sweeps|lic_core|tests)"
+CITED = re.compile(r"(?<![\w/.])((?:benchmarks|figures|checkpoints|papermill_runs|notebooks|sweeps|studies|docs|lic_core|tests)"
                    r"/[\w./-]*\.(?:md|txt|json|jsonl|csv|pdf|png|pt|ipynb|yaml|py|tex))")
 
 
@@ -31,9 +34,16 @@ def test_every_cited_file_exists(doc):
     assert not missing, f"{doc} cites files that do not exist: {missing}"
 
 
-def test_benchmark_results_cited_by_the_readme_exist():
-    results = [p for p in cited("README.md") if p.startswith("benchmarks/results/")]
+def test_benchmark_results_cited_by_the_performance_page_exist():
+    results = [p for p in cited("docs/PERFORMANCE.md") if p.startswith("benchmarks/results/")]
     assert results and all((REPO / p).is_file() for p in results)
+
+
+def test_readme_is_a_short_page_that_links_its_details():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    for page in ("RESULTS.md", "docs/ARCHITECTURE.md", "docs/PERFORMANCE.md", "docs/QUICKSTART.md", "docs/CODEC.md"):
+        assert f"({page})" in text and (REPO / page).is_file(), page
 
 
 def _block(text: str, name: str) -> str:
