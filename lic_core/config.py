@@ -357,24 +357,65 @@ def _split_set(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
-def parse_yaml(text: str, what: str) -> Any:
-    """``yaml.safe_load(text)``; a syntax error is a one-line ConfigError naming ``what``, the line
-    and the column (the parser's full text is its ``detail``)."""
+MAX_YAML_BYTES = 4 << 20  # a YAML file larger than this is refused before it is parsed
+MAX_YAML_DEPTH = 32  # nesting levels of a YAML document
+MAX_YAML_INT = 2**63  # integers beyond +-this are refused (no setting needs them)
+
+
+def _check_tree(data: Any, what: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_YAML_DEPTH` and integers beyond :data:`MAX_YAML_INT`
+    (iteratively: a deep document must not exhaust the stack here)."""
+    stack = [(data, 0, "")]
+    while stack:
+        node, depth, key = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{what}: nested over {MAX_YAML_DEPTH} levels deep")
+        if isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_YAML_INT:
+            raise ConfigError(f"{what}: integer of {len(str(abs(node)))} digits at {key or 'top level'} is out of range")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1, f"{key}.{k}" if key else str(k)) for k, v in node.items()]
+            stack += [(k, depth + 1, key) for k in node]
+        elif isinstance(node, (list, tuple, set)):
+            stack += [(v, depth + 1, f"{key}[{i}]") for i, v in enumerate(node)]
+
+
+def parse_yaml(text: str | bytes, what: str) -> Any:
+    """``yaml.safe_load(text)`` (bytes must be UTF-8); a syntax error is a one-line ConfigError
+    naming ``what``, the line and the column (the parser's full text is its ``detail``), and so is
+    text over :data:`MAX_YAML_BYTES`, nesting over :data:`MAX_YAML_DEPTH` levels and an integer
+    beyond ±2**63."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_YAML_BYTES:
+            raise ConfigError(f"{what}: over {MAX_YAML_BYTES:,} bytes, not a config file")
+        try:
+            text = text.decode()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{what}: not UTF-8 text (byte {e.start})") from None
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what}: over {MAX_YAML_BYTES:,} characters, not a config file")
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{what}: invalid YAML{where}: {getattr(err, 'problem', None) or err}",
                           detail=str(err)) from None
+    except RecursionError:
+        raise ConfigError(f"{what}: nested over {MAX_YAML_DEPTH} levels deep") from None
+    except (ValueError, OverflowError, TypeError) as e:  # e.g. an integer too long to convert
+        raise ConfigError(f"{what}: invalid YAML value ({' '.join(str(e).split())[:120]})") from None
+    _check_tree(data, what)
+    return data
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping in a YAML file; a missing file or bad YAML is a ConfigError naming ``what``."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{what}: {p} does not exist")
-    data = parse_yaml(p.read_text(), f"{what} {p}") or {}
+        raise ConfigError(f"{what}: {p} does not exist" if not p.exists() else f"{what}: {p} is not a regular file")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {p}: over {MAX_YAML_BYTES:,} bytes, not a config file")
+    data = parse_yaml(p.read_bytes(), f"{what} {p}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: {p} holds a {type(data).__name__}, not a mapping")
     return data

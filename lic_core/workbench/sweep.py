@@ -137,7 +137,7 @@ def load_sweep(path: str | Path, base: str | Path | None = None) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
-    raw = parse_yaml(path.read_text(), f"sweep file {path}")
+    raw = parse_yaml(path.read_bytes(), f"sweep file {path}")
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file {path}: expected a mapping of keys, got {type(raw).__name__}")
     return spec_from_dict(raw, base=base, source=str(path))
