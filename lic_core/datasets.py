@@ -13,6 +13,7 @@ import hashlib
 import io
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,12 +139,27 @@ def pixel_sha256(data: bytes | Path) -> tuple[str, str]:
     return hashlib.sha256(rgb.tobytes()).hexdigest(), f"{rgb.shape[1]}x{rgb.shape[0]}"
 
 
+MAX_DOWNLOAD_BYTES = 64 << 20  # one image file; a larger answer is refused
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host or a file: URL, else a one-line DatasetError."""
+    parts = urllib.parse.urlsplit(url)
+    if not url.isprintable() or not ((parts.scheme in ("http", "https") and parts.netloc)
+                                     or (parts.scheme == "file" and parts.path)):
+        raise DatasetError(f"--url {url[:100]!r}: not an http(s) or file URL")
+    return url
+
+
 def _fetch(url: str, timeout: float) -> bytes:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.read()
-    except (urllib.error.URLError, OSError) as e:
-        raise DatasetError(f"download of {url} failed: {e}") from None
+        with urllib.request.urlopen(check_url(url), timeout=timeout) as r:
+            data = r.read(MAX_DOWNLOAD_BYTES + 1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise DatasetError(f"download of {url} failed: {' '.join(str(e).split())[:200]}") from None
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise DatasetError(f"download of {url}: over {MAX_DOWNLOAD_BYTES:,} bytes, not an image of the set")
+    return data
 
 
 def download_kodak(dest: str | Path | None = None, base_url: str = KODAK_URL,
@@ -154,6 +170,7 @@ def download_kodak(dest: str | Path | None = None, base_url: str = KODAK_URL,
     pixels do not match is never written: a :class:`DatasetError` names it, the URL and both
     hashes, and files verified before it stay in place. Writes are atomic (temp file + rename).
     """
+    check_url(base_url)
     dest = Path(dest) if dest is not None else folder("kodak")
     dest.mkdir(parents=True, exist_ok=True)
     out = []
@@ -194,19 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("name", choices=["kodak"])
     d.add_argument("--dest", type=Path)
     d.add_argument("--url", default=KODAK_URL)
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "list":
-            for s in REGISTRY.values():
-                print(f"{s.name:<15} {s.count:>4} images  {folder(s.name)}  {s.source}")
-        elif args.cmd == "check":
-            print(f"{args.name}: {len(check(args.name))} images OK in {folder(args.name)}")
-        else:
-            paths = download_kodak(args.dest, args.url)
-            print(f"kodak: {len(paths)} images verified in {paths[0].parent}")
-    except DatasetError as e:
-        print(f"datasets: {e}", file=sys.stderr)
-        return 2
+    args = p.parse_args(argv)  # errors: one line and exit 2 through @command
+    if args.cmd == "list":
+        for s in REGISTRY.values():
+            print(f"{s.name:<15} {s.count:>4} images  {folder(s.name)}  {s.source}")
+    elif args.cmd == "check":
+        print(f"{args.name}: {len(check(args.name))} images OK in {folder(args.name)}")
+    else:
+        paths = download_kodak(args.dest, args.url)
+        print(f"kodak: {len(paths)} images verified in {paths[0].parent}")
     return 0
 
 
