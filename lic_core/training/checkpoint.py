@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from lic_core.errors import CheckpointError
-from lic_core.models.hpcm import torch_save_atomic
+from lic_core.models.hpcm import read_checkpoint, torch_save_atomic
 
 STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
 BEST = "best.pt"
@@ -104,6 +105,30 @@ def latest(folder: str | Path) -> Path | None:
     """The newest step checkpoint in ``folder`` (None when there is none)."""
     ckpts = step_checkpoints(folder)
     return ckpts[-1][1] if ckpts else None
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest step checkpoint does not load (cut short, damaged); an older one is used."""
+
+
+def read_latest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest step checkpoint in ``folder`` that loads and holds a ``state_dict``, with its
+    content (None when there is none). A newer file that does not load (a copy cut short, a full
+    disk) is skipped with a :class:`CheckpointFallbackWarning` naming it; when none loads, a
+    :class:`CheckpointError` names the newest."""
+    ckpts = step_checkpoints(folder)
+    for _, path in reversed(ckpts):
+        try:
+            obj = read_checkpoint(path)
+            if not isinstance(obj.get("state_dict"), dict):
+                raise CheckpointError(f"{path}: no state_dict")
+        except CheckpointError as e:
+            warnings.warn(CheckpointFallbackWarning(f"{e}; resuming from the previous step checkpoint"), stacklevel=2)
+            continue
+        return path, obj
+    if ckpts:
+        raise CheckpointError(f"{ckpts[-1][1].parent}: no step checkpoint loads (the newest: {ckpts[-1][1].name})")
+    return None
 
 
 def _link_atomic(src: Path, dst: Path) -> None:

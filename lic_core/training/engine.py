@@ -361,7 +361,8 @@ class Trainer:
         if self.dist.main:  # a run killed while writing leaves its temporary file behind
             for tmp in self.ckpt_dir.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
-        self.load_state(read_checkpoint(path))  # on the CPU: RNG states must stay CPU tensors
+        # on the CPU: RNG states must stay CPU tensors; auto skips a newest file that does not load
+        self.load_state(ckpt.read_latest(self.ckpt_dir)[1] if r == "auto" else read_checkpoint(path))
 
     # -------------------------------------------------------------------------------- steps
     def _set_lr(self) -> float:
