@@ -1,4 +1,4 @@
-"""Trunk-and-branch study (issue 13): does Balanced R-D help a *trained* HPCM?
+"""Trunk-and-branch studies: does Balanced R-D help a *trained* HPCM?
 
 Stages, each a set of independent training runs that resume where they stopped:
 
@@ -114,7 +114,7 @@ class CompareSpec:
 
 @dataclass
 class ScratchSpec:
-    """Issue 13 item 3: objectives trained from scratch beside a trunk, whose Adam run is the other
+    """Objectives trained from scratch beside a trunk, whose Adam run is the other
     half of each pair (same seed, so the same init and crops; same λ and lr)."""
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm name -> config overrides
     seeds: list[int] = field(default_factory=lambda: [0])  # trunk seeds to pair with
@@ -1011,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(stop the run first; its meta records why)")
     fin.add_argument("--study", required=True)
     fin.add_argument("--root", default=".")
-    fin.add_argument("--why", required=True, help="recorded in each trunk's meta, e.g. 'session time'")
+    fin.add_argument("--why", required=True, help="recorded in each trunk's meta, e.g. 'time budget'")
     rp = sub.add_parser("report", help="write the study's block of RESULTS.md and its figures")
     rp.add_argument("--study", required=True)
     rp.add_argument("--root", default=".")

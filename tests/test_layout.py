@@ -74,3 +74,49 @@ def test_api_names_are_the_functions_they_advertise():
     from lic_core import evaluate, train
 
     assert train.__module__ == "lic_core.training.engine" and evaluate.__module__ == "lic_core.analysis.evaluation"
+
+
+LAYERS = {  # a layer may import its own and lower layers only (foundations: the top-level modules)
+    "foundation": 0, "models": 1, "coding": 1, "optim": 2, "training": 3, "analysis": 4, "workbench": 5,
+}
+# Known upward edges, each for a reason: config validates the names owned by the layers it configures
+# (model, objective and schedule registries); the command-line glue sits on top of everything;
+# datasets lists images with the training data's reader; the engine logs PSNR with the metrics
+# module (a leaf: it imports nothing from lic_core); conformance checks the toy optimizer too.
+ALLOWED = {("lic_core.config", "models"), ("lic_core.config", "optim"), ("lic_core.config", "training"),
+           ("lic_core.cli", "*"), ("lic_core.__main__", "*"), ("lic_core.datasets", "training"),
+           ("lic_core.training.engine", "lic_core.analysis.metrics"),
+           ("lic_core.models.conformance", "optim")}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) >= 2 and parts[1] in LAYERS else "foundation"
+
+
+def test_layers_import_downward_only():
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    upward = []
+    for m, p in sorted(files.items()):
+        for d in sorted(d for d in imports(p, set(files)) if files[d].name != "__init__.py"):
+            allowed = {(m, layer(d)), (m, d), (m, "*")} & ALLOWED
+            if LAYERS[layer(d)] > LAYERS[layer(m)] and not allowed:
+                upward.append(f"{m} -> {d}")
+    assert upward == []
+
+
+def test_the_library_knows_no_study():
+    """Studies use the library; nothing in lic_core imports them or names a study's files."""
+    found = []
+    for p in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "studies" or n.startswith("studies.") for n in names):
+                found.append(f"{p.relative_to(REPO)} imports {names}")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "studies/" in node.value:
+                found.append(f"{p.relative_to(REPO)} names {node.value[:60]!r}")
+    assert found == []
