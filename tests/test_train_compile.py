@@ -1,15 +1,17 @@
 """``speed.compile`` on the CPU (issue 14): the compiled forward trains like the eager one (losses
-within 1e-5 relative over 20 steps), resumes bit-identically, and a machine without a compiler gets
-one line and the eager path."""
+within a few float32 roundings over 20 steps, with dynamo shown to have compiled the model's forward),
+resumes bit-identically, and a machine without a compiler gets one line and the eager path."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+from torch._dynamo.utils import counters
 from train_helpers import images, micro_config, needs_cpu_bf16, no_wandb  # noqa: F401 (fixtures)
 
-from lic_core.config import COMPILE_MIN_STEPS
+from lic_core.config import COMPILE_MIN_STEPS, TrainConfig
 from lic_core.training import checkpoint as ckpt
 from lic_core.training.engine import Trainer, train, wants_compile
 from lic_core.training.logging import load_history
@@ -19,15 +21,48 @@ def _losses(run_dir) -> list[float]:
     return [r["loss"] for r in load_history(run_dir) if r["kind"] == "train"]
 
 
+# README "Performance": compiled and eager losses agree to ~1e-7 relative over 20 steps. Measured on
+# the project's Xeon (micro preset, lr 1e-4): at most 1.8e-7 in the standard mode (single float32
+# roundings: 0 at most steps, 7e-8..1.8e-7 at three) and 6.3e-7 in the balanced one, where the gap
+# grows over the steps (1e-7 at step 3, 6e-7 by step 19) as rounding differences feed back through
+# the weights. Bounds: about 2.5x each measurement, far below what a real divergence gives.
+LOSS_BOUND = {"standard": 5e-7, "balanced": 1.5e-6}
+
+
+def compiled_fit(cfg: TrainConfig) -> tuple[Trainer, dict[str, int]]:
+    """Fit ``cfg`` from an empty dynamo cache; the trainer and what dynamo compiled meanwhile:
+    cache entries on the model's forward, frames converted, graphs handed to AOT autograd (what
+    inductor compiles through; dynamo's no-op "eager" backend does not)."""
+    torch._dynamo.reset()
+    counters.clear()
+    tr = Trainer(cfg)
+    tr.fit()
+    return tr, {"forward": len(_debug_get_cache_entry_list(type(tr.model).forward.__code__)),
+                "frames": counters["frames"]["ok"], "aot": counters["aot_autograd"]["ok"]}
+
+
+def check_compiled_path_ran(tr: Trainer, seen: dict[str, int]) -> None:
+    """The trainer took the compiled path and dynamo compiled the model's forward through a backend."""
+    assert tr.compiled, "the trainer trained eagerly"
+    assert seen["forward"] >= 1, f"dynamo holds no compiled code for the model's forward: {seen}"
+    assert seen["frames"] >= 1 and seen["aot"] >= 1, f"no graph went through a compiling backend: {seen}"
+
+
+def check_losses_match(eager: list[float], compiled: list[float], bound: float, steps: int = 20) -> None:
+    """Every step's loss, compiled against eager, within ``bound`` relative."""
+    assert len(eager) == len(compiled) == steps
+    rel = max(abs(a - b) / abs(a) for a, b in zip(eager, compiled))
+    assert rel <= bound, f"compiled vs eager loss: {rel:.2e} relative, bound {bound:.1e}"
+
+
 @pytest.mark.parametrize("mode", ["standard", "balanced"])
 def test_compiled_losses_match_eager(tmp_path, images, mode):
-    runs = {c: train(micro_config(tmp_path, images, run__name=f"{mode}-{c}", run__steps=20, loss__mode=mode,
-                                  speed__compile=c, optim__lr=1e-4))
-            for c in (False, True)}
-    eager, compiled = (_losses(runs[c].run_dir) for c in (False, True))
-    assert len(eager) == len(compiled) == 20
-    rel = max(abs(a - b) / abs(a) for a, b in zip(eager, compiled))
-    assert rel < 1e-5, f"compiled vs eager loss: {rel:.2e} relative"
+    cfg = {c: micro_config(tmp_path, images, run__name=f"{mode}-{c}", run__steps=20, loss__mode=mode,
+                           speed__compile=c, optim__lr=1e-4) for c in (False, True)}
+    eager = train(cfg[False])
+    tr, seen = compiled_fit(cfg[True])
+    check_compiled_path_ran(tr, seen)
+    check_losses_match(_losses(eager.run_dir), _losses(tr.run_dir), LOSS_BOUND[mode])
 
 
 def test_compiled_resume_is_bit_identical(tmp_path, images):
