@@ -28,6 +28,7 @@ from lic_core.analysis import metrics
 from lic_core.analysis.anchors import center_crop
 from lic_core.imageio import read_rgb
 from lic_core.atomic import write_file
+from lic_core.cliargs import bounded_int
 from lic_core.datasets import resolve
 from lic_core.errors import LicError, command
 from lic_core.training.losses import RATES, rate_terms
@@ -197,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--model", choices=("tiny", "base", "large"),
                      help="a config with its seeded default init instead of a checkpoint")
     p.add_argument("--dataset", default="kodak", help="registered dataset name or image folder")
-    p.add_argument("--limit", type=int, default=0, help="first N images only")
-    p.add_argument("--crop", type=int, default=0, help="center crop of S x S pixels")
+    p.add_argument("--limit", type=bounded_int(0, 1 << 20), default=0, help="first N images only")
+    p.add_argument("--crop", type=bounded_int(0, 1 << 16), default=0, help="center crop of S x S pixels")
     p.add_argument("--out", type=Path, required=True, help="folder for the JSON results")
     p.add_argument("--name", help="curve name (default: the checkpoint names joined by '-')")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--threads", type=bounded_int(0, 1024), default=0, help="torch CPU threads (0: leave as is)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -50,6 +50,8 @@ def ms_ssim_setting(height: int, width: int) -> tuple[str, int, str]:
     """(kind, window, note): ``("ms-ssim", 11, "")`` at the default settings, otherwise the
     fallback of the module docstring with a note saying which one was used."""
     side = min(height, width)
+    if side < 3:
+        raise ImageError(f"{width}x{height}: (MS-)SSIM needs both sides of at least 3 pixels")
     if side > (DEFAULT_WIN - 1) * 16:
         return "ms-ssim", DEFAULT_WIN, ""
     win = 1 + (side - 1) // 16
