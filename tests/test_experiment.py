@@ -1,4 +1,4 @@
-"""Issue 7 protocol and analysis (studies.scratch_sweep): statistics, sweep building from fake run
+"""The scratch study's protocol and analysis (studies.scratch_sweep): statistics, sweep building from fake run
 folders, the RESULTS.md writer on synthetic curves. No training here: the run folders are written
 the way notebook 01 / 04 leave them (config.yaml, checkpoints/, metrics.jsonl) with synthetic
 numbers; one test codes a real (untrained) checkpoint on one Kodak crop."""
