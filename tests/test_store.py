@@ -63,3 +63,45 @@ def test_runs_are_found_by_their_config_not_their_folder_name(tmp_path):
     assert workbook.checkpoint_settings(ckpt) == {"mode": "balanced", "lmbda": 0.013, "seed": 4}
     with pytest.raises(LicError, match="neither in a checkpoint store"):
         workbook.checkpoint_settings(tmp_path / "loose.pt")
+
+
+def test_quality_levels_and_fingerprints(folder):
+    """Quality levels number the standard seed-0 models by λ; a file's weights are found by the
+    codec's fingerprint (the same as the loaded model's), SHA-256 checked."""
+    from lic_core.coding import codec
+
+    assert store.qualities(folder) == {1: folder / "m2.pt", 2: folder / "m1.pt"}
+    assert store.default_quality(folder) == 2
+    fp = codec.fingerprint(load_checkpoint(folder / "m1.pt"))
+    assert store.file_fingerprint(folder / "m1.pt") == fp
+    assert store.shipped_by_fingerprint(fp, folder) == folder / "m2.pt"  # the same weights: the first level
+    assert store.shipped_by_fingerprint(b"\0" * 8, folder) is None
+    assert store.shipped_by_fingerprint(fp, folder / "nowhere") is None
+
+
+def test_the_shipped_store_lists_its_models():
+    rows = store.shipped_table()
+    assert [r["quality"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 2
+    assert [r["lmbda"] for r in rows] == sorted(r["lmbda"] for r in rows)
+    assert all(r["bpp"] > 0 and r["psnr"] > 20 for r in rows)  # Kodak, from the study's real bitstreams
+
+
+@pytest.mark.parametrize("text,match", [
+    ("nothex  m0.pt\n", "line 1"),
+    ("a" * 64 + "\n", "line 1"),
+    ("a" * 64 + "  ../x.pt\n", "line 1"),
+    (b"\xff\xfe", "not UTF-8"),
+])
+def test_a_malformed_manifest_is_one_error(folder, text, match):
+    (folder / store.MANIFEST).write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(LicError, match=match):
+        store.verify_store(folder)
+
+
+def test_a_malformed_index_is_one_error(folder):
+    (folder / store.INDEX).write_text("[" * 100000)
+    with pytest.raises(LicError, match="nested too deeply|not a JSON index"):
+        store.read_index(folder)
+    (folder / store.INDEX).write_text('{"m0.pt": 3}')
+    with pytest.raises(LicError, match="meta objects"):
+        store.read_index(folder)
