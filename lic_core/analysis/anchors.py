@@ -192,7 +192,9 @@ def psnr_span(curves: Sequence[dict]) -> tuple[float, float]:
 
 def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     """The central ``size`` x ``size`` crop of an (H,W,3) image; 0 keeps the image."""
-    if size <= 0:
+    if size < 0:
+        raise LicError(f"crop {size}: must be 0 (the whole image) or a positive side")
+    if size == 0:
         return rgb
     h, w = rgb.shape[:2]
     if size > min(h, w):
