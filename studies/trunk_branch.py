@@ -93,6 +93,7 @@ class AnalysisSpec:
     samples: int = 2000
     margin: float = 0.5
     equivalence: list[dict[str, str]] = field(default_factory=list)
+    exploratory: list[dict[str, str]] = field(default_factory=list)  # reported per block, no decision
 
 
 @dataclass
@@ -104,6 +105,8 @@ class CompareSpec:
     # not in ``arm_points`` gets the grid (its own base's λ) and, if extended, ``extend``'s points
     point_sets: dict[str, list[list[float]]] = field(default_factory=dict)
     arm_points: dict[str, list[str]] = field(default_factory=dict)
+    # exploratory arms run only in these (trunk seed, fine-tune seed) blocks, after every other run
+    arm_blocks: dict[str, list[list[int]]] = field(default_factory=dict)
     steps: int = 1000
     lr: float = 5e-5
     milestones: list[float] = field(default_factory=lambda: [0.8])
@@ -120,6 +123,7 @@ class ScratchSpec:
     seeds: list[int] = field(default_factory=lambda: [0])  # trunk seeds to pair with
     steps: int = 0  # 0: no such stage
     share: float = 0.25  # a_D level that counts as "risen" (the standard loss D + R has 0.5)
+    arm_seeds: dict[str, list[int]] = field(default_factory=dict)  # per arm, where not ``seeds``
 
 
 @dataclass
@@ -181,9 +185,14 @@ def load_study(path: str | Path, root: str | Path = ".") -> Study:
             if len(pt) != 2 or pt[0] not in st.branch.lambdas or bases.setdefault(pt[1], pt[0]) != pt[0]:
                 raise ConfigError(f"compare.point_sets.{name}: {pt} must be [base λ of branch.lambdas, λ], "
                                   "and one λ comes from one base")
+    for arm, bl in c.arm_blocks.items():
+        if arm not in c.arms or any(tuple(b) not in blocks(st) for b in bl):
+            raise ConfigError(f"compare.arm_blocks.{arm}: needs an arm of compare.arms and blocks among {blocks(st)}")
+    if set(st.scratch.arm_seeds) - set(st.scratch.arms):
+        raise ConfigError(f"scratch.arm_seeds: {sorted(set(st.scratch.arm_seeds) - set(st.scratch.arms))} not in scratch.arms")
     if set(c.trunk_seeds) - set(st.trunk.seeds):
         raise ConfigError(f"compare.trunk_seeds: {sorted(set(c.trunk_seeds) - set(st.trunk.seeds))} not in trunk.seeds")
-    for cmp in [*c.analysis.comparisons, *c.analysis.equivalence]:
+    for cmp in [*c.analysis.comparisons, *c.analysis.equivalence, *c.analysis.exploratory]:
         if set(cmp) != {"test", "anchor"}:
             raise ConfigError(f"compare.analysis: each comparison is {{test, anchor}}, got {cmp}")
         for curve in cmp.values():
@@ -386,6 +395,11 @@ def run_scratch(st: Study, arm: str, seed: int) -> Path:
                                        "run.log_every": max(1, min(50, t.check_every // 4))}))
 
 
+def scratch_seeds(st: Study, arm: str) -> list[int]:
+    """The trunk seeds ``arm`` is trained from scratch beside."""
+    return st.scratch.arm_seeds.get(arm, st.scratch.seeds)
+
+
 def scratch_done(st: Study, arm: str, seed: int) -> bool:
     """Whether the run reached its last measurement (its record is committed, its weights are not)."""
     ev = last_eval(st.out_dir / scratch_name(arm, seed))
@@ -416,7 +430,7 @@ def scratch_markdown(st: Study) -> list[str]:
     committed, so the report, which must regenerate from committed files, leaves it out)."""
     lines = []
     for arm in st.scratch.arms:
-        for seed in st.scratch.seeds:
+        for seed in scratch_seeds(st, arm):
             if not scratch_done(st, arm, seed):
                 continue
             rows = scratch_rows(st, arm, seed)
@@ -518,7 +532,7 @@ def tasks(st: Study, stage: str) -> list[Task]:
     out = [Task(trunk_name(s), run_trunk, (st, s)) for s in seeds]
     if k >= 4:  # the from-scratch pairs, the longest runs, start first (beside the other stages' runs)
         out += [Task(scratch_name(a, s), run_scratch, (st, a, s), (trunk_name(s),))
-                for a in st.scratch.arms for s in st.scratch.seeds if st.scratch.steps > 0]
+                for a in st.scratch.arms for s in scratch_seeds(st, a) if st.scratch.steps > 0]
     if k >= 1:
         out += [Task(base_name(lam, s), run_branch, (st, s, lam), (trunk_name(s),)) for s in seeds for lam in lams]
     if k >= 3:  # the bases' curves first: cheap, and committed before the long compare stage
@@ -529,13 +543,26 @@ def tasks(st: Study, stage: str) -> list[Task]:
         runs = [(a, lam) for lam in lams for a in arms if a not in pts]
         runs += [(a, lam) for lam in ext.lambdas for a in ext.arms if a not in pts]
         runs += [(a, lam) for a in arms if a in pts for lam in arm_lambdas(st, a)]
+        main = main_arms(st)
         for s, f in blocks(st):
             out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f),
-                         (base_name(base_lmbda(st, lam), s),)) for a, lam in runs]
+                         (base_name(base_lmbda(st, lam), s),)) for a, lam in runs if a in main]
             if k >= 3:
                 out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
-                             tuple(compare_name(a, lam, s, f) for lam in arm_lambdas(st, a))) for a in arms]
+                             tuple(compare_name(a, lam, s, f) for lam in arm_lambdas(st, a))) for a in main]
+        for a, bl in st.compare.arm_blocks.items():  # exploratory arms last
+            for s, f in map(tuple, bl):
+                out += [Task(compare_name(a, lam, s, f), run_compare, (st, a, s, lam, f),
+                             (base_name(base_lmbda(st, lam), s),)) for lam in arm_lambdas(st, a)]
+                if k >= 3:
+                    out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
+                                 tuple(compare_name(a, lam, s, f) for lam in arm_lambdas(st, a)))]
     return out
+
+
+def main_arms(st: Study) -> list[str]:
+    """The arms run in every block (not restricted by ``compare.arm_blocks``)."""
+    return [a for a in st.compare.arms if a not in st.compare.arm_blocks]
 
 
 def _init_worker(threads: int) -> None:
@@ -631,7 +658,7 @@ def blocks(st: Study) -> list[tuple[int, int]]:
 def evaluated_blocks(st: Study) -> list[tuple[int, int]]:
     """The blocks whose every arm's curve is evaluated (blocks finish in a fixed order, not chosen
     by their outcome, so an interim report over them selects nothing)."""
-    return [(s, f) for s, f in blocks(st) if all(evaluated(st, a, s, f) for a in st.compare.arms)]
+    return [(s, f) for s, f in blocks(st) if all(evaluated(st, a, s, f) for a in main_arms(st))]
 
 
 def bd_rows(st: Study, methods: tuple[str, ...] = ("pchip", "cubic"),
@@ -808,6 +835,28 @@ def preregistered_markdown(st: Study, rows: list[dict[str, Any]], samples: int) 
     return lines, summary
 
 
+def exploratory_markdown(st: Study) -> list[str]:
+    """The exploratory comparisons (``analysis.exploratory``), per block where both curves are
+    evaluated: BD-rate with PCHIP and cubic, descriptive only (no interval, no decision)."""
+    from lic_core.analysis.bdrate import bd_rate_or_nan
+
+    rows = []
+    for cmp in st.compare.analysis.exploratory:
+        test, anchor = cmp["test"], cmp["anchor"]
+        arms = {curve_points(st, c)[0] for c in (test, anchor)}
+        for s, f in blocks(st):
+            if not all(evaluated(st, a, s, f) for a in arms):
+                continue
+            a, t = load_image_curve(st, anchor, s, f).mean(), load_image_curve(st, test, s, f).mean()
+            vals = [bd_rate_or_nan(a, t, m, st.compare.analysis.min_overlap) for m in ("pchip", "cubic")]
+            why = "; ".join(sorted({w for _, w in vals if w}))
+            rows.append(f"| {test} vs {anchor} | s{s}-f{f} | {_fmt(vals[0][0])} | {_fmt(vals[1][0])} | {why or '-'} |")
+    if not rows:
+        return []
+    return ["", "Exploratory (not part of the decision): BD-rate % per block.", "",
+            "| comparison | block | pchip | cubic | undefined because |", "|---|---|---:|---:|---|", *rows]
+
+
 def base_points(st: Study) -> list[dict[str, Any]]:
     """Every base model: bpp, PSNR and ``L_D = λ·255²·mean MSE`` on the full test images with real
     bitstreams once its curve is evaluated; before that, the training run's last evaluation
@@ -879,7 +928,7 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     pre = bool(st.compare.analysis.comparisons)
     if pre:
         pre_lines, summary = preregistered_markdown(st, rows, st.compare.analysis.samples)
-        lines += pre_lines + ["", "Per block (descriptive): BD-rate % of each comparison in each (trunk, "
+        lines += pre_lines + exploratory_markdown(st) + ["", "Per block (descriptive): BD-rate % of each comparison in each (trunk, "
                                   "fine-tune seed) block.", "",
                               "| comparison | method | " + " | ".join(f"s{s}-f{f}" for s, f in ready) + " |",
                               "|---|---|" + "---:|" * len(ready)]
@@ -942,7 +991,7 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
         curves = [load_image_curve(st, "base", s, None) for s in st.trunk.seeds]
         rd = [{"name": f"base s{s}", "results": {"bpp": c.bpp.mean(1).tolist(), "psnr-rgb": c.quality.mean(1).tolist()}}
               for s, c in zip(st.trunk.seeds, curves)]
-        for arm in st.compare.arms:
+        for arm in main_arms(st):
             cs = [load_image_curve(st, arm, s, f) for s, f in evaluated_blocks(st)]
             rd.append({"name": arm, "results": {"bpp": np.mean([c.bpp.mean(1) for c in cs], 0).tolist(),
                                                 "psnr-rgb": np.mean([c.quality.mean(1) for c in cs], 0).tolist()}})

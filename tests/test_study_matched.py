@@ -124,3 +124,21 @@ def test_bad_protocols_are_one_line_errors(tmp_path, change, needle):
     with pytest.raises(ConfigError, match=r"^[^\n]*$") as e:
         study.load_study(write_study(tmp_path, {**COMPARE, **change}), tmp_path)
     assert needle in str(e.value)
+
+
+def test_exploratory_arms_run_last_in_their_blocks_and_scratch_seeds_per_arm(tmp_path):
+    compare = {**COMPARE, "arms": {**COMPARE["arms"], "grid": {"loss.mode": "balanced", "balance.gamma": 0.01}},
+               "arm_points": {**COMPARE["arm_points"], "grid": ["own", "top"]},
+               "arm_blocks": {"grid": [[0, 101]]},
+               "analysis": {**COMPARE["analysis"], "exploratory": [{"test": "grid[own+top]", "anchor": "adam[half+top]"}]}}
+    scratch = {"arms": {"a": {"loss.mode": "balanced"}, "b": {"loss.mode": "balanced", "loss.lmbda": 0.025}},
+               "seeds": [1], "arm_seeds": {"b": [0]}, "steps": 4}
+    st = study.load_study(write_study(tmp_path, compare, scratch=scratch), tmp_path)
+    names = [t.name for t in study.tasks(st, "scratch")]
+    grid = [n for n in names if n.startswith("grid-")]
+    assert grid == ["grid-l0.0067-s0-f101", "grid-l0.025-s0-f101", "grid-l0.05-s0-f101"]
+    assert names.index(grid[0]) > max(i for i, n in enumerate(names) if n.startswith(("adam-", "balanced-")))
+    assert study.main_arms(st) == ["adam", "balanced"]
+    assert [n for n in names if n.startswith("scratch-")] == ["scratch-a-s1", "scratch-b-s0"]
+    with pytest.raises(ConfigError, match="compare.arm_blocks.grid"):
+        study.load_study(write_study(tmp_path, {**compare, "arm_blocks": {"grid": [[1, 101]]}}), tmp_path)
