@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"lic_core: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        from lic_core.errors import printable
+
+        print(f"lic_core: error: unknown command {printable(name[:60])!r} (python -m lic_core --help lists them)",
+              file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
