@@ -99,7 +99,7 @@ def make_steps(model: torch.nn.Module, tasks: str, lr: float = 1e-4) -> dict[str
             qp.backward(task_losses(m(x), x, loss_cfg, qp.tasks), list(m.parameters()), 0)
             _clip(m)
             opt.step()
-        return step, qp.weighting
+        return step, qp.qp
 
     steps["adam"] = (plain("standard"), None)
     steps["cautious"] = (plain("balanced"), None)

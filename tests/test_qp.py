@@ -138,8 +138,8 @@ def test_the_qp_objective_runs_qp_weighting():
 
     cfg = apply_overrides(TrainConfig(), {"loss.mode": "qp", "balance.qp_ridge": 1e-5})
     obj = objective(cfg, torch.device("cpu"))
-    assert isinstance(obj, QP) and isinstance(obj.weighting, QPWeighting)
-    w = obj.weighting
+    assert isinstance(obj, QP) and isinstance(obj.qp, QPWeighting)
+    w = obj.qp
     assert w.reduce is ddp.mean and w.ridge == 1e-5 and w.names == ["D", "bpp"]
     model, losses = _setup()
     params = list(model.parameters())
@@ -150,8 +150,8 @@ def test_the_qp_objective_runs_qp_weighting():
     model2, losses2 = _setup()
     ref.backward(losses2[:2], list(model2.parameters()))
     assert torch.equal(w.z, ref.z) and all(torch.equal(a, b.grad) for a, b in zip(grads, model2.parameters()))
-    assert obj.record()["z_D"] == float(w.z[0])
+    assert obj.record()["z_D"] == float(w.z[0]) and obj.last == (w.z, w.a)
     w.n_clipped = 3
     other = objective(cfg, torch.device("cpu"))
     other.load_state_dict(obj.state_dict())
-    assert other.weighting.n_clipped == 3 and obj.state_dict() == {"weighting": None, "qp_clipped": 3}
+    assert other.qp.n_clipped == 3 and obj.state_dict() == {"weighting": None, "qp_clipped": 3}

@@ -152,24 +152,29 @@ class QP(Objective):
 
     def __init__(self, cfg: Config, device: torch.device):
         super().__init__(cfg, device)
-        self.weighting = QPWeighting(len(self.tasks), offsets=self.offsets, ridge=cfg.balance.qp_ridge,
-                                     names=self.tasks, reduce=ddp.mean)
+        self.qp = QPWeighting(len(self.tasks), offsets=self.offsets, ridge=cfg.balance.qp_ridge,
+                              names=self.tasks, reduce=ddp.mean)
+
+    @property
+    def last(self) -> tuple[Tensor, Tensor] | None:
+        """Weights ``z`` and gradient coefficients ``a`` of the last step (None before the first)."""
+        return None if self.qp.last is None else (self.qp.z, self.qp.a)
 
     def backward(self, task: Tensor, params: list[Tensor], step: int) -> str | None:
-        self.weighting.backward(task, params)
+        self.qp.backward(task, params)
         return None
 
     def record(self) -> dict[str, float]:
-        w = self.weighting
-        if w.last is None:
+        if self.last is None:
             return {}
-        return {"qp_clipped": w.n_clipped, **named_floats(self.tasks, w.z, "z"), **named_floats(self.tasks, w.a, "a")}
+        z, a = self.last
+        return {"qp_clipped": self.qp.n_clipped, **named_floats(self.tasks, z, "z"), **named_floats(self.tasks, a, "a")}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weighting": None, "qp_clipped": self.weighting.n_clipped}
+        return {"weighting": None, "qp_clipped": self.qp.n_clipped}  # the QP weights have no state
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.weighting.n_clipped = sd["qp_clipped"]
+        self.qp.n_clipped = sd["qp_clipped"]
 
 
 OBJECTIVES: dict[str, type[Objective]] = {c.mode: c for c in (Standard, Balanced, Hierarchical, QP)}
