@@ -250,3 +250,13 @@ def test_a_resumed_run_takes_its_checkpoints_paths_and_stays_bit_identical(tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
     resumed._restore_autotune(None)
     assert autotune.mode() == "off"
+
+
+def test_compiled_code_traces_the_path_eager_calls_took(fake_timer):
+    layer, x = layer_and_input()
+    shape = (2, 24, 5, 7, 40, True, torch.float32, True)
+    assert autotune.traced_path("conv1x1", shape) == "gemm"  # nothing seen yet: the portable default
+    layer(x)
+    assert autotune.traced_path("conv1x1", shape) == "conv"  # fake_timer makes conv the faster
+    with autotune.forced("gemm"):
+        assert autotune.traced_path("conv1x1", shape) == "gemm"

@@ -31,7 +31,9 @@ Two places never time anything:
   ``torch.backends.cudnn.deterministic``, which the entropy coder sets while it runs), every op
   runs its portable default: an encoder and a decoder in two processes must compute the same
   scales, whatever each process would have measured.
-* Inside ``torch.compile`` the traced path is the forced one or the portable default.
+* Inside ``torch.compile`` nothing runs to be timed: the traced path is the forced one, else the
+  path an eager call with the same shape took in this process (a compiled run then computes what
+  the eager run before it computed), else the portable default.
 
 A training run records :func:`record` in its checkpoints and a resumed run :func:`restore`s it, so
 it runs every key on the path the original run took, on this machine or another one (see
@@ -65,6 +67,7 @@ _mode: str = "auto"
 _choices: dict[str, str] = {}  # key -> path, measured or restored
 _times: dict[str, dict[str, float]] = {}  # key -> path -> best seconds (measured keys only)
 _sources: dict[str, str] = {}  # key -> how it was decided: measured, machine cache, checkpoint, portable
+_eager: dict[tuple, str] = {}  # (op, *shape key) -> the path eager calls took: what compiled code traces
 
 
 def normalize(value: bool | str, key: str = "speed.autotune") -> str:
@@ -106,6 +109,7 @@ def clear() -> None:
     _choices.clear()
     _times.clear()
     _sources.clear()
+    _eager.clear()
 
 
 def choices() -> dict[str, str]:
@@ -139,9 +143,21 @@ def default(op: str) -> str:
     return PATHS[op][0]
 
 
-def traced_path(op: str) -> str:
-    """The path ``torch.compile`` traces: the forced one, else the portable default."""
-    return _mode if _mode in PATHS[op] else default(op)
+def traced_path(op: str, shape_key: tuple = ()) -> str:
+    """The path ``torch.compile`` traces for a call whose :func:`taken` key is ``shape_key``: the
+    forced one, else the one eager calls took in this process, else the portable default."""
+    if _mode in PATHS[op]:
+        return _mode
+    return _eager.get((op, *shape_key), default(op))
+
+
+def taken(op: str, shape_key: tuple, path: str) -> str:
+    """Note that an eager call of ``op`` with ``shape_key`` (plain Python values and dtypes, which
+    ``torch.compile`` can look up while it traces) ran ``path``; returns ``path``. Only choices of
+    mode ``auto`` count: forced and deterministic calls say nothing about this machine."""
+    if _mode == "auto" and not deterministic():
+        _eager[(op, *shape_key)] = path
+    return path
 
 
 def choose(op: str, key: str, device: torch.device, candidates: Callable[[], Mapping[str, Callable[[], object]]]) -> str:

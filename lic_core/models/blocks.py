@@ -58,10 +58,13 @@ class Conv1x1(nn.Conv2d):
         super().__init__(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        shape = (b, c, h, w, self.out_channels, x.is_contiguous(memory_format=torch.channels_last), x.dtype,
+                 torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
         if torch.compiler.is_compiling():
-            return CONV1X1[autotune.traced_path("conv1x1")](x, self.weight, self.bias)
-        return CONV1X1[autotune.choose("conv1x1", self.key(x), x.device, lambda: self.candidates(x))](
-            x, self.weight, self.bias)
+            return CONV1X1[autotune.traced_path("conv1x1", shape)](x, self.weight, self.bias)
+        path = autotune.choose("conv1x1", self.key(x), x.device, lambda: self.candidates(x))
+        return CONV1X1[autotune.taken("conv1x1", shape, path)](x, self.weight, self.bias)
 
     def key(self, x: Tensor) -> str:
         """The autotuner's key of a call: input shape and layout, output channels, dtype, grad
