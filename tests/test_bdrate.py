@@ -73,7 +73,11 @@ def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             d[k] = (w1 + w2) / (w1 / m[k - 1] + w2 / m[k])
     for i, (h0, h1, m0, m1) in ((0, (h[0], h[1], m[0], m[1])), (-1, (h[-1], h[-2], m[-1], m[-2]))):
         e = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
-        d[i] = 0.0 if np.sign(e) != np.sign(m0) else 3 * m0 if np.sign(m0) != np.sign(m1) and abs(e) > 3 * abs(m0) else e
+        if np.sign(e) != np.sign(m0):
+            e = 0.0
+        elif np.sign(m0) != np.sign(m1) and abs(e) > 3 * abs(m0):
+            e = 3 * m0
+        d[i] = e
     return d
 
 

@@ -16,7 +16,8 @@ BARE = {"skip", "skipif", "importorskip", "xfail", "skipTest", "skipIf", "skipUn
 # the helper's own plumbing in conftest.py (the skip it raises, the hook that checks the others) and
 # this file's checks of that hook, which raise a bare skip on purpose
 ALLOWED = {"conftest.py": {"RoutedSkip", "pytest_runtest_makereport"},
-           "test_skips.py": {"check_bare_skip_is_caught", "test_a_bare_skip_at_run_time_fails_in_ci"}}
+           "test_skips.py": {"check_bare_skip_is_caught", "test_a_bare_skip_at_run_time_fails_in_ci"},
+           "test_mutations.py": {"test_a_bare_skip_in_place_of_the_helper_is_caught"}}
 
 
 def bare_skips(source: str, name: str = "<source>") -> list[str]:
@@ -37,16 +38,22 @@ def bare_skips(source: str, name: str = "<source>") -> list[str]:
     return found
 
 
-def check_no_bare_skips(files: list[Path]) -> None:
-    """No file in ``files`` skips except through ``skip_or_fail`` (or its ``requires`` mark)."""
-    found = [hit for f in files for hit in bare_skips(f.read_text(), str(f.relative_to(TESTS.parent)))]
+def check_no_bare_skips(sources: dict[str, str]) -> None:
+    """No source in ``sources`` (name: text) skips except through ``skip_or_fail`` (or its
+    ``requires`` mark)."""
+    found = [hit for name, text in sources.items() for hit in bare_skips(text, name)]
     assert not found, "skip through conftest.skip_or_fail or conftest.requires instead:\n" + "\n".join(found)
 
 
+def suite_sources() -> dict[str, str]:
+    """Every Python file under tests/, by its path from the repository root."""
+    return {str(f.relative_to(TESTS.parent)): f.read_text() for f in sorted(TESTS.rglob("*.py"))}
+
+
 def test_no_bare_skips_in_the_suite():
-    files = sorted(TESTS.rglob("*.py"))
-    assert TESTS / "conftest.py" in files and TESTS / "train_helpers.py" in files
-    check_no_bare_skips(files)
+    sources = suite_sources()
+    assert {"tests/conftest.py", "tests/train_helpers.py", "tests/test_study.py"} <= set(sources)
+    check_no_bare_skips(sources)
 
 
 @pytest.mark.parametrize("line", [
@@ -96,8 +103,7 @@ def _report(item: pytest.Item, fn) -> pytest.TestReport:
 
 
 def check_bare_skip_is_caught(item: pytest.Item) -> None:
-    """Under ``LIC_REQUIRE_DATA=1`` a skip raised past the helper is reported failed, while the
-    helper's own skip (when not required) stays a skip."""
+    """Under ``LIC_REQUIRE_DATA=1`` a skip raised past the helper is reported failed."""
     assert _report(item, lambda: pytest.skip("bare")).outcome == "failed", "a bare skip passed as skipped"
 
 

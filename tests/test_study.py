@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import skip_or_fail
 from PIL import Image
 
 from lic_core.workbench import store
 from studies import trunk_branch as study
-from lic_core.analysis.bdrate import ImageCurve, bd_rate_or_nan, paired_bootstrap
+from lic_core.analysis.bdrate import Curve, ImageCurve, bd_rate_or_nan, paired_bootstrap
 from lic_core.config import PRESETS
 from lic_core.errors import ConfigError
 from lic_core.models.loading import load_checkpoint
@@ -161,14 +163,64 @@ def test_from_scratch_pair_is_measured_beside_its_trunk(micro):
         moved.rename(run / "checkpoints")
 
 
+def undefined_because(anchor: Curve, test: Curve, min_overlap: float) -> str:
+    """Why a strict BD-rate of ``test`` against ``anchor`` (mean curves) is undefined, worked out
+    from the points ("" when it is defined): a curve whose PSNR does not rise strictly with rate
+    (the anchor checked first), else PSNR ranges overlapping less than ``min_overlap`` of their span."""
+    for c in (anchor, test):
+        q, b = c.quality[np.argsort(c.bpp)], np.sort(c.bpp)
+        if (np.diff(b) <= 0).any() or (np.diff(q) <= 0).any():
+            return (f"curve '{c.name}': 'psnr-rgb' must increase strictly with bpp "
+                    f"(sorted by bpp: {np.round(q, 4).tolist()})")
+    both = np.concatenate([anchor.quality, test.quality])
+    common = min(anchor.quality.max(), test.quality.max()) - max(anchor.quality.min(), test.quality.min())
+    overlap = max(common, 0) / (both.max() - both.min())
+    if overlap == 0:
+        return "BD-rate (psnr-rgb axis): Curves do not overlap. BD cannot be calculated."
+    if overlap < min_overlap:
+        return (f"BD-rate (psnr-rgb axis): Insufficient curve overlap: '{overlap * 100:.2f}'. Minimum overlap: "
+                f"'{min_overlap * 100:.2f}'. You can silence this warning by setting `min_overlap=0`")
+    return ""
+
+
+def check_bd_rows(rows: list[dict], curve: Callable[[str, int, int], Curve], min_overlap: float) -> None:
+    """Each row: NaN exactly where :func:`undefined_because` gives a reason, with that reason as
+    its note; a finite value and no note otherwise. ``curve(arm, seed, ft_seed)``: the mean curve."""
+    for r in rows:
+        a, t = curve(r["anchor"], r["seed"], r["ft_seed"]), curve(r["test"], r["seed"], r["ft_seed"])
+        why = undefined_because(a, t, min_overlap)
+        where = f"{r['test']} vs {r['anchor']} s{r['seed']}-f{r['ft_seed']} {r['method']}"
+        assert r["note"] == why, f"{where}: note {r['note']!r}, expected {why!r}"
+        assert (math.isnan(r["bd_rate"]) if why else math.isfinite(r["bd_rate"])), f"{where}: {r['bd_rate']}"
+
+
+def check_base_points(points: list[dict], lambdas: list[float], psnr: dict[int, np.ndarray]) -> None:
+    """``L_D = λ·255²·MSE`` with MSE the mean over the test images of each image's MSE (on a 0..1
+    scale, from its PSNR), exactly; ``psnr[seed]``: per-image PSNR, one row per λ of ``lambdas``."""
+    assert [p["lmbda"] for p in points] == [lam for s in psnr for lam in lambdas]
+    for p in points:
+        q = psnr[p["seed"]][lambdas.index(p["lmbda"])]
+        assert p["source"] == "full test images, real bitstreams"
+        assert p["psnr"] == pytest.approx(q.mean(), rel=1e-12)
+        mse = np.mean([10 ** (-v / 10) for v in q])
+        want = p["lmbda"] * 255**2 * mse
+        assert p["L_D"] == pytest.approx(want, rel=1e-12), f"L_D {p['L_D']!r}, λ·255²·MSE {want!r}, λ {p['lmbda']}"
+
+
 def test_bd_rows_are_strict(micro):
     rows = study.bd_rows(micro)
     assert {(r["test"], r["anchor"]) for r in rows} == {("balanced", "adam")}
-    for r in rows:  # barely trained models: a number only where both curves are usable
-        assert math.isfinite(r["bd_rate"]) or r["note"]
+    # barely trained models: a number only where both curves are usable, else NaN and why
+    check_bd_rows(rows, lambda arm, s, f: study.load_image_curve(micro, arm, s, f).mean(),
+                  micro.compare.analysis.min_overlap)
     points = study.base_points(micro)
-    assert [p["lmbda"] for p in points] == [0.0067, 0.025]
-    assert all(p["L_D"] == pytest.approx(p["lmbda"] * 255**2 * 10 ** (-p["psnr"] / 10), rel=0.5) for p in points)
+    psnr = {}  # per image, read from the evaluation files themselves
+    for s in micro.trunk.seeds:
+        files = [micro.out_dir / "eval" / f"{study.point_name(p)}.images.json"
+                 for p in study.curve_checkpoints(micro, "base", s, None)]
+        psnr[s] = np.array([[r["psnr-rgb"] for r in json.loads(f.read_text())["images"]] for f in files])
+        assert psnr[s].shape == (2, 2)  # two λ, two test images
+    check_base_points(points, [0.0067, 0.025], psnr)
 
 
 def _curve(shift: float, n: int = 24, seed: int = 0) -> ImageCurve:
@@ -277,7 +329,7 @@ def test_shipped_checkpoints_match_their_manifest():
     """What users get: every file listed with its SHA-256, weights only, float16, within budget."""
     shipped = Path(study.REPO) / "checkpoints" / "tiny"
     if not shipped.is_dir():
-        pytest.skip("no shipped checkpoints in this checkout")
+        skip_or_fail(f"no shipped checkpoints in this checkout ({shipped})")
     assert store.verify_store(shipped) == {}
     files = sorted(shipped.glob("*.pt"))
     assert files and sum(p.stat().st_size for p in files) < 60 * 2**20
