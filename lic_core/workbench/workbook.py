@@ -380,11 +380,13 @@ def reconstruction_models(run_root: str | Path, modes: Sequence[str], shipped: s
     found: dict[str, Path] = {}
     if shipped:
         found |= {f"shipped λ={k:g}": p for k, p in store.models(store.checked(shipped), "standard").items()}
-    runs = {m: checkpoints_of(run_root, m) for m in modes}
-    shared = sorted(set.intersection(*(set(r) for r in runs.values()))) if runs else []
+    from lic_core.training.run import lmbda_key
+
+    runs = {m: {lmbda_key(k): p for k, p in checkpoints_of(run_root, m).items()} for m in modes}
+    shared = sorted(set.intersection(*(set(r) for r in runs.values())), key=float) if runs else []
     if shared:
-        pick = lmbda if lmbda in shared else shared[len(shared) // 2]
-        found |= {f"{MODE_LABELS.get(m, m)} λ={pick:g}": runs[m][pick] for m in modes}
+        pick = lmbda_key(lmbda) if lmbda is not None and lmbda_key(lmbda) in shared else shared[len(shared) // 2]
+        found |= {f"{MODE_LABELS.get(m, m)} λ={pick}": runs[m][pick] for m in modes}
     if not found:
         raise LicError(f"no checkpoints to reconstruct with: no shipped store and no run of "
                        f"{', '.join(modes)} under {run_root} at a shared λ")
