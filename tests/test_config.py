@@ -238,3 +238,25 @@ def test_balance_defaults_are_written_once():
     values: dict = {}
     exec("".join(cell["source"]), {}, values)
     assert (values["gamma"], values["w_lr"]) == (GAMMA, W_LR)
+
+
+def test_the_engine_runs_the_one_lr_schedule():
+    import math
+
+    from lic_core.config import OptimConfig
+    from lic_core.optim.schedules import LRSchedule
+    from lic_core.training import engine
+
+    assert engine.LRSchedule is LRSchedule
+    step = LRSchedule(OptimConfig(lr=1e-4, milestones=[0.5, 0.75], step_lrs=[3e-5, 1e-6]), 100)
+    assert [step.factor(t) for t in (0, 49, 50, 75, 100)] == pytest.approx([1, 1, 0.3, 0.01, 0.01])
+    cos = LRSchedule(OptimConfig(lr=1e-4, schedule="cosine", min_lr=1e-6), 10)
+    assert cos.factor(0) == 1.0 and cos.factor(10) == cos.factor(20) == pytest.approx(0.01)
+    assert cos.factor(5) == 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5))
+    plateau = LRSchedule(OptimConfig(lr=1e-4, schedule="plateau", patience=1, factor=0.5), 10)
+    for v in (1.0, 1.0, 1.0):
+        plateau.observe(v)
+    assert plateau.factor(3) == 0.5
+    again = LRSchedule(OptimConfig(lr=1e-4, schedule="plateau", patience=1, factor=0.5), 10)
+    again.load_state_dict(plateau.state_dict())
+    assert again.state_dict() == plateau.state_dict()
