@@ -73,6 +73,9 @@ class Finetune:
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 10 or self.lr <= 0 or not self.modes:
             raise ConfigError(f"fine-tune settings {self}: fraction in (0, 10], lr > 0, modes non-empty")
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise ConfigError(f"fine-tune modes {unknown}: not training modes ({', '.join(MODES)})")
 
 
 # ------------------------------------------------------------------------------------ protocol

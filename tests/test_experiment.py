@@ -316,3 +316,12 @@ def test_evaluate_runs_side_by_side_matches_serial(tmp_path, kodak_dir):
             assert side[k]["results"][field] == serial[k]["results"][field]
     psnr = [serial[("train", "standard", seed)]["results"]["psnr-rgb"] for seed in (0, 1)]
     assert psnr[0] != psnr[1]
+
+
+def test_modes_are_the_training_registry():
+    from lic_core.training.objectives import MODES
+
+    assert set(ex.TRAIN_MODES) | {"qp"} == set(MODES) and ex.TRAIN_MODES[0] == ex.ANCHOR
+    assert set(ex.Finetune().modes) <= set(MODES)
+    with pytest.raises(ConfigError, match="not training modes"):
+        ex.Finetune(modes=("qp", "famo"))
