@@ -170,16 +170,30 @@ def _bisect(key: str, rgbs: Sequence[np.ndarray], target: float, below: bool,
 
 def span_qualities(key: str, rgbs: Sequence[np.ndarray], psnr_range: tuple[float, float],
                    points: int = 6) -> list[float]:
-    """``points`` qualities of codec ``key`` whose mean PSNR over ``rgbs`` spans ``psnr_range``:
-    from the highest quality at or below its low end to the lowest at or above its high end
-    (bisection on the set's mean PSNR, which grows with quality), evenly spaced in between.
-    A range beyond the codec's reach stops at the end of its quality range."""
+    """``points`` qualities of codec ``key`` whose mean PSNR over ``rgbs`` spans ``psnr_range``,
+    evenly spaced between two ends found by bisection on the set's mean PSNR (which grows with
+    quality). Each end is whichever of the two qualities around the range's end comes closer to it,
+    so that the anchor's PSNR range matches the range (BD's overlap is intersection over union). A
+    range beyond the codec's reach stops at the end of its quality range."""
     low, high = sorted(map(float, psnr_range))
     cache: dict[int, float] = {}
     q_lo = _bisect(key, rgbs, low, True, cache)
-    q_hi = max(_bisect(key, rgbs, high, False, cache), q_lo)
+    q_hi = _bisect(key, rgbs, high, False, cache)
+    bounds = CODECS[key].bounds
+    q_lo = _nearest(key, rgbs, low, [q_lo, min(q_lo + 1, q_hi)], cache)
+    q_hi = max(_nearest(key, rgbs, high, [max(q_hi - 1, q_lo), q_hi], cache), q_lo)
+    q_lo, q_hi = max(q_lo, bounds[0]), min(q_hi, bounds[1])
     n = min(max(points, 2), q_hi - q_lo + 1)
     return sorted({float(round(q)) for q in np.linspace(q_lo, q_hi, n)})
+
+
+def _nearest(key: str, rgbs: Sequence[np.ndarray], target: float, qualities: Sequence[int],
+             cache: dict[int, float]) -> int:
+    """The quality among ``qualities`` whose mean PSNR is closest to ``target``."""
+    for q in qualities:
+        if q not in cache:
+            cache[q] = mean_psnr(key, rgbs, q)
+    return min(qualities, key=lambda q: (abs(cache[q] - target), q))
 
 
 def psnr_span(curves: Sequence[dict]) -> tuple[float, float]:

@@ -128,11 +128,11 @@ def data_note(name: str, images: int, crop: int = 0) -> str:
 
 def rd_curves(curves: Sequence[Source], anchors: Sequence[Source] = (), metric: str = "psnr-rgb",
               size: str | tuple[float, float] = "column", title: str | None = None, data: str = "",
-              reference: str = "", zoom: bool = True) -> Figure:
+              reference: str = "", zoom: bool = True, note: str = "") -> Figure:
     """Rate-distortion curves: ``curves`` solid, each its color and marker (every other one
     hollow), ``anchors`` dashed grey. ``data`` (:func:`data_note`) and ``reference`` (the BD-rate reference curve) are
-    written under the title. ``zoom``: when the anchors reach far beyond the curves, an inset
-    shows the curves' own range."""
+    written under the title, ``note`` (what each curve is) under the axes. ``zoom``: when the
+    anchors reach far beyond the curves, an inset shows the curves' own range."""
     from lic_core.analysis.bdrate import load_curve
 
     fig, ax = _figure(size, layout="constrained")
@@ -159,6 +159,8 @@ def rd_curves(curves: Sequence[Source], anchors: Sequence[Source] = (), metric: 
         inset.tick_params(labelsize="xx-small")
         inset.set_title("zoom: the curves' range", fontsize="xx-small")
         ax.indicate_inset_zoom(inset, edgecolor="0.4")
+    if note:
+        fig.text(0.0, 0.0, note, fontsize="x-small", va="top", wrap=True)
     return fig
 
 
@@ -181,8 +183,9 @@ def _far_beyond(ax: Any, box: tuple[float, float, float, float], share: float = 
 
 
 def bd_bars(values: Mapping[str, float] | pd.Series | pd.DataFrame, column: str | None = None,
-            size: str | tuple[float, float] = "column", xlabel: str = "BD-rate [%]") -> Figure:
-    """Horizontal bars of BD-rate per curve (a ``bdrate.bd_table`` DataFrame, a Series or dict)."""
+            size: str | tuple[float, float] = "column", xlabel: str = "BD-rate [%]", title: str = "") -> Figure:
+    """Horizontal bars of BD-rate per curve (a ``bdrate.bd_table`` DataFrame, a Series or dict);
+    ``title``: the reference curve and the data."""
     if isinstance(values, pd.DataFrame):
         column = column or next(c for c in values.columns if str(c).startswith("BD-rate"))
         values = values[column]
@@ -202,11 +205,13 @@ def bd_bars(values: Mapping[str, float] | pd.Series | pd.DataFrame, column: str 
     ax.margins(x=0.2)  # room for the value labels outside the bar tips
     ax.grid(axis="y", visible=False)
     ax.set(xlabel=xlabel)
+    if title:
+        ax.set_title(title, fontsize="small", wrap=True)
     return fig
 
 
 def weight_trajectories(records: Iterable[Mapping] | pd.DataFrame | str | Path,
-                        size: str | tuple[float, float] = "page") -> Figure:
+                        size: str | tuple[float, float] = "page", title: str = "") -> Figure:
     """Balanced R-D task weights against step: ``z_i = softmax(w)_i`` (left) and the gradient
     coefficients ``a_i = z_i / (c D_i)`` that actually scale each task's gradient (right). They
     differ because the weighted loss is log-scaled (BALANCED.md, Solution 1 step 2)."""
@@ -222,13 +227,16 @@ def weight_trajectories(records: Iterable[Mapping] | pd.DataFrame | str | Path,
                 ax.plot(rows["step"], rows[k], label=f"{run} {task}".strip())
         ax.set(xlabel="step", ylabel=label)
     axes[1].legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title, fontsize="small")
     return fig
 
 
 def compare_training(records: Iterable[Mapping] | pd.DataFrame | str | Path,
                      keys: Sequence[str] = ("loss", "bpp", "psnr"), smooth: int = 5,
-                     size: str | tuple[float, float] = "page") -> Figure:
-    """One panel per key against step, one line per run (rolling mean over ``smooth`` records)."""
+                     size: str | tuple[float, float] = "page", title: str = "") -> Figure:
+    """One panel per key against step, one line per run (rolling mean over ``smooth`` records);
+    ``title``: what was trained on what."""
     df = _records(records)
     _need(df, ["step", *keys], "compare_training")
     fig, axes = _figure(size, ncols=len(keys))
@@ -240,6 +248,8 @@ def compare_training(records: Iterable[Mapping] | pd.DataFrame | str | Path,
         ax.set(xlabel="step", ylabel=k)
     if "run" in df.columns:
         axes[-1].legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title, fontsize="small")
     return fig
 
 

@@ -29,8 +29,8 @@ from lic_core.paths import REPO
 CURVES = ("shipped", "standard", "balanced")
 CAVEAT = ("a demonstration, not a result: tiny models, a few fine-tuning steps, a handful of test "
           "images; BD-rates this small are within run-to-run noise")
-_OVERLAP = re.compile(r"BD-(?:rate \(([\w-]+) axis\)|([\w-]+) \(rate axis\)): Insufficient curve overlap: "
-                      r"'([\d.]+)'\. Minimum overlap: '([\d.]+)'\.[^;]*")
+_WARNING = re.compile(r"BD-(?:rate \(([\w-]+) axis\)|([\w-]+) \(rate axis\)): (.*)")
+_SHARE = re.compile(r"Insufficient curve overlap: '([\d.]+)'\. Minimum overlap: '([\d.]+)'")
 
 
 def _stage(k: int, text: str) -> None:
@@ -77,25 +77,29 @@ def run_demo(out: Path, steps: int | None, limit: int, crop: int, jobs: int,
     return json.loads((eval_dir / workbook.METRICS_FILE).read_text())
 
 
+def _why(message: str, axis: str) -> str:
+    """One BD warning message as a clause."""
+    if found := _SHARE.match(message):
+        return f"the curves share only {float(found[1]):.0f} % of their {axis} range ({float(found[2]):.0f} % needed)"
+    if message.startswith("Curves do not overlap"):
+        return f"the curves share no part of their {axis} range"
+    if message.startswith("Polyfit may be poorly conditioned"):
+        return "the cubic fit through the points is poorly conditioned"
+    return message.rstrip(".")
+
+
 def plain_reason(curve: str, text: str) -> str:
-    """Why a BD value is undefined, whole, as one plain sentence."""
-    shares = [(f"{float(got):.0f} % of their {'PSNR' if quality_axis else 'bit-rate'} range", float(need))
-              for quality_axis, _, got, need in _OVERLAP.findall(text)]
-    rest = _OVERLAP.sub("", text).strip(" ;")
-    parts = []
-    if shares:
-        need = max(n for _, n in shares)
-        parts.append(f"the curves share only {' and '.join(t for t, _ in shares)} (BD needs {need:.0f} %)")
-    if rest:
-        parts.append(rest.rstrip("."))
-    return f"{curve}: BD is undefined because " + "; and ".join(parts) + "."
-
-
-def _described(out: Path) -> str:
-    """What the evaluation measured on, from the CompressAI JSON's description."""
-    desc = json.loads((out / "evaluation" / f"{CURVES[0]}.json").read_text()).get("description", "")
-    found = re.search(r"evaluation on (.*?\))", desc)
-    return found.group(1) if found else "the test images"
+    """Why BD values of ``curve`` are undefined, whole, as one plain sentence."""
+    reasons: dict[str, list[str]] = {}
+    for part in filter(None, (p.strip() for p in text.split("; "))):
+        found = _WARNING.match(part)
+        if found:
+            measure, axis = ("BD-rate", "PSNR") if found[1] else ("BD-PSNR", "bit-rate")
+            reasons.setdefault(measure, []).append(_why(found[3], axis))
+        else:
+            reasons.setdefault("BD", []).append(part.rstrip("."))
+    clauses = [f"{m} is undefined because {' and '.join(dict.fromkeys(r))}" for m, r in reasons.items()]
+    return f"{curve}: " + "; ".join(clauses) + "."
 
 
 def summary(out: Path, seconds: float) -> str:
@@ -109,17 +113,21 @@ def summary(out: Path, seconds: float) -> str:
                          "bpp (file)": res["bpp"][i], "PSNR dB": res["psnr-rgb"][i],
                          "MS-SSIM": res["ms-ssim-rgb"][i], "enc s": res["encoding_time"][i],
                          "dec s": res["decoding_time"][i]})
-    data = _described(out)
+    metrics = json.loads((out / "evaluation" / workbook.METRICS_FILE).read_text())
+    data = metrics.get("data", "the test images")
     lines = ["", "=== demo summary ===",
              f"R-D points: real bitstreams on {data}; bpp from the file size, PSNR / MS-SSIM of the "
              "decoded 8-bit image, mean over the images (stage 2's PSNR are the training-time "
              "evaluation on Kodak 256-px crops, hence different)",
              pd.DataFrame(rows).to_string(index=False, float_format="%.4f"), ""]
-    metrics = json.loads((out / "evaluation" / workbook.METRICS_FILE).read_text())
     lines.append(f"BD vs {metrics['anchor']} (the Adam fine-tune) on {data}; negative BD-rate = fewer "
                  "bits at equal PSNR; JPEG / WebP coded live on the same images:")
     lines.append(pd.DataFrame(metrics["bd"]).to_string(float_format="%.2f"))
     lines.append(f"  caveat: {CAVEAT}.")
+    published = [k for k in metrics["bd"].get(next(iter(metrics["bd"]), ""), {}) if k not in (*CURVES, "JPEG", "WebP")]
+    if published:
+        lines.append(f"  {', '.join(published)}: published R-D points of the full data set (reference files), "
+                     "not measured on these images.")
     why = {k: v for k, v in metrics.get("bd_warnings", {}).items() if v}
     lines += [f"  {plain_reason(k, v)}" for k, v in why.items()]
     figs = sorted((out / "figures").glob("*.pdf"))

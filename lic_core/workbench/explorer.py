@@ -157,7 +157,7 @@ class LambdaExplorer:
         img = w.Dropdown(options=[(p.name, i) for i, p in enumerate(self.images)], value=0,
                          description="image")
         modes = list(self.runs)
-        figure = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        figure = w.Image(format="png", layout=w.Layout(width="640px", max_width="100%"))
         recon = {m: w.Image(format="png", layout=w.Layout(width="300px")) for m in modes}
         maps = {m: w.Image(format="png", layout=w.Layout(width="620px")) for m in modes}
         text = {m: w.HTML() for m in modes}

@@ -370,6 +370,18 @@ def data_note(dataset: str | Path, limit: int = 0, crop: int = 0) -> str:
     return note(name, len(images), crop)
 
 
+def curves_note(curves: Iterable[str], anchors: Iterable[str] = (), published: Iterable[str] = ()) -> str:
+    """What each curve of an R-D figure is: the modes, the shipped models, live and published anchors."""
+    meaning = {"standard": "Adam fine-tune (the control)", "balanced": "Balanced R-D fine-tune",
+               "qp": "QP fine-tune", "shipped": "the shipped trained models"}
+    parts = [f"{c}: {meaning.get(c, 'checkpoints')}" for c in curves]
+    if anchors:
+        parts.append(f"dashed {', '.join(anchors)}: coded live on the same images")
+    if published:
+        parts.append(f"dashed {', '.join(published)}: published points of the full data set")
+    return "; ".join(parts)
+
+
 def reconstruction_models(run_root: str | Path, modes: Sequence[str], shipped: str | Path = "",
                           lmbda: float | None = None) -> dict[str, Path]:
     """``{panel label: checkpoint}`` of the reconstruction figures: the shipped standard model at
