@@ -170,9 +170,6 @@ def _compress(argv: list[str] | None) -> int:
     for note in notes:
         say(f"note: {note}")
     model, label = _model(a.model, a.checkpoint, a.untrained, a.quality)
-    if a.untrained:
-        print("warning: coding with untrained weights (--untrained): for tests and benchmarks, not for images",
-              file=sys.stderr)
     if a.float64:
         model = model.double()
     h, w = x.shape[2:]
@@ -181,6 +178,9 @@ def _compress(argv: list[str] | None) -> int:
         enc = codec.encode(model, x, progress=lambda k: bar.update(), max_pixels=a.max_pixels)
         t_enc = time.perf_counter() - t0
     write_file(a.output, enc.data)
+    if a.untrained:
+        print("warning: coded with untrained weights (--untrained): for tests and benchmarks, not for images",
+              file=sys.stderr)
     est = sum(enc.estimated_bits.values())
     streams = ", ".join(f"{k} {v}" for k, v in enc.stream_bytes.items())
     say(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}"

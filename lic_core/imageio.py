@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,10 @@ def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[np
     if not path.is_file():
         raise ImageError(f"{path}: no such image file" if not path.exists() else f"{path}: not a regular file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # our own size limit below says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} is over {max_pixels:,} pixels")
