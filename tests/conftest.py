@@ -54,7 +54,7 @@ def skip_or_fail(msg: str, kind: str = "data") -> NoReturn:
         flag = SKIP_KINDS[kind] if kind == "env" and os.environ.get("LIC_REQUIRE_ENV") else "LIC_REQUIRE_DATA"
         pytest.fail(f"{msg}; {flag}=1 makes this a failure", pytrace=False)
     print(f"SKIP ({kind}): {msg}")
-    raise RoutedSkip(msg=msg)
+    raise RoutedSkip(msg=msg, _use_item_location=True)  # reported at the test, not here
 
 
 def requires(check: Callable[[], bool], reason: str, kind: str = "env") -> pytest.MarkDecorator:
