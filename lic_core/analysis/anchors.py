@@ -33,7 +33,7 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from lic_core.analysis import metrics
-from lic_core.errors import LicError, command
+from lic_core.errors import LicError, command, one_line
 from lic_core.imageio import read_rgb
 
 
@@ -251,6 +251,6 @@ def main(argv: list[str] | None = None) -> int:
             write_file(path, json.dumps(data, indent=2) + "\n")
             print(f"{CODECS[key].name}: {len(data['results']['bpp'])} points on {name} -> {path}")
     except (LicError, ValueError) as e:
-        print(f"anchors: {e}", file=sys.stderr)
+        print(f"anchors: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0 if len(runnable) == len(keys) else 1
