@@ -260,3 +260,21 @@ def test_compiled_code_traces_the_path_eager_calls_took(fake_timer):
     assert autotune.traced_path("conv1x1", shape) == "conv"  # fake_timer makes conv the faster
     with autotune.forced("gemm"):
         assert autotune.traced_path("conv1x1", shape) == "gemm"
+
+
+def test_a_compiled_conv1x1_is_one_graph_on_the_eager_path():
+    """The dispatch compiles without a graph break (fullgraph) and traces what eager ran."""
+    from conftest import skip_or_fail
+    from lic_core.training.engine import compiler_missing
+
+    why = compiler_missing(torch.device("cpu"))
+    if why:
+        skip_or_fail(f"torch.compile on the CPU: {why}", "env")
+    torch._dynamo.reset()
+    layer, x = layer_and_input()
+    want = layer(x)
+    for path in ("gemm", "conv"):
+        with autotune.forced(path):
+            got = torch.compile(layer, fullgraph=True, dynamic=False)(x)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            torch._dynamo.reset()
