@@ -86,7 +86,8 @@ def one_line_usage() -> Iterator[None]:
         argparse.ArgumentParser.error = saved  # type: ignore[method-assign]
 
 
-def _allocation(e: BaseException) -> bool:
+def allocation_failure(e: BaseException) -> bool:
+    """Whether ``e`` is memory exhaustion (Python's MemoryError or a torch allocator failure)."""
     text = str(e).lower()
     return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("alloc" in text or "out of memory" in text))
 
@@ -124,7 +125,7 @@ def command(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
             except Exception as e:  # noqa: BLE001 - the last resort: still one line
-                if _allocation(e):
+                if allocation_failure(e):
                     print(f"{prog}: error: out of memory ({one_line(e)[:200]})", file=sys.stderr)
                 else:
                     print(f"{prog}: error: {INTERNAL} {type(e).__name__}: {one_line(e)[:300]}"

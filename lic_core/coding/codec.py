@@ -41,7 +41,7 @@ from torch import Tensor
 from lic_core.coding.bitstream import (CHECKED, FINGERPRINT_BYTES, INDEX_RULES, MAX_PIXELS, MAX_SIDE, NAMED, VERSION, WRITABLE, Header,
                                        check_pixels, check_precision, config_json, pack, read_header, split_streams)
 from lic_core.coding.entropy import SCALE_BOUND, GGTables
-from lic_core.errors import BitstreamError, LicError, ReconstructionWarning, _allocation
+from lic_core.errors import BitstreamError, LicError, ReconstructionWarning, allocation_failure
 from lic_core.models.hpcm import HPCM
 
 DTYPES = {32: torch.float32, 64: torch.float64}  # a file's coding precision (bits) -> the model's dtype
@@ -131,7 +131,7 @@ def _bounded(what: str) -> Iterator[None]:
     except LicError:
         raise
     except (MemoryError, RuntimeError) as e:
-        if not _allocation(e):
+        if not allocation_failure(e):
             raise
         raise LicError(f"{what}: out of memory ({' '.join(str(e).split())[:160]})", detail=str(e)) from None
     except (ValueError, OverflowError) as e:
