@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(header(args, demo_args)), flush=True)
     try:
         print(f"# load average before the idle run: {load_average()}", flush=True)
+        if os.getloadavg()[0] > 0.5 * cores():
+            print(f"# WARNING: the machine is busy before the idle run ({os.getloadavg()[0]:.1f} on "
+                  f"{cores()} cores): both times include that load, so the ratio is not the idle-vs-load "
+                  "measurement", flush=True)
         idle = run_demo(root / "idle", demo_args, root / "idle.log")
         print(f"idle:   {idle / 60:6.2f} min", flush=True)
         procs = start_load(args.load)

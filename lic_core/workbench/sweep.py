@@ -10,6 +10,8 @@ A sweep YAML (relative paths resolve against the current directory)::
     kernel: python3                    # optional
     timeout: 3600                      # optional, seconds one job may run
     jobs: 2                            # optional, jobs at a time (local) / array parallelism (Slurm)
+    threads: 1                         # optional, OpenMP threads per job (default: the job's share
+                                       #   of the cores it may use, see lic_core.threads)
     parameters: {model: tiny, steps: 300}   # fixed, given to every job
     grid: {lmbda: [0.0035, 0.013], mode: [standard, balanced]}   # cartesian product
     exclude: [{lmbda: 0.0035, mode: balanced}]                    # optional, drop grid points
@@ -23,6 +25,12 @@ failure), ``parameters.json``, ``run/`` (= ``run_dir``, where the notebook write
 every job's state (pending / running / done / failed), written atomically under a file lock by
 the workers themselves, so it stays true when the sweep process dies. Re-running the same command
 skips done jobs and runs the rest (failed, pending, and running jobs whose process is gone).
+
+Every kernel starts with ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of
+spinning, which on a busy machine costs the job far more than its share of the CPU) and a thread
+count that fits the cores it gets. With ``progress``, the sweep prints a line per finished job
+(its time, the jobs left and an estimate of the time left) and, while jobs run, a heartbeat every
+30 s naming each running job and its last training step.
 """
 from __future__ import annotations
 
