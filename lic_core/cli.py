@@ -164,7 +164,7 @@ def _compress(argv: list[str] | None) -> int:
                     help="code in float64: with the shipped tiny models such files decoded identically on other "
                          "CPUs where float32 files did not (benchmarks/cross_cpu.py); about 2.5-3x the time")
     a = ap.parse_args(argv)
-    _output(a.output, a.force, [a.input])
+    _output(a.output, a.force, [a.input] + ([a.checkpoint] if a.checkpoint else []))
     x, notes = load_image(a.input, max_pixels=a.max_pixels)
     say = _say(a.output == STDOUT)
     for note in notes:
@@ -234,7 +234,7 @@ def _decompress(argv: list[str] | None) -> int:
                     help=f"refuse images whose padded grid is larger (default {bitstream.MAX_PIXELS:,}: "
                          "decoding costs memory and time)")
     a = ap.parse_args(argv)
-    _output(a.output, a.force, [a.input] + ([a.reference] if a.reference else []))
+    _output(a.output, a.force, [a.input] + [p for p in (a.reference, a.checkpoint) if p])
     say = _say(a.output == STDOUT)
     data = _read_input(a.input)
     header = bitstream.read_header(data, a.max_pixels)

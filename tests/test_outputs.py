@@ -92,6 +92,10 @@ def test_the_command_line_refuses_overwrites_and_writes_stdout(tmp_path, capsysb
     before = (tmp_path / "in.png").read_bytes()
     assert compress_main([src, src, "--untrained", "-f"]) == 2
     assert b"is the input file" in capsysbinary.readouterr().err and (tmp_path / "in.png").read_bytes() == before
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    assert compress_main([src, str(tmp_path / "w.pt"), "--checkpoint", str(tmp_path / "w.pt"), "-f"]) == 2
+    assert b"is the input file" in capsysbinary.readouterr().err and (tmp_path / "w.pt").read_bytes() == b"weights"
+    (tmp_path / "w.pt").unlink()
     assert compress_main([src, str(tmp_path / "a.hpcm"), "--untrained"]) == 0
     capsysbinary.readouterr()
     assert compress_main([src, "-", "--untrained"]) == 0  # the file to stdout, the report to stderr
