@@ -179,9 +179,21 @@ def main(argv: list[str] | None = None) -> int:
                          "(data.cache_mb=0), cache, cache + speed.compile, cache + bf16 + compile")
     ap.add_argument("--variants", default=",".join(k for k in ENGINE if "bf16" not in k or cpu_bf16()),
                     help=f"--engine: which of {', '.join(ENGINE)} (bf16: only where it runs)")
+    ap.add_argument("--machine-cache", action="store_true",
+                    help="take the autotuner's choices stored on this machine (default: measure afresh, "
+                         "in this process and in every run it starts)")
     args = ap.parse_args(argv)
-    with autotune.forced(autotune.mode()):  # each trainer sets the process's mode; restored after
-        return run(args, ap)
+    saved = os.environ.get(autotune.STORE_ENV)
+    if not args.machine_cache:
+        os.environ[autotune.STORE_ENV] = ""  # inherited by the CLI runs of --engine and --layout
+    try:
+        with autotune.forced(autotune.mode()):  # each trainer sets the process's mode; restored after
+            return run(args, ap)
+    finally:
+        if saved is None:
+            os.environ.pop(autotune.STORE_ENV, None)
+        else:
+            os.environ[autotune.STORE_ENV] = saved
 
 
 def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
@@ -253,9 +265,12 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 def print_plans(trainers: dict[str, Trainer]) -> None:
     """Each variant's speed plan (``auto`` options as this machine resolved them) and every choice
     the autotuner made in this process."""
-    print("\nSpeed plans:")
-    for name, tr in trainers.items():
-        print(f"  {name}: {tr.plan.describe()}")
+    plans: dict[str, int] = {}
+    for tr in trainers.values():
+        plans[tr.plan.describe()] = plans.get(tr.plan.describe(), 0) + 1
+    print("\nSpeed plans (as resolved on this machine):")
+    for plan, n in plans.items():
+        print(f"  {n} variant(s): {plan}")
     print("Autotuner (key: path; how decided):\n  " + "\n  ".join(autotune.describe()))
 
 
