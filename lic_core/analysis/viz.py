@@ -321,7 +321,8 @@ def scale_bpp_images(per_image: Iterable[Mapping] | pd.DataFrame | str | Path,
     ax.tick_params(axis="x", rotation=0 if few else 45, labelsize="small" if few else "x-small")
     if not few:
         plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-    ax.legend(fontsize="small", ncols=4, title="scale", title_fontsize="small")
+    ax.legend(fontsize="small", title="scale", title_fontsize="small", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
