@@ -227,7 +227,8 @@ def test_avx2_capped_process_runs_the_portable_default(tmp_path):
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    assert got["cap"] == "AVX2" and got["why"] and got["timings"] == {} and got["bf16"] is False
+    assert got["cap"] not in autotune.MEASURED_CPUS  # AVX2 on x86; an ARM machine has no AVX-512 at all
+    assert got["why"] and got["timings"] == {} and got["bf16"] is False
     assert got["choices"] and set(got["choices"].values()) == {"gemm"}
     assert not (tmp_path / "autotune.json").exists()
 
@@ -278,3 +279,16 @@ def test_a_compiled_conv1x1_is_one_graph_on_the_eager_path():
             got = torch.compile(layer, fullgraph=True, dynamic=False)(x)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["gemm", "conv"])
+def test_each_path_is_within_the_conformance_tolerances(reference_dir, kodak_dir, path):
+    """HPCM-Base against the authors' reference arrays (tests/test_conformance.py's data and
+    tolerances) with every 1x1 conv on one path."""
+    from lic_core.models import conformance
+
+    with autotune.forced(path):
+        rows = conformance.model_rows("base", reference_dir, kodak_dir)
+    assert rows and all(r["difference"] <= r["tolerance"] for r in rows), [r for r in rows
+                                                                          if r["difference"] > r["tolerance"]]
