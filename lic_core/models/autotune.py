@@ -174,10 +174,11 @@ def choose(op: str, key: str, device: torch.device, candidates: Callable[[], Map
     hit = _choices.get(full)
     if hit is not None:
         return hit
+    stored = _stored(op, full) if device.type == "cpu" else None
     if unmeasured_reason(device):
         path, source = paths[0], "portable"
-    elif device.type == "cpu" and _stored(op, full):
-        path, source = _stored(op, full), "machine cache"  # type: ignore[assignment]
+    elif stored is not None:
+        path, source = stored, "machine cache"
     else:
         best = measure(candidates(), device)
         _times[full] = best
