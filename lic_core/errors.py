@@ -106,9 +106,19 @@ def command(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
         @functools.wraps(main)
         def run(argv: Sequence[str] | None = None) -> int:
             args = list(sys.argv[1:] if argv is None else argv)
+            saved = os.environ.get("LIC_VERBOSE")
             if "--verbose" in args:
                 args.remove("--verbose")
-                os.environ["LIC_VERBOSE"] = "1"
+                os.environ["LIC_VERBOSE"] = "1"  # for this call only (restored below)
+            try:
+                return _run(main, args)
+            finally:
+                if saved is None:
+                    os.environ.pop("LIC_VERBOSE", None)
+                else:
+                    os.environ["LIC_VERBOSE"] = saved
+
+        def _run(main: Callable[..., int], args: list[str]) -> int:
             try:
                 with one_line_usage():
                     return main(args)

@@ -130,7 +130,7 @@ def test_every_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys, monkey
     from lic_core.models.hpcm import save_checkpoint
     from lic_core.training.engine import main as train_main
 
-    monkeypatch.delenv("LIC_VERBOSE", raising=False)
+    monkeypatch.setenv("LIC_VERBOSE", "0")  # teardown restores the original; --verbose below sets it
     Image.new("RGB", (16, 16), (20, 130, 90)).save(tmp_path / "in.png")
     (tmp_path / "afile").write_text("x")
     args = [str(tmp_path / "in.png")]
@@ -142,7 +142,7 @@ def test_every_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys, monkey
     assert "not a loadable checkpoint" in _error_line(capsys) and not (tmp_path / "o.hpcm").exists()
     assert compress_main(args + [str(tmp_path / "o.hpcm"), "--checkpoint", str(tmp_path / "bad.pt"), "--verbose"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) > 1  # the torch text, when asked for
-    monkeypatch.delenv("LIC_VERBOSE")
+    monkeypatch.setenv("LIC_VERBOSE", "0")
     model = hpcm("tiny")
     with torch.no_grad():
         model.g_a[0].weight[0, 0, 0, 0] = float("nan")
