@@ -51,7 +51,7 @@ def run_demo(out: Path, steps: int | None, limit: int, crop: int, jobs: int,
     evals = [index[p.name].get("eval") or {} for p in shipped.values()]
     _stage(2, f"shipped models ({models}, SHA-256 checked): tiny HPCM at λ "
               + ", ".join(f"{k:g} ({e.get('psnr', float('nan')):.2f} dB)" for k, e in zip(shipped, evals))
-              + "; PSNR from their training-time evaluation (Kodak 256-px crops, estimated rate), "
+              + "; PSNR of their training-time evaluation (Kodak 256-px crops, forward pass), "
                 "not from this run's test images")
     spec = load_sweep(REPO / "sweeps" / "demo.yaml", base=REPO)
     params = {**spec.parameters, "init": str(models), "train_dir": str(train), "test_dir": str(test),
