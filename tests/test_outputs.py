@@ -13,7 +13,7 @@ import time
 import pytest
 from PIL import Image
 
-from lic_core.atomic import check_output, clear_stale, write_atomic, write_file
+from lic_core.atomic import check_output, clear_stale, write_file
 from lic_core.cli import compress_main, decompress_main
 from lic_core.errors import OutputError
 from lic_core.paths import REPO

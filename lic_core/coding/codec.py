@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lic_core.coding.bitstream import (CHECKED, FINGERPRINT_BYTES, INDEX_RULES, MAX_PIXELS, MAX_SIDE, NAMED, VERSION, WRITABLE, Header,
+from lic_core.coding.bitstream import (FINGERPRINT_BYTES, INDEX_RULES, MAX_PIXELS, MAX_SIDE, NAMED, VERSION, WRITABLE, Header,
                                        check_pixels, check_precision, config_json, pack, read_header, split_streams)
 from lic_core.coding.entropy import SCALE_BOUND, GGTables
 from lic_core.errors import BitstreamError, LicError, ReconstructionWarning, allocation_failure
