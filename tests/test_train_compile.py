@@ -13,7 +13,7 @@ from train_helpers import images, micro_config, needs_cpu_bf16, no_wandb  # noqa
 
 from lic_core.config import COMPILE_MIN_STEPS, TrainConfig
 from lic_core.training import checkpoint as ckpt
-from lic_core.training.engine import Trainer, train, wants_compile
+from lic_core.training.engine import Trainer, compiler_missing, train, wants_compile
 from lic_core.training.logging import load_history
 
 
@@ -80,20 +80,24 @@ def test_compiled_resume_is_bit_identical(tmp_path, images):
     assert _losses(full.run_dir)[-3:] == _losses(tmp_path / "cut")[-3:]
 
 
-def test_without_a_compiler_one_line_and_eager(tmp_path, images, monkeypatch, capfd):
+def test_without_a_compiler_one_line_and_eager(tmp_path, images, capfd):
     import torch._inductor.config as inductor
     from torch._inductor import cpp_builder
 
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-c++"))
+    # inductor's own patch, which restores the setting (monkeypatch would delete it on undo: it is
+    # no plain attribute), then the cached failed search forgotten, or every later test in this
+    # process would train without a compiler
     cpp_builder.cpp_compiler_search.cache_clear()
     try:
-        tr = Trainer(micro_config(tmp_path, images, speed__compile=True))
+        with inductor.patch({"cpp.cxx": (None, "no-such-c++")}):
+            tr = Trainer(micro_config(tmp_path, images, speed__compile=True))
+            err = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("speed.compile")]
+            assert len(err) == 1 and "no-such-c++" in err[0] and "without torch.compile" in err[0], err
+            assert not tr.compiled
+            assert tr.fit().step == 4
     finally:
         cpp_builder.cpp_compiler_search.cache_clear()
-    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("speed.compile")]
-    assert len(err) == 1 and "no-such-c++" in err[0] and "without torch.compile" in err[0], err
-    assert not tr.compiled
-    assert tr.fit().step == 4
+    assert not compiler_missing(torch.device("cpu"))
 
 
 def test_auto_compiles_long_runs_only(tmp_path, images):
@@ -106,10 +110,12 @@ def test_auto_compiles_long_runs_only(tmp_path, images):
 def test_compiled_bf16_trains_like_eager_bf16(tmp_path, images):
     """``speed.bf16`` and ``speed.compile`` together on the CPU: the autocast blocks around the
     transforms compile, and the compiled run follows the eager bfloat16 one."""
-    runs = {c: train(micro_config(tmp_path, images, run__name=f"bf16-{c}", run__steps=6, speed__bf16=True,
-                                  speed__compile=c, optim__lr=1e-4))
-            for c in (False, True)}
-    eager, compiled = (_losses(runs[c].run_dir) for c in (False, True))
+    cfg = {c: micro_config(tmp_path, images, run__name=f"bf16-{c}", run__steps=6, speed__bf16=True,
+                           speed__compile=c, optim__lr=1e-4) for c in (False, True)}
+    eager = _losses(train(cfg[False]).run_dir)
+    tr, seen = compiled_fit(cfg[True])
+    check_compiled_path_ran(tr, seen)
+    compiled = _losses(tr.run_dir)
     assert len(compiled) == 6 and all(math.isfinite(v) for v in compiled)
     rel = max(abs(a - b) / abs(a) for a, b in zip(eager, compiled))
     assert rel < 1e-2, f"compiled vs eager bf16 loss: {rel:.2e} relative"
