@@ -1,4 +1,4 @@
-"""End-to-end notebook harness: JupyterLab on localhost driven by headless Chromium (issue 8).
+"""End-to-end notebook harness: JupyterLab on localhost driven by headless Chromium.
 
 ``JupyterLab`` starts a private server (random token, free port, temporary Jupyter config/data/
 runtime/settings/workspace folders, so a user's own settings never interfere) and stops it and its
