@@ -89,3 +89,17 @@ def test_heartbeat_prints_while_the_block_runs(capsys):
         time.sleep(0.3)
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(ln.startswith("  ... evaluation: still running after ") for ln in lines)
+
+
+def test_limit_process_sets_torch_threads(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    try:
+        assert threads.limit_process() == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # for the processes it starts later
+    finally:
+        torch.set_num_threads(before)
