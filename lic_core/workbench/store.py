@@ -28,9 +28,8 @@ from lic_core.paths import REPO
 
 MANIFEST = "SHA256SUMS"
 INDEX = "index.json"
-SHIPPED = REPO / "checkpoints" / "tiny"  # the tiny-HPCM models of the study (studies/tiny/study.yaml)
-# the study's real-bitstream evaluation of every shipped model on the 24 whole Kodak images
-SHIPPED_EVAL = REPO / "studies" / "tiny" / "results" / "eval"
+SHIPPED = REPO / "checkpoints" / "tiny"  # the trained tiny-HPCM models that ship
+KODAK = "kodak.json"  # each model's mean bpp and PSNR on the 24 whole Kodak images, by file
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -211,17 +210,18 @@ def shipped_by_fingerprint(fp: bytes, folder: str | Path = SHIPPED) -> Path | No
     return None
 
 
-def kodak_of(path: Path, folder: str | Path = SHIPPED_EVAL) -> tuple[float, float] | None:
-    """Mean bpp and PSNR (dB) of the 24 Kodak images in the study's real-bitstream evaluation of
-    exactly this file (its SHA-256 recorded there), or None when there is none."""
-    ev = Path(folder) / f"{path.stem}.images.json"
+def kodak_of(path: Path, folder: str | Path | None = None) -> tuple[float, float] | None:
+    """Mean bpp and PSNR (dB) of the 24 Kodak images coded with exactly this file (real
+    bitstreams, whole images), as the store's ``kodak.json`` records them beside its SHA-256; None
+    when the store has no such record."""
+    path = Path(path)
+    rec_file = Path(folder) if folder is not None else path.parent / KODAK
     try:
-        d = json.loads(ev.read_text())
-        if d.get("fingerprint") != f"sha256:{sha256(path)}" or d.get("crop") != 0:
+        rec = json.loads(rec_file.read_text())[path.name]
+        if rec["sha256"] != sha256(path):
             return None
-        imgs = d["images"]
-        return (sum(r["bpp"] for r in imgs) / len(imgs), sum(r["psnr-rgb"] for r in imgs) / len(imgs))
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, RecursionError):
+        return float(rec["bpp"]), float(rec["psnr"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
