@@ -21,7 +21,7 @@ from lic_core.paths import datasets_root, reference_root  # noqa: E402
 # runs two): side by side, 1-thread processes get more done on 2 cores than one 2-thread process.
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
-SKIP_KINDS = {"data": "LIC_REQUIRE_DATA", "env": "LIC_REQUIRE_ENV"}
+SKIP_KINDS = {"data": "LIC_REQUIRE_DATA", "env": "LIC_REQUIRE_ENV", "cpu": "LIC_REQUIRE_CPU"}
 
 
 class RoutedSkip(pytest.skip.Exception):  # type: ignore[misc,name-defined]
@@ -33,6 +33,8 @@ def required(kind: str) -> bool:
     ``LIC_REQUIRE_ENV`` for the machine, which follows ``LIC_REQUIRE_DATA`` when unset."""
     if kind not in SKIP_KINDS:
         raise ValueError(f"skip kind {kind!r}: choose from {', '.join(SKIP_KINDS)}")
+    if kind == "cpu":  # the project's machines differ: a missing CPU feature fails only on request
+        return os.environ.get("LIC_REQUIRE_CPU") == "1"
     if kind == "env" and os.environ.get("LIC_REQUIRE_ENV", "") != "":
         return os.environ["LIC_REQUIRE_ENV"] == "1"
     return os.environ.get("LIC_REQUIRE_DATA") == "1"
@@ -45,13 +47,16 @@ def skip_or_fail(msg: str, kind: str = "data") -> NoReturn:
     - ``kind="data"``: something the project provides and CI has: datasets and reference files
       under ../shared, the shipped checkpoints, a Pillow with every codec, chromium. Fails under
       ``LIC_REQUIRE_DATA=1`` (``.ci/run`` sets it).
-    - ``kind="env"``: a property of the machine: a C++ compiler for ``torch.compile``, a CPU with
-      bfloat16 kernels (AVX-512). Fails under ``LIC_REQUIRE_ENV=1``; unset, it follows
-      ``LIC_REQUIRE_DATA``, so CI on the project's machine (gcc, AVX-512) runs them all. CI on a
-      machine known to lack them sets ``LIC_REQUIRE_ENV=0``: those tests then skip, said so.
+    - ``kind="env"``: software the machine must have: a C++ compiler for ``torch.compile``. Fails
+      under ``LIC_REQUIRE_ENV=1``; unset, it follows ``LIC_REQUIRE_DATA``, so CI (gcc installed)
+      runs them all. A machine known to lack it sets ``LIC_REQUIRE_ENV=0``: those tests then skip.
+    - ``kind="cpu"``: a CPU feature the project's machines may lack (bfloat16 kernels need
+      AVX-512; its machines are Intel and AMD CPUs with and without it). Skips, said so, unless
+      ``LIC_REQUIRE_CPU=1`` (for a run on a machine known to have it).
     """
     if required(kind):
-        flag = SKIP_KINDS[kind] if kind == "env" and os.environ.get("LIC_REQUIRE_ENV") else "LIC_REQUIRE_DATA"
+        flag = SKIP_KINDS[kind] if kind == "cpu" or (kind == "env" and os.environ.get("LIC_REQUIRE_ENV")) \
+            else "LIC_REQUIRE_DATA"
         pytest.fail(f"{msg}; {flag}=1 makes this a failure", pytrace=False)
     print(f"SKIP ({kind}): {msg}")
     raise RoutedSkip(msg=msg, _use_item_location=True)  # reported at the test, not here

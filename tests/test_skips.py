@@ -78,6 +78,7 @@ def _raised(fn, *args, **kw) -> BaseException:
     ("1", None, "data", True), ("1", None, "env", True),  # CI: the project's machine has both
     ("1", "0", "env", False), ("1", "0", "data", True),  # a CI machine known to lack them
     (None, "1", "env", True), (None, "1", "data", False),
+    ("1", None, "cpu", False), ("1", "1", "cpu", False),  # a CPU feature: the project's CPUs differ
 ])
 def test_skip_or_fail_policy(monkeypatch, data, env, kind, fails):
     for var, v in (("LIC_REQUIRE_DATA", data), ("LIC_REQUIRE_ENV", env)):
@@ -85,6 +86,9 @@ def test_skip_or_fail_policy(monkeypatch, data, env, kind, fails):
     e = _raised(conftest.skip_or_fail, "why", kind=kind)
     assert isinstance(e, pytest.fail.Exception if fails else conftest.RoutedSkip), type(e)
     assert str(e).startswith("why")
+    monkeypatch.setenv("LIC_REQUIRE_CPU", "1")  # a run on a machine known to have the feature
+    assert isinstance(_raised(conftest.skip_or_fail, "why", kind="cpu"), pytest.fail.Exception)
+    monkeypatch.delenv("LIC_REQUIRE_CPU")
     with pytest.raises(ValueError, match="skip kind"):
         conftest.skip_or_fail("why", kind="other")
 
@@ -122,7 +126,7 @@ def test_requires_mark_goes_through_the_helper(request, monkeypatch):
     from train_helpers import needs_cpu_bf16
 
     mark = needs_cpu_bf16.mark
-    assert mark.name == "requires" and mark.kwargs["kind"] == "env" and "AVX-512" in mark.kwargs["reason"]
+    assert mark.name == "requires" and mark.kwargs["kind"] == "cpu" and "AVX-512" in mark.kwargs["reason"]
     request.node.add_marker(conftest.requires(lambda: False, "no such feature", kind="env"))
     monkeypatch.setenv("LIC_REQUIRE_DATA", "1")
     monkeypatch.delenv("LIC_REQUIRE_ENV", raising=False)

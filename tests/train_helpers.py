@@ -11,9 +11,9 @@ from PIL import Image
 from lic_core.config import PRESETS, TrainConfig
 from lic_core.training.engine import as_config, cpu_bf16
 
-# a property of the machine: skips on a CPU without AVX-512, fails in CI (see conftest.skip_or_fail)
+# a CPU feature: skips, said so, on a CPU without AVX-512 (see conftest.skip_or_fail)
 needs_cpu_bf16 = requires(cpu_bf16, "speed.bf16: oneDNN has no bfloat16 kernels for this CPU (needs AVX-512)",
-                          kind="env")
+                          kind="cpu")
 
 
 def smooth_images(folder: Path, n: int = 6, size: tuple[int, int] = (96, 80), seed: int = 0) -> Path:
