@@ -4,6 +4,7 @@ Every skip goes through :func:`skip_or_fail` (``tests/test_skips.py`` rejects an
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -11,6 +12,9 @@ from typing import NoReturn
 # Before torch loads OpenMP: spinning worker threads collapse when the 2 cores are shared
 # (measured: a tiny train step 12 s with active waiting vs 1.5 s passive under load 10).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The autotuner's machine cache: one per test process (and the subprocesses it starts), never the
+# user's ~/.cache, so a test run neither reads nor leaves choices measured under its own load.
+os.environ.setdefault("LIC_AUTOTUNE_CACHE", os.path.join(tempfile.gettempdir(), f"lic-autotune-tests-{os.getpid()}.json"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
