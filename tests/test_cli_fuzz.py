@@ -38,6 +38,7 @@ from lic_core.models.hpcm import hpcm, save_checkpoint
 from lic_core.paths import REPO
 
 from test_codec import forge, image
+from test_codec_fuzz import _mutate as _mutated  # random byte edits without a CRC fix
 
 SEED = 20261205
 CASES = 330  # in this process
@@ -173,20 +174,6 @@ def _crafted(rng: random.Random, stream: bytes) -> bytes:
         lambda: forge(stream, streams={k: bytes(len(parts[k]))}),
     ]
     return rng.choice(edits)()
-
-
-def _mutated(rng: random.Random, stream: bytes) -> bytes:
-    """Random byte edits without a CRC fix (the CRC must catch them)."""
-    out = bytearray(stream)
-    i = rng.randrange(len(out))
-    choice = rng.randrange(3)
-    if choice == 0:
-        out[i] ^= 1 << rng.randrange(8)
-    elif choice == 1:
-        del out[i : i + rng.randint(1, 16)]
-    else:
-        out[i:i] = rng.randbytes(rng.randint(1, 16))
-    return bytes(out)
 
 
 # -- the cases ------------------------------------------------------------------------------------
