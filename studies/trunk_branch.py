@@ -715,8 +715,9 @@ def gap_summary(st: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         sel = [r for r in rows if (r["test"], r["anchor"], r["method"]) == (test, anchor, first)]
         row: dict[str, Any] = {"test": test, "anchor": anchor}
         for key in ("gaps", "rate_gaps"):
-            blocks_ = [{"seed": r["seed"], "bd_rate": float(np.mean(r[key])) if r[key] else float("nan")} for r in sel]
-            vals = list(trunk_means(blocks_).values()) if by_trunk else [b["bd_rate"] for b in blocks_]
+            vals = [float(np.mean(r[key])) if r[key] else float("nan") for r in sel]
+            if by_trunk:
+                vals = list(trunk_means([{"seed": r["seed"], "bd_rate": v} for r, v in zip(sel, vals)]).values())
             ci = mean_ci(vals)
             row[key] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n,
                         "of": len({r["seed"] for r in sel}) if by_trunk else len(sel)}
