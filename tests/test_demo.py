@@ -46,3 +46,13 @@ def test_summary_says_where_numbers_come_from(tmp_path):
     assert "a demonstration, not a result" in lines[table + 5]  # right under the BD table (header + 3 rows)
     assert "VTM: published R-D points" in text
     assert "JPEG: BD-rate is undefined because" in text and "reconstructions_kodim01.png" in text
+
+
+def test_bundled_photos_are_named_what_they_are(tmp_path):
+    """Without ../shared the demo reads scikit-image's photos: figures and summaries name them so."""
+    from lic_core.workbench import workbook
+
+    train, test = workbook.bundled_photos(tmp_path)
+    assert (train.name, test.name) == ("scikit-image-train", "scikit-image-test")
+    assert len(list(train.iterdir())) == len(workbook.BUNDLED_TRAIN)
+    assert workbook.data_note(test, limit=1) == "scikit-image-test, 1 image (full size)"

@@ -47,7 +47,8 @@ def bundled_photos(dest: str | Path) -> tuple[Path, Path]:
 
     src = Path(skimage.__file__).parent / "data"
     folders = []
-    for name, files in (("train", BUNDLED_TRAIN), ("test", BUNDLED_TEST)):
+    # the folder's name is the data set's name in every figure and summary line
+    for name, files in (("scikit-image-train", BUNDLED_TRAIN), ("scikit-image-test", BUNDLED_TEST)):
         out = Path(dest) / name
         out.mkdir(parents=True, exist_ok=True)
         for f in files:
