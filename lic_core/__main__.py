@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("lic_core.datasets:main", "list / check / download the test sets (Kodak, CLIC, Tecnick)"),
     "sweep": ("lic_core.workbench.sweep:main", "expand a grid YAML into papermill jobs and run them"),
     "toy": ("lic_core.optim.toy:main", "the Balanced R-D toy problem (conformance trajectory as CSV)"),
-    "conformance": ("lic_core.models.conformance:main", "differences from the reference data (HPCM, entropy model, toy)"),
+    "conformance": ("lic_core.analysis.conformance:main", "differences from the reference data (HPCM, entropy model, toy)"),
     "demo": ("lic_core.workbench.demo:main", "the short end-to-end demo (tiny HPCM on CPU)"),
 }
 

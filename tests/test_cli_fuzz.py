@@ -53,7 +53,7 @@ MAINS = {
     "eval": "lic_core.analysis.evaluation:main", "bdrate": "lic_core.analysis.bdrate:main",
     "anchors": "lic_core.analysis.anchors:main", "datasets": "lic_core.datasets:main",
     "sweep": "lic_core.workbench.sweep:main", "toy": "lic_core.optim.toy:main",
-    "conformance": "lic_core.models.conformance:main", "demo": "lic_core.workbench.demo:main",
+    "conformance": "lic_core.analysis.conformance:main", "demo": "lic_core.workbench.demo:main",
     "study": "studies.trunk_branch:main", "lic_core": "lic_core.__main__:main",
 }
 

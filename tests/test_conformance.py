@@ -82,7 +82,7 @@ def test_large_arrays(large, name):
 
 def test_command_prints_every_difference(reference_dir, capsys):
     """``python -m lic_core conformance`` prints the numbers the README quotes (fast parts here)."""
-    from lic_core.models.conformance import main
+    from lic_core.analysis.conformance import main
 
     assert main(["--parts", "entropy,toy"]) == 0
     lines = capsys.readouterr().out.splitlines()

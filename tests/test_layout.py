@@ -82,11 +82,10 @@ LAYERS = {  # a layer may import its own and lower layers only (foundations: the
 # Known upward edges, each for a reason: config validates the names owned by the layers it configures
 # (model, objective and schedule registries); the command-line glue sits on top of everything;
 # datasets lists images with the training data's reader; the engine logs PSNR with the metrics
-# module (a leaf: it imports nothing from lic_core); conformance checks the toy optimizer too.
+# module (a leaf: it imports nothing from lic_core).
 ALLOWED = {("lic_core.config", "models"), ("lic_core.config", "optim"), ("lic_core.config", "training"),
            ("lic_core.cli", "*"), ("lic_core.__main__", "*"), ("lic_core.datasets", "training"),
-           ("lic_core.training.engine", "lic_core.analysis.metrics"),
-           ("lic_core.models.conformance", "optim")}
+           ("lic_core.training.engine", "lic_core.analysis.metrics")}
 
 
 def layer(module: str) -> str:
