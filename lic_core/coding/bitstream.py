@@ -2,10 +2,15 @@
 
 File layout (big-endian)::
 
-    magic "HPCM\\x89"  | version u8 (1: y tables picked next-up, 2-4: nearest) | config length u16 |
+    magic "HPCM\\x89"  | version u8 (1: y tables picked next-up, 2-5: nearest) | config length u16 |
     config (compact JSON) | height u32 | width u32 | stream lengths 4 x u32 (z, s1, s2, s3) |
     [from version 3: symbols CRC-32 u32 | image CRC-32 u32 | coding precision u8 (32 or 64)] |
     [from version 4: weights fingerprint 8 bytes] | CRC-32 u32 | streams
+
+Version 5 has version 4's layout; its symbols were coded with an exact entropy-parameter path
+(:mod:`lic_core.models.exact`): the scales and means, and so the symbols, are the same bits on
+every CPU and GPU, and the nearest table is picked against edges computed exactly. Its fingerprint
+is the exact model's (integer weights and grids), which only an exact model has.
 
 The last CRC covers every other byte of the file, so corruption is reported before any decoding. It
 is not a signature: a crafted file passes it, so every header field is range-checked here (the model
@@ -37,11 +42,12 @@ MAGIC = b"HPCM\x89"
 # Format version -> how a y scale picks its coding table (entropy.scale_indexes). Version 1 is the
 # spec's CompressAI rule; versions 2 and 3 the nearest table in log scale (3, written by default,
 # also carries the decoder's checks).
-INDEX_RULES = {1: "next-up", 2: "nearest", 3: "nearest", 4: "nearest"}
-VERSION = 4
-WRITABLE = (3, 4)  # versions this build writes (it reads every version of INDEX_RULES)
+INDEX_RULES = {1: "next-up", 2: "nearest", 3: "nearest", 4: "nearest", 5: "exact"}
+VERSION = 4  # what a float model writes by default; an exact model writes EXACT
+WRITABLE = (3, 4, 5)  # versions this build writes (it reads every version of INDEX_RULES)
 CHECKED = 3  # first version that carries the decoder's checks
 NAMED = 4  # first version that carries the weights' fingerprint
+EXACT = 5  # first version coded with the exact entropy-parameter path
 FINGERPRINT_BYTES = 8
 STREAMS = ("z", "s1", "s2", "s3")
 _SIZES = struct.Struct(">II4I")  # height, width, 4 stream lengths

@@ -20,6 +20,12 @@ Version 4, written by default, also stores the :func:`fingerprint` of the weight
 refuses a model with other weights before decoding. A model is never built from a header: the
 caller gives the model (a checkpoint, or a shipped model found by the fingerprint,
 :func:`lic_core.workbench.store.shipped_by_fingerprint`) and its config must equal the header's.
+
+Version 5 is written by an exact model (:class:`lic_core.models.exact.ExactHPCM`, what
+:func:`lic_core.models.exact.derive` makes of a float model): its entropy-parameter path computes
+the same scales and means on every machine, so a file decodes to its symbols on any CPU or GPU; the
+synthesis stays float (pixels may still differ by a level: warned). Only an exact model decodes a
+version-5 file, and only a float one the earlier versions.
 """
 from __future__ import annotations
 
@@ -38,10 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lic_core.coding.bitstream import (FINGERPRINT_BYTES, INDEX_RULES, MAX_PIXELS, MAX_SIDE, NAMED, VERSION, WRITABLE, Header,
-                                       check_pixels, check_precision, config_json, pack, read_header, split_streams)
+from lic_core.coding.bitstream import (EXACT, FINGERPRINT_BYTES, INDEX_RULES, MAX_PIXELS, MAX_SIDE, NAMED, VERSION,
+                                       WRITABLE, Header, check_pixels, check_precision, config_json, pack, read_header,
+                                       split_streams)
 from lic_core.coding.entropy import SCALE_BOUND, GGTables
 from lic_core.errors import BitstreamError, LicError, ReconstructionWarning, allocation_failure
+from lic_core.models.exact import ExactHPCM
 from lic_core.models.hpcm import HPCM
 
 DTYPES = {32: torch.float32, 64: torch.float64}  # a file's coding precision (bits) -> the model's dtype
@@ -176,14 +184,25 @@ def _check_image(x: Tensor) -> Tensor:
     return x.float()
 
 
-def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: int = VERSION,
+def default_version(model: HPCM) -> int:
+    """The format version ``model`` writes by default: 5 for an exact model, else 4."""
+    return EXACT if isinstance(model, ExactHPCM) else VERSION
+
+
+def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: int | None = None,
            max_pixels: int | None = None) -> Encoded:
     """Compress ``x`` (1, 3, H, W) in [0, 1], any H, W >= 1, with ``model`` (run in eval mode).
-    ``progress(k)`` is called after each coding step k; ``version`` is 4 (the default: the checks
-    and the weights' fingerprint) or 3 (the checks only); both store the decoder's checks, which
-    costs one synthesis pass here. ``max_pixels`` refuses a larger padded grid."""
+    ``progress(k)`` is called after each coding step k; ``version`` is 5 for an exact model (the
+    default for one: the same symbols on every machine), for a float model 4 (its default: the
+    checks and the weights' fingerprint) or 3 (the checks only); all store the decoder's checks,
+    which costs one synthesis pass here. ``max_pixels`` refuses a larger padded grid."""
+    version = default_version(model) if version is None else version
     if version not in WRITABLE:
         raise ValueError(f"this build writes format versions {list(WRITABLE)}, not {version} (older ones are read only)")
+    if (version >= EXACT) != isinstance(model, ExactHPCM):
+        raise ValueError(f"format version {version} is written by {'an exact' if version >= EXACT else 'a float'} model, "
+                         f"this one is {'exact' if isinstance(model, ExactHPCM) else 'float'} "
+                         "(lic_core.models.exact.derive makes the exact model of a float one)")
     precision = {v: k for k, v in DTYPES.items()}.get(model.means_hyper.dtype)
     if precision is None:
         raise ValueError(f"a model codes in float32 or float64, not {model.means_hyper.dtype}")
@@ -312,8 +331,13 @@ def check_stream_sizes(header: Header, counts: dict[str, int], tables: dict[str,
 
 
 def check_model(model: HPCM, header: Header) -> HPCM:
-    """``model`` if it can decode the file of ``header``: the same config (the init seed aside)
-    and, from version 4, the same weights fingerprint; else a one-line :class:`BitstreamError`."""
+    """``model`` if it can decode the file of ``header``: exact for version 5 and float before,
+    the same config (the init seed aside) and, from version 4, the same weights fingerprint; else
+    a one-line :class:`BitstreamError`."""
+    if (header.version >= EXACT) != isinstance(model, ExactHPCM):
+        need = "an exact model (lic_core.models.exact.derive)" if header.version >= EXACT else "a float model"
+        raise BitstreamError(f"format version {header.version} files decode with {need}; the given model is "
+                             f"{'exact' if isinstance(model, ExactHPCM) else 'float'}")
     if replace(model.cfg, seed=0) != replace(header.config, seed=0):
         raise BitstreamError(
             f"bitstream was written by HPCM config {config_json(header.config).decode()}, "

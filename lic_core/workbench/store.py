@@ -11,6 +11,10 @@ The codec's defaults come from here: :func:`qualities` numbers the shipped stand
 (``compress --quality``), :func:`shipped_by_fingerprint` finds the weights a version-4 file names
 (``decompress`` without ``--checkpoint``), and :func:`shipped_table` is what ``info`` lists, with
 each model's mean bpp and PSNR on the 24 Kodak images from the study's real-bitstream evaluation.
+
+Each shipped model also has an exact version (format version 5, :mod:`lic_core.models.exact`),
+derived at load from the float file and its calibration spec in ``exact.json`` (a few hundred
+bytes per model; no second weights file): :func:`exact_model`, :func:`exact_by_fingerprint`.
 """
 from __future__ import annotations
 
@@ -23,13 +27,15 @@ import torch
 
 from lic_core.atomic import write_file
 from lic_core.errors import LicError
-from lic_core.models.hpcm import read_checkpoint, torch_save_atomic
+from lic_core.models import exact
+from lic_core.models.hpcm import HPCM, read_checkpoint, torch_save_atomic
 from lic_core.paths import REPO
 
 MANIFEST = "SHA256SUMS"
 INDEX = "index.json"
 SHIPPED = REPO / "checkpoints" / "tiny"  # the trained tiny-HPCM models that ship
 KODAK = "kodak.json"  # each model's mean bpp and PSNR on the 24 whole Kodak images, by file
+EXACT = "exact.json"  # each model's exact-path calibration spec and exact fingerprint, by file
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -235,3 +241,54 @@ def shipped_table(folder: str | Path = SHIPPED) -> list[dict[str, Any]]:
                      "fingerprint": file_fingerprint(p).hex(), "bpp": kodak[0] if kodak else None,
                      "psnr": kodak[1] if kodak else None})
     return rows
+
+
+# -- exact versions of the shipped models ---------------------------------------------------------
+def exact_records(folder: str | Path = SHIPPED) -> dict[str, dict[str, Any]]:
+    """File name -> ``{"sha256", "fingerprint", "spec"}`` of a store's ``exact.json`` ({} if none)."""
+    path = Path(folder) / EXACT
+    if not path.is_file():
+        return {}
+    try:
+        rec = json.loads(path.read_text())["models"]
+        if not isinstance(rec, dict) or not all(isinstance(r.get("spec"), dict) for r in rec.values()):
+            raise ValueError("not file name -> record with a spec")
+        return rec
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise LicError(f"{path}: not an exact-model record ({e})") from None
+
+
+def exact_model(model: HPCM, path: Path) -> exact.ExactHPCM:
+    """The exact version of the store file ``path`` (loaded as ``model``): derived from its float
+    weights and the spec ``exact.json`` records for exactly this file (same SHA-256)."""
+    path = Path(path)
+    rec = exact_records(path.parent).get(path.name)
+    if rec is None or rec.get("sha256") != sha256(path):
+        raise LicError(f"{path}: no exact-model spec in {path.parent / EXACT} for this file "
+                       "(lic_core.models.exact.calibrate makes the exact model of any checkpoint)")
+    return exact.derive(model, rec["spec"]).eval()
+
+
+def exact_by_fingerprint(fp: bytes, folder: str | Path = SHIPPED) -> Path | None:
+    """The store file whose exact version has fingerprint ``fp`` (as ``exact.json`` records it;
+    the decoder checks the derived model's own), its SHA-256 checked; or None."""
+    for name, rec in exact_records(folder).items():
+        if rec.get("fingerprint") == fp.hex() and (Path(folder) / name).is_file():
+            return checked_file(Path(folder) / name)
+    return None
+
+
+def write_exact_records(images: list[torch.Tensor], folder: str | Path = SHIPPED,
+                        source: str = "") -> Path:
+    """Calibrate the exact version of each quality level of ``folder`` on ``images`` and write
+    ``exact.json`` (spec, the file's SHA-256 and the exact model's fingerprint)."""
+    from lic_core.coding.codec import fingerprint
+    from lic_core.models.loading import load_checkpoint
+
+    models = {}
+    for p in qualities(folder).values():
+        model = load_checkpoint(p)
+        spec = exact.calibrate_spec(model, images)
+        models[p.name] = {"sha256": sha256(p), "fingerprint": fingerprint(exact.derive(model, spec)).hex(), "spec": spec}
+    doc = {"calibration": source, "models": models}
+    return write_file(Path(folder) / EXACT, json.dumps(doc, indent=1) + "\n")
