@@ -49,7 +49,8 @@ from lic_core.analysis.stats import Interval, mean_ci
 from lic_core.analysis.tables import write_results
 from lic_core.training.objectives import MODES
 from lic_core.training.run import find_runs, lmbda_key
-from lic_core.workbench.sweep import SweepSpec, load_sweep, read_manifest, run_sweep, spec_from_dict, summarize, sweep_results
+from lic_core.workbench.sweep import (Outcome, Progress, SweepSpec, Task, load_sweep, read_manifest, run_sweep, run_tasks,
+                                      spec_from_dict, summarize, sweep_results)
 
 # stage 1 trains every objective but Solution 2, which the paper uses for fine-tuning (stage 2)
 TRAIN_MODES = tuple(m for m in MODES if m != "qp")
@@ -268,12 +269,8 @@ def evaluate_runs(runs: pd.DataFrame, out: str | Path, dataset: str | Path = "ko
     """Real-bitstream evaluation (:func:`lic_core.analysis.evaluation.evaluate`) of every run's checkpoint,
     one curve per (stage, mode, seed) over its λ, written to ``out/<stage>/<curve>.json``;
     per-image results resume where an interrupted evaluation stopped. ``jobs`` > 1 evaluates that
-    many curves side by side in worker processes with ``threads`` torch threads each."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
-    from tqdm.auto import tqdm
-
+    many curves side by side in worker processes (:func:`lic_core.workbench.sweep.run_tasks`)
+    with ``threads`` torch threads each."""
     work = {}
     for (stage, mode, seed), g in runs.groupby(["stage", "mode", "seed"], sort=True):
         ckpts = [str(c) for c in g.sort_values("lmbda")["checkpoint"]]
@@ -281,15 +278,27 @@ def evaluate_runs(runs: pd.DataFrame, out: str | Path, dataset: str | Path = "ko
                                           curve_name(stage, mode, seed))
     if jobs <= 1:
         return {k: _evaluate_curve(*w, progress, threads) for k, w in work.items()}
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
-            tqdm(total=len(work), disable=not progress, desc="evaluate", unit="curve") as bar:
-        futures = {k: pool.submit(_evaluate_curve, *w, False, threads) for k, w in work.items()}
-        curves = {}
-        for k, fut in futures.items():
-            curves[k] = fut.result()
-            bar.update()
-    return curves
+    keys = {f"{k[0]}/{w[-1]}": k for k, w in work.items()}  # task name -> curve key
+    tasks = [Task(name, _evaluate_curve, (*work[k], False, 0), threads=threads) for name, k in keys.items()]
+    outcomes = run_tasks(tasks, jobs, progress=_Bar(len(tasks), progress))
+    failed = [f"{name} ({o.error})" for name, o in outcomes.items() if o.state != "done"]
+    if failed:
+        raise LicError(f"evaluation of {', '.join(failed)} failed")
+    return {k: outcomes[name].value for name, k in keys.items()}
+
+
+class _Bar(Progress):
+    """A tqdm bar over the curves the scheduler evaluates."""
+
+    def __init__(self, total: int, active: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, disable=not active, desc="evaluate", unit="curve")
+
+    def finished(self, name: str, outcome: Outcome) -> None:
+        self.bar.update()
+        if self.bar.n == self.bar.total:
+            self.bar.close()
 
 
 def load_curves(runs: pd.DataFrame, out: str | Path) -> dict[tuple[str, str, int], dict]:

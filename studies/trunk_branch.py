@@ -24,13 +24,11 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +40,7 @@ from lic_core.paths import REPO
 from lic_core.provenance import commit, cpu_name
 from lic_core.analysis.stats import mean_ci
 from lic_core.workbench.store import export, is_store, read_index, verify_store
+from lic_core.workbench.sweep import EXECUTORS, Lines, Task, run_tasks
 from lic_core.analysis.tables import write_results
 from lic_core.training import checkpoint as ckpt
 from lic_core.training.logging import load_history
@@ -517,16 +516,9 @@ def run_evaluate(st: Study, arm: str, seed: int, ft_seed: int | None) -> Path:
     return st.out_dir / "eval" / f"{name}.json"
 
 
-@dataclass
-class Task:
-    name: str
-    fn: Callable[..., Any]
-    args: tuple
-    needs: tuple[str, ...] = ()
-
-
 def tasks(st: Study, stage: str) -> list[Task]:
-    """The runs of ``stage`` and of the stages before it, each with the runs it needs."""
+    """The runs of ``stage`` and of the stages before it, in the protocol's order, each with the
+    runs it needs and the study's ``threads``."""
     k = STAGES.index(stage)
     seeds, lams, arms = st.trunk.seeds, st.branch.lambdas, list(st.compare.arms)
     out = [Task(trunk_name(s), run_trunk, (st, s)) for s in seeds]
@@ -557,7 +549,7 @@ def tasks(st: Study, stage: str) -> list[Task]:
                 if k >= 3:
                     out += [Task(f"eval-{curve_name(a, s, f)}", run_evaluate, (st, a, s, f),
                                  tuple(compare_name(a, lam, s, f) for lam in arm_lambdas(st, a)))]
-    return out
+    return [replace(t, threads=st.threads) for t in out]
 
 
 def main_arms(st: Study) -> list[str]:
@@ -565,39 +557,14 @@ def main_arms(st: Study) -> list[str]:
     return [a for a in st.compare.arms if a not in st.compare.arm_blocks]
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def run_stage(st: Study, stage: str, jobs: int | None = None) -> dict[str, str]:
-    """Run every task of ``stage`` (and those it needs) with ``jobs`` processes of ``threads``
-    torch threads each; a task starts once the tasks it needs are done. Returns name -> state."""
-    todo = {t.name: t for t in tasks(st, stage)}
-    state = {n: "pending" for n in todo}
-    n = jobs or st.jobs
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin
-    with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(st.threads,)) as pool:
-        running: dict[Future, str] = {}
-        while True:
-            for name, t in todo.items():
-                if state[name] == "pending" and len(running) < n:
-                    if any(state[d] == "failed" for d in t.needs):
-                        state[name] = "failed"
-                    elif all(state[d] == "done" for d in t.needs):
-                        running[pool.submit(t.fn, *t.args)] = name
-                        state[name] = "running"
-                        print(f"[study] {name}: started", flush=True)
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                name = running.pop(fut)
-                err = fut.exception()
-                state[name] = "failed" if err else "done"
-                print(f"[study] {name}: {state[name]}" + (f" ({type(err).__name__}: {err})" if err else ""),
-                      flush=True)
-    return state
+def run_stage(st: Study, stage: str, jobs: int | None = None, executor: str = "local") -> dict[str, str]:
+    """Run every task of ``stage`` (and those it needs) that is not :func:`finished`, through the
+    project's scheduler (:func:`lic_core.workbench.sweep.run_tasks`): ``jobs`` processes side by
+    side, ``threads`` torch threads each; a task starts once the tasks it needs are done. Returns
+    name -> state (done / failed)."""
+    outcomes = run_tasks(tasks(st, stage), jobs or st.jobs, executor, done=lambda t: finished(st, t),
+                         progress=Lines("study"), folder=st.out_dir / "submitit")
+    return {name: o.state for name, o in outcomes.items()}
 
 
 # -------------------------------------------------------------------------------------- analysis
@@ -1011,12 +978,10 @@ def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
     run folder reached and its last measured Kodak-crop PSNR and ``L_D``."""
     rows = []
     for t in tasks(st, stage):
-        name = t.name.removeprefix("eval-")
-        if t.name.startswith("eval-"):
-            done = (st.out_dir / "eval" / f"{name}.json").is_file() and evaluated(st, *t.args[1:])
-            rows.append({"task": t.name, "state": "done" if done else "pending"})
+        if t.fn is run_evaluate:
+            rows.append({"task": t.name, "state": "done" if finished(st, t) else "pending"})
             continue
-        run_dir = st.out_dir / name
+        run_dir = st.out_dir / t.name
         step, ev = current_step(run_dir), last_eval(run_dir)
         state = "done" if finished(st, t) else ""
         if t.fn is run_compare:  # done once evaluated; "trained" while only its checkpoint exists
@@ -1028,8 +993,11 @@ def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:
 
 
 def finished(st: Study, t: Task) -> bool:
-    """Whether a training task is done by the committed files: trunks and bases in the store,
-    comparisons evaluated, from-scratch runs measured at their last step."""
+    """Whether a task is done by the committed files: trunks and bases in the store, comparisons
+    evaluated, from-scratch runs measured at their last step, curves summarized from a result on
+    every test image of every point."""
+    if t.fn is run_evaluate:
+        return (st.out_dir / "eval" / f"{t.name.removeprefix('eval-')}.json").is_file() and evaluated(st, *t.args[1:])
     if t.fn is run_compare:
         return compare_done(st, *t.args[1:])
     if t.fn is run_scratch:
@@ -1053,6 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--jobs", type=int, default=None, help="processes side by side (default: the study's jobs)")
     r.add_argument("--threads", type=int, default=None, help="torch threads per process (default: the study's)")
     r.add_argument("--root", default=".", help="folder the study's relative paths start at")
+    r.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local worker processes, Slurm via submitit, or submitit on this machine")
     c = sub.add_parser("status", help="state of every run of a stage")
     c.add_argument("--study", required=True)
     c.add_argument("--stage", choices=STAGES, default="evaluate")
@@ -1098,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if args.threads:
         st.threads = args.threads
-    states = run_stage(st, args.stage, args.jobs)
+    states = run_stage(st, args.stage, args.jobs, args.executor)
     print(f"[study] {args.stage}: {sum(s == 'done' for s in states.values())}/{len(states)} done "
           f"in {(time.time() - t0) / 60:.1f} min")
     return 0 if all(s == "done" for s in states.values()) else 1

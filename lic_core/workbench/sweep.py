@@ -31,6 +31,13 @@ spinning, which on a busy machine costs the job far more than its share of the C
 count that fits the cores it gets. With ``progress``, the sweep prints a line per finished job
 (its time, the jobs left and an estimate of the time left) and, while jobs run, a heartbeat every
 30 s naming each running job and its last training step.
+
+Underneath is the project's one scheduler, :func:`run_tasks`: a list of :class:`Task` (a
+picklable function with its arguments, a name, and the names of the earlier tasks it needs) run in
+order, locally in ``jobs`` spawned worker processes or through submitit (on Slurm, in waves of job
+arrays), each task with its own torch thread count. The caller decides what is finished (a
+``done`` predicate: re-runs resume); a failing task is reported by name and fails only the tasks
+that need it. Notebook sweeps and the studies' protocols both run through it.
 """
 from __future__ import annotations
 
@@ -42,16 +49,16 @@ import json
 import os
 import re
 import signal
-import socket
 import multiprocessing
+import socket
 import sys
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from filelock import FileLock, Timeout
 
@@ -411,6 +418,249 @@ def _describe(e: BaseException) -> tuple[str, str]:
     return message, f"{message}\n\n{detail}\n"
 
 
+# --------------------------------------------------------------------------- scheduler
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work for :func:`run_tasks`: ``fn(*args)`` in a worker process once the tasks
+    named in ``needs`` (earlier in the list) are done; ``threads`` > 0: torch's threads while it
+    runs. ``fn`` and ``args`` must pickle (a module-level function; no lambdas)."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    needs: tuple[str, ...] = ()
+    threads: int = 0
+
+
+@dataclass
+class Outcome:
+    """How one task ended: ``done`` (``value`` is what it returned) or ``failed`` (``error``: one
+    line naming the exception or the failed task it needed; ``detail``: the traceback).
+    ``ran`` is False for a task skipped as done before the run, or never started."""
+
+    state: str
+    value: Any = None
+    error: str | None = None
+    detail: str = ""
+    ran: bool = True
+    seconds: float | None = None
+
+
+class Progress:
+    """What :func:`run_tasks` reports while it runs; this base says nothing."""
+
+    def submitted(self, name: str, job_id: str) -> None:
+        """A task went to a submitit executor as job ``job_id``."""
+
+    def started(self, name: str) -> None:
+        """A task went to a local worker process."""
+
+    def finished(self, name: str, outcome: Outcome) -> None:
+        """A task ended (or failed without running, because a task it needs failed)."""
+
+    def waiting(self, running: list[str]) -> None:
+        """``heartbeat`` seconds passed with ``running`` tasks and none ended."""
+
+
+class Lines(Progress):
+    """``[label] <task>: started`` and ``[label] <task>: done`` / ``failed (<error>)`` lines."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def started(self, name: str) -> None:
+        print(f"[{self.label}] {name}: started", flush=True)
+
+    def finished(self, name: str, outcome: Outcome) -> None:
+        why = f" ({outcome.error})" if outcome.error else ""
+        print(f"[{self.label}] {name}: {outcome.state}{why}", flush=True)
+
+
+def run_tasks(tasks: Sequence[Task], jobs: int = 1, executor: str = "local",
+              done: Callable[[Task], bool] | None = None, progress: Progress | None = None,
+              heartbeat: float | None = None, folder: str | Path | None = None,
+              slurm: dict[str, Any] | None = None) -> dict[str, Outcome]:
+    """Run ``tasks`` in their order, each after the tasks it needs; returns ``{name: Outcome}``.
+
+    Tasks for which ``done(task)`` holds are skipped (the caller decides what is finished, so a
+    re-run resumes). A failing task fails the tasks that need it and nothing else: the others run
+    on, and what finished stays finished. ``executor``: ``local`` (``jobs`` spawned worker
+    processes; a task starts as soon as a worker is free and its needs are done), ``slurm``
+    (submitit, ``folder`` for its files, ``slurm`` its parameters; the tasks go in waves, each a
+    job array of the tasks whose needs are done, ``jobs`` at a time) or ``submitit-local`` /
+    ``submitit-debug`` (the same path on this machine).
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    _check_order(tasks)
+    progress = progress or Progress()
+    outcomes = {t.name: Outcome("done", ran=False) for t in tasks if done is not None and done(t)}
+    todo = [t for t in tasks if t.name not in outcomes]
+    if executor == "local":
+        _local(todo, outcomes, jobs, progress, heartbeat)
+    elif todo:
+        if folder is None:
+            raise ConfigError(f"the {executor} executor needs a folder for its files")
+        _submitit(todo, outcomes, jobs, executor.removeprefix("submitit-"), progress, Path(folder),
+                  slurm or {})
+    return {t.name: outcomes[t.name] for t in tasks}
+
+
+def _check_order(tasks: Sequence[Task]) -> None:
+    """Names are unique and each task needs only tasks before it (so no cycle can form)."""
+    seen: set[str] = set()
+    for t in tasks:
+        if t.name in seen:
+            raise ConfigError(f"task {t.name!r} appears twice")
+        unknown = [d for d in t.needs if d not in seen]
+        if unknown:
+            raise ConfigError(f"task {t.name!r} needs {unknown}, which are not earlier tasks")
+        seen.add(t.name)
+
+
+def _call(fn: Callable[..., Any], args: tuple, threads: int) -> Any:
+    """What a worker runs: ``fn(*args)`` with ``threads`` torch threads when > 0."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def _blocker(task: Task, outcomes: dict[str, Outcome]) -> Outcome | None:
+    """The failure of ``task`` when a task it needs failed (None: it may still run)."""
+    failed = [d for d in task.needs if d in outcomes and outcomes[d].state == "failed"]
+    return Outcome("failed", error=f"needs {failed[0]}, which failed", ran=False) if failed else None
+
+
+def _failure(e: BaseException, seconds: float | None = None) -> Outcome:
+    return Outcome("failed", error=f"{type(e).__name__}: {e}", seconds=seconds,
+                   detail="".join(traceback.format_exception(e)))
+
+
+class _Workers:
+    """``n`` spawned worker processes (no fork of a process that holds threads); a pool whose
+    worker died (killed, out of memory) is replaced for the tasks still to come."""
+
+    def __init__(self, n: int):
+        self.n, self.pool = n, None
+
+    def submit(self, task: Task) -> Future:
+        for _ in range(2):
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                return self.pool.submit(_call, task.fn, task.args, task.threads)
+            except BrokenExecutor:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = None
+        raise LicError(f"task {task.name}: cannot start a worker process")
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _sleeping_omp() -> Iterator[None]:
+    """Workers started inside the block get ``OMP_WAIT_POLICY=PASSIVE`` unless one is exported."""
+    from lic_core import threads as cpu
+
+    exported = "OMP_WAIT_POLICY" in os.environ
+    os.environ.setdefault("OMP_WAIT_POLICY", cpu.WAIT_POLICY)
+    try:
+        yield
+    finally:
+        if not exported:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
+def _local(todo: list[Task], outcomes: dict[str, Outcome], n: int, progress: Progress,
+           heartbeat: float | None) -> None:
+    """The local scheduler: in list order, start each task whose needs are done while fewer than
+    ``n`` run; wait for the first to end (``heartbeat``: at most that long between reports)."""
+    pending, running, workers = list(todo), {}, _Workers(n)
+    try:
+        with _sleeping_omp():
+            while True:
+                for t in list(pending):
+                    if len(running) >= n:
+                        break
+                    if blocked := _blocker(t, outcomes):
+                        outcomes[t.name] = blocked
+                        pending.remove(t)
+                        progress.finished(t.name, blocked)
+                    elif all(d in outcomes for d in t.needs):
+                        running[workers.submit(t)] = (t, time.monotonic())
+                        pending.remove(t)
+                        progress.started(t.name)
+                if not running:
+                    break
+                ended, _ = wait(running, timeout=heartbeat, return_when=FIRST_COMPLETED)
+                if not ended:
+                    progress.waiting([t.name for t, _ in running.values()])
+                for fut in ended:
+                    t, t0 = running.pop(fut)
+                    outcomes[t.name] = _result(fut, time.monotonic() - t0)
+                    progress.finished(t.name, outcomes[t.name])
+    finally:
+        workers.close()
+
+
+def _result(fut: Future, seconds: float) -> Outcome:
+    try:
+        return Outcome("done", value=fut.result(), seconds=seconds)
+    except BaseException as e:  # noqa: BLE001 -- the task failed (or its worker died): it alone
+        return _failure(e, seconds)
+
+
+def _waves(todo: list[Task]) -> list[list[Task]]:
+    """``todo`` in waves: a task goes one wave after the last wave of the tasks it needs."""
+    level: dict[str, int] = {}
+    for t in todo:
+        level[t.name] = 1 + max((level[d] for d in t.needs if d in level), default=-1)
+    return [[t for t in todo if level[t.name] == k] for k in range(1 + max(level.values(), default=-1))]
+
+
+def _submitit(todo: list[Task], outcomes: dict[str, Outcome], n: int, cluster: str,
+              progress: Progress, folder: Path, params: dict[str, Any]) -> None:
+    """Each wave as one submitit batch (a Slurm job array, ``n`` at a time); results in order."""
+    import submitit
+
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as e:  # e.g. no srun / sbatch on this machine
+        raise LicError(f"cannot use the {cluster!r} executor here: {e}") from None
+    try:
+        executor.update_parameters(**{"slurm_array_parallelism": n, **params})
+    except (ValueError, TypeError, NameError) as e:
+        raise ConfigError(f"bad 'slurm' parameters: {e}") from None
+    for wave in _waves(todo):
+        ready = []
+        for t in wave:
+            if blocked := _blocker(t, outcomes):
+                outcomes[t.name] = blocked
+                progress.finished(t.name, blocked)
+            else:
+                ready.append(t)
+        if not ready:
+            continue
+        with executor.batch():
+            submitted = [(t, executor.submit(_call, t.fn, t.args, t.threads)) for t in ready]
+        for t, job in submitted:
+            progress.submitted(t.name, job.job_id)
+        for t, job in submitted:
+            try:
+                outcomes[t.name] = Outcome("done", value=job.result())
+            except Exception as e:  # noqa: BLE001 -- the task failed, or its node / time limit
+                outcomes[t.name] = _failure(e)
+            progress.finished(t.name, outcomes[t.name])
+
+
 # --------------------------------------------------------------------------- executors
 
 
@@ -444,10 +694,8 @@ def run_sweep(spec: SweepSpec | str | Path, executor: str = "local", jobs: int |
         if progress:
             print(f"sweep {spec.name}: {len(expanded)} jobs, {len(expanded) - len(todo)} done or "
                   f"running elsewhere, {len(todo)} to run ({executor}, {n} at a time) -> {spec.output}")
-        if todo and executor == "local":
-            _run_local(spec, todo, n, progress)
-        elif todo:
-            _run_submitit(spec, todo, n, executor.removeprefix("submitit-"), progress)
+        if todo:
+            _run_jobs(spec, todo, n, executor, progress)
     finally:
         lock.release()
     records = read_manifest(spec.output)["jobs"]
@@ -563,25 +811,44 @@ class _Progress:
                   + (", ".join(parts) or "jobs starting"))
 
 
-def _run_local(spec: SweepSpec, names: list[str], n: int, progress: bool) -> None:
-    """``n`` worker processes, each running jobs one after another (papermill imported once)."""
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
-    side_by_side = min(n, len(names))
-    bar = _Progress(spec, len(names), progress, side_by_side)
-    with ProcessPoolExecutor(n, mp_context=ctx) as pool:
-        futures = {pool.submit(run_job, str(spec.output), name, side_by_side): name for name in names}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
-            if not finished:
-                bar.heartbeat(_running(spec.output, [futures[f] for f in pending]))
-            for fut in finished:
-                name = futures[fut]
-                try:
-                    state = fut.result()
-                except BaseException as e:  # noqa: BLE001 -- a dead worker fails its job only
-                    state = _settle(spec.output, name, f"worker process died: {type(e).__name__}: {e}")
-                bar.finished(name, state)
+class _SweepProgress(Progress):
+    """The scheduler's reports as a sweep's: each job's state from the manifest its worker wrote
+    (a job whose worker or Slurm task died is failed there), Slurm job ids recorded for re-runs,
+    :class:`_Progress` lines and heartbeats."""
+
+    def __init__(self, spec: SweepSpec, bar: _Progress, executor: str):
+        self.spec, self.bar, self.executor = spec, bar, executor
+
+    def submitted(self, name: str, job_id: str) -> None:
+        if self.executor == "slurm":
+            _update_job(self.spec.output, name, slurm_job_id=job_id)
+
+    def finished(self, name: str, outcome: Outcome) -> None:
+        if outcome.state == "done":
+            state = outcome.value
+        else:
+            died = "worker process died: " if self.executor == "local" else ""
+            state = _settle(self.spec.output, name, f"{died}{outcome.error}"[:600])
+        self.bar.finished(name, state)
+
+    def waiting(self, running: list[str]) -> None:
+        self.bar.heartbeat(_running(self.spec.output, running))
+
+
+def _run_jobs(spec: SweepSpec, names: list[str], n: int, executor: str, progress: bool) -> None:
+    """The notebook jobs through :func:`run_tasks`: locally ``n`` worker processes, each running
+    jobs one after another (papermill imported once) with its share of the cores; with submitit
+    one job array (Slurm: ``n`` at a time)."""
+    side_by_side = min(n, len(names)) if executor == "local" else 1
+    tasks = [Task(name, run_job, (str(spec.output), name, side_by_side)) for name in names]
+    bar = _Progress(spec, len(names), progress, min(n, len(names)) if executor == "local" else n)
+    slurm = {"name": f"sweep-{spec.name}",
+             "timeout_min": int(-(-spec.timeout // 60)) + 2 if spec.timeout else 24 * 60, **spec.slurm}
+    try:
+        run_tasks(tasks, n, executor, progress=_SweepProgress(spec, bar, executor), heartbeat=HEARTBEAT_S,
+                  folder=spec.output / "submitit", slurm=slurm)
+    except ConfigError as e:
+        raise ConfigError(f"sweep {spec.name}: {e}") from None
 
 
 def _running(sweep_dir: Path, names: list[str]) -> list[str]:
@@ -597,36 +864,6 @@ def _settle(sweep_dir: Path, name: str, why: str) -> str:
         if rec["state"] in ("pending", "running"):
             rec.update(state="failed", error=why, finished=_now())
         return rec["state"]
-
-
-def _run_submitit(spec: SweepSpec, names: list[str], n: int, cluster: str,
-                  progress: bool) -> None:
-    """One submitit job per notebook execution, submitted as an array (Slurm: ``%n`` at a time)."""
-    import submitit
-
-    try:
-        executor = submitit.AutoExecutor(folder=spec.output / "submitit", cluster=cluster)
-    except RuntimeError as e:  # e.g. no srun / sbatch on this machine
-        raise LicError(f"cannot use the {cluster!r} executor here: {e}") from None
-    params = {"name": f"sweep-{spec.name}", "slurm_array_parallelism": n,
-              "timeout_min": int(-(-spec.timeout // 60)) + 2 if spec.timeout else 24 * 60,
-              **spec.slurm}
-    try:
-        executor.update_parameters(**params)
-    except (ValueError, TypeError, NameError) as e:
-        raise ConfigError(f"sweep {spec.name}: bad 'slurm' parameters: {e}") from None
-    with executor.batch():
-        pending = [(name, executor.submit(run_job, str(spec.output), name)) for name in names]
-    if cluster == "slurm":
-        for name, job in pending:
-            _update_job(spec.output, name, slurm_job_id=job.job_id)
-    bar = _Progress(spec, len(names), progress, n)
-    for name, job in pending:
-        try:
-            state = job.result()
-        except Exception as e:  # noqa: BLE001 -- node failure, timeout, preemption
-            state = _settle(spec.output, name, f"{type(e).__name__}: {str(e)[:500]}")
-        bar.finished(name, state)
 
 
 # --------------------------------------------------------------------------- results
