@@ -76,7 +76,7 @@ def test_01_train(tmp_path, kodak_dir, wikiphotos_dir):
 
 def test_02_hyperparameters(tmp_path, kodak_dir, wikiphotos_dir):
     run_dir = tmp_path / "02"
-    nb = run("02_hyperparameters", tmp_path, run_dir=str(run_dir), gammas=[0.001, 0.01], w_lrs=[0.025], **TINY)
+    nb = run("02_hyperparameters", tmp_path, run_dir=str(run_dir), gamma=[0.001, 0.01], w_lr=[0.025], **TINY)
     best = json.loads((run_dir / "metrics.json").read_text())
     manifest = json.loads((run_dir / "sweep" / "manifest.json").read_text())
     assert sorted(r["state"] for r in manifest["jobs"].values()) == ["done", "done"]

@@ -225,13 +225,13 @@ class TaskWeighting(_LossCheck):
             return False
         if gamma is None and self.gamma is None:
             raise ValueError("TaskWeighting.update: gamma is required (the weighting was built without one)")
-        gam = self.gamma if gamma is None else _per_task(gamma, self.n_tasks, "gamma").to(self.w)
+        gamma = self.gamma if gamma is None else _per_task(gamma, self.n_tasks, "gamma").to(self.w)
         delta = self._log_d(before) - self._log_d(after)
         w = self.w.detach()
         z = F.softmax(w, -1)
         grad = z * (delta - (delta * z).sum())  # softmax VJP, as autograd computes it
         self.opt.zero_grad(set_to_none=True)
-        self.w.grad = grad + gam * w
+        self.w.grad = grad + gamma * w
         self.opt.step()
         self.w.grad = None
         self._delta = delta

@@ -50,14 +50,14 @@ SCHEDULES: dict[str, Callable[..., float]] = {"constant": constant, "linear": li
                                                 "cosine": cosine, "step": step}
 
 
-def gamma_schedule(kind: str, base: float, total_steps: int, **kw) -> Callable[[int], float]:
-    """``f(step) -> gamma`` for ``kind`` in constant | linear | cosine | step (keywords: ``end``;
-    ``milestones``, ``factor``)."""
+def gamma_schedule(kind: str, gamma: float, total_steps: int, **kw) -> Callable[[int], float]:
+    """``f(step) -> gamma`` starting at ``gamma`` for ``kind`` in constant | linear | cosine | step
+    (keywords: ``end``; ``milestones``, ``factor``)."""
     if kind not in SCHEDULES:
         raise ValueError(f"unknown gamma schedule {kind!r}; choose from {sorted(SCHEDULES)}")
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
-    fn = partial(SCHEDULES[kind], base=base, **kw)
+    fn = partial(SCHEDULES[kind], base=gamma, **kw)
     return lambda t: fn(t, total_steps)
 
 

@@ -98,13 +98,14 @@ class Balanced(Objective):
         b = cfg.balance
         kw = {"linear": {"end": b.gamma_end}, "cosine": {"end": b.gamma_end},
               "step": {"milestones": b.gamma_milestones, "factor": b.gamma_factor}}.get(b.gamma_schedule, {})
-        self.gammas = [gamma_schedule(b.gamma_schedule, g, cfg.run.steps, **kw) for g in as_list(b.gamma)]
+        self.schedules = [gamma_schedule(b.gamma_schedule, gamma, cfg.run.steps, **kw) for gamma in as_list(b.gamma)]
         self.weighting = TaskWeighting(len(self.tasks), w_lr=b.w_lr, gamma=None, offsets=self.offsets,
                                        names=self.tasks, device=device, on_bad="skip")
-        self.gamma: list[float] = []
+        self.gamma: list[float] = []  # γ at the last step: one value, or one per task
 
     def _gamma(self, step: int) -> float | list[float]:
-        self.gamma = [f(step) for f in self.gammas]
+        """γ at ``step`` from its schedules, kept in :attr:`gamma` for :meth:`record`."""
+        self.gamma = [f(step) for f in self.schedules]
         return self.gamma[0] if len(self.gamma) == 1 else self.gamma
 
     def backward(self, task: Tensor, params: list[Tensor], step: int) -> str | None:
@@ -122,9 +123,9 @@ class Balanced(Objective):
             self.weighting.update(task.detach(), losses_after_step(forward), self._gamma(step))
 
     def record(self) -> dict[str, float]:
-        w, g = self.weighting, self.gamma
-        gam = {"gamma": g[0]} if len(g) == 1 else {f"gamma_{n}": v for n, v in zip(self.tasks, g)}
-        return {**gam, "weight_skips": w.skipped, **named_floats(self.tasks, w.z, "z"),
+        w, gamma = self.weighting, self.gamma
+        logged = {"gamma": gamma[0]} if len(gamma) == 1 else {f"gamma_{n}": v for n, v in zip(self.tasks, gamma)}
+        return {**logged, "weight_skips": w.skipped, **named_floats(self.tasks, w.z, "z"),
                 **named_floats(self.tasks, w.a, "a"), **named_floats(self.tasks, w.delta, "delta")}
 
     def state_dict(self) -> dict[str, Any]:

@@ -197,17 +197,16 @@ def sweep_grid(sweep_dir: str | Path, rows: str, cols: str, value: str) -> pd.Da
     return df.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
 
 
-def hyper_sweep(run_dir: str | Path, gammas: Sequence[float], w_lrs: Sequence[float],
-                schedules: Sequence[str] = ("constant",), jobs: int = 1, **params: Any) -> Path:
-    """Run notebook 01 in balanced mode over gamma x w_lr (x gamma schedule) as a papermill sweep
-    into ``run_dir/sweep``; finished jobs are skipped on a re-run. Returns the sweep folder."""
+def hyper_sweep(run_dir: str | Path, grid: Mapping[str, Sequence[Any]], jobs: int = 1, **params: Any) -> Path:
+    """Run notebook 01 in balanced mode over ``grid`` (its parameters by name, each with a list of
+    values: ``{"gamma": [...], "w_lr": [...], "gamma_schedule": [...]}``) as a papermill sweep into
+    ``run_dir/sweep``; finished jobs are skipped on a re-run. Returns the sweep folder."""
     from lic_core.workbench.sweep import run_sweep, spec_from_dict
 
     out = Path(run_dir).resolve() / "sweep"
     spec = spec_from_dict({
         "name": "hyperparameters", "notebook": str(REPO / "notebooks" / "01_train.ipynb"), "output": str(out),
-        "parameters": {**params, "modes": ["balanced"]},
-        "grid": {"gamma": list(gammas), "w_lr": list(w_lrs), "gamma_schedule": list(schedules)},
+        "parameters": {**params, "modes": ["balanced"]}, "grid": {k: list(v) for k, v in grid.items()},
     })
     records = run_sweep(spec, executor="local", jobs=jobs, progress=False)
     failed = [k for k, r in records.items() if r.get("state") != "done"]
