@@ -3,12 +3,16 @@
 ``compress`` codes with a shipped trained model (``--quality``, checkpoints/tiny) or a given
 ``--checkpoint``; untrained (seeded-init) weights only with ``--untrained``. ``decompress`` finds
 the weights a version-4 file names by their fingerprint among the shipped models, or takes
-``--checkpoint``; it never builds a model from a header alone. Outputs are handled like gzip's:
+``--checkpoint``; it never builds a model from a header alone. ``compress --exact`` writes format
+version 5 (the same symbols on every CPU and GPU) with the model's exact version: the shipped
+models' come with them, another checkpoint's from ``--exact-spec`` (lic_core.models.exact).
+Outputs are handled like gzip's:
 an existing file is refused without ``-f``, the input never overwritten, ``-`` is stdout.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -23,6 +27,7 @@ from lic_core.cliargs import bounded_int
 from lic_core.coding import bitstream, codec
 from lic_core.errors import BitstreamError, LicError, OutputError, ReconstructionWarning, command, printable
 from lic_core.imageio import load_image, png_bytes
+from lic_core.models import exact
 from lic_core.models.hpcm import CONFIGS, HPCM, build, count_parameters, hpcm, kmacs_per_pixel
 from lic_core.models.loading import load_checkpoint
 from lic_core.workbench import store
@@ -37,8 +42,25 @@ def _bar(desc: str) -> tqdm:
     return tqdm(total=N_STEPS, desc=desc, unit="step", leave=False, file=sys.stderr)
 
 
-def _shipped(quality: int | None) -> tuple[HPCM, str]:
-    """The shipped model of ``quality`` (default: the middle level), SHA-256 checked, and its label."""
+def exact_of(model: HPCM, path: str | Path | None, spec: str | None) -> exact.ExactHPCM:
+    """The exact version of ``model``: from the calibration ``spec`` file (JSON, what
+    :func:`lic_core.models.exact.calibrate_spec` returns), else from the store's record of ``path``."""
+    if spec is not None:
+        try:
+            grids = json.loads(Path(spec).read_text())
+        except (OSError, ValueError, RecursionError) as e:
+            raise LicError(f"{spec}: not an exact-model spec ({type(e).__name__})") from None
+        if not isinstance(grids, dict) or not all(isinstance(v, int) for v in grids.values()):
+            raise LicError(f"{spec}: not an exact-model spec (layer name -> integer)")
+        return exact.derive(model, grids).eval()
+    if path is None or Path(path).name not in store.exact_records(Path(path).parent):
+        raise LicError(f"the exact model of {path or 'these weights'} needs --exact-spec "
+                       "(lic_core.models.exact.calibrate_spec writes one)")
+    return store.exact_model(model, Path(path))
+
+
+def _shipped(quality: int | None) -> tuple[HPCM, str, Path]:
+    """The shipped model of ``quality`` (default: the middle level), SHA-256 checked, its label and file."""
     levels = store.qualities()
     if not levels:
         raise LicError(f"no shipped models in {store.SHIPPED}: give --checkpoint (or --untrained for tests)")
@@ -47,27 +69,27 @@ def _shipped(quality: int | None) -> tuple[HPCM, str]:
         raise LicError(f"--quality {q}: the shipped models have qualities 1..{len(levels)}")
     path = store.checked_file(levels[q])
     lmbda = store.read_index(store.SHIPPED)[path.name].get("lmbda")
-    return load_checkpoint(path).eval(), f"shipped quality {q} (λ {lmbda}, {path.name})"
+    return load_checkpoint(path).eval(), f"shipped quality {q} (λ {lmbda}, {path.name})", path
 
 
 def _model(name: str | None, checkpoint: str | None, untrained: bool = False,
-           quality: int | None = None) -> tuple[HPCM, str]:
-    """The coding model and how it was chosen: a checkpoint (ours or the authors'), the seeded init
-    of a config (``untrained``), or a shipped model by quality."""
+           quality: int | None = None) -> tuple[HPCM, str, Path | None]:
+    """The coding model, how it was chosen and its file: a checkpoint (ours or the authors'), the
+    seeded init of a config (``untrained``), or a shipped model by quality."""
     if sum((checkpoint is not None, untrained, quality is not None)) > 1:
         raise LicError("give one of --checkpoint, --quality and --untrained")
     if untrained:
-        return hpcm(name or "tiny").eval(), "untrained seeded init"
+        return hpcm(name or "tiny").eval(), "untrained seeded init", None
     if checkpoint is not None:
         model = load_checkpoint(checkpoint).eval()
         if name is not None and model.cfg.name != name:
             raise LicError(f"--model {name} but {checkpoint} holds an HPCM {printable(model.cfg.name)!r}")
-        return model, str(checkpoint)
-    model, label = _shipped(quality)
+        return model, str(checkpoint), Path(checkpoint)
+    model, label, path = _shipped(quality)
     if name is not None and model.cfg.name != name:
         raise LicError(f"--model {name}: the shipped models are HPCM-{model.cfg.name}; "
                        "give --checkpoint (or --untrained for tests and benchmarks)")
-    return model, label
+    return model, label, path
 
 
 def _output(path: str, force: bool, inputs: list[str]) -> str:
@@ -163,13 +185,20 @@ def _compress(argv: list[str] | None) -> int:
     ap.add_argument("--float64", action="store_true",
                     help="code in float64: with the shipped tiny models such files decoded identically on other "
                          "CPUs where float32 files did not (benchmarks/cross_cpu.py); about 2.5-3x the time")
+    ap.add_argument("--exact", action="store_true",
+                    help="format version 5 for archiving: the same symbols on every CPU and GPU (exact entropy path; "
+                         "docs/CODEC.md gives its cost)")
+    ap.add_argument("--exact-spec", metavar="JSON",
+                    help="calibration of --checkpoint's exact model (lic_core.models.exact.calibrate_spec); implies --exact")
     a = ap.parse_args(argv)
     _output(a.output, a.force, [a.input] + ([a.checkpoint] if a.checkpoint else []))
     x, notes = load_image(a.input, max_pixels=a.max_pixels)
     say = _say(a.output == STDOUT)
     for note in notes:
         say(f"note: {note}")
-    model, label = _model(a.model, a.checkpoint, a.untrained, a.quality)
+    model, label, path = _model(a.model, a.checkpoint, a.untrained, a.quality)
+    if a.exact or a.exact_spec:
+        model = exact_of(model, path, a.exact_spec)
     if a.float64:
         model = model.double()
     h, w = x.shape[2:]
@@ -184,7 +213,8 @@ def _compress(argv: list[str] | None) -> int:
     est = sum(enc.estimated_bits.values())
     streams = ", ".join(f"{k} {v}" for k, v in enc.stream_bytes.items())
     say(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}"
-        f"{', float64' if a.float64 else ''}, {label}, weights {codec.fingerprint(model).hex()}]")
+        f"{', float64' if a.float64 else ''}{', exact' if a.exact or a.exact_spec else ''}, {label}, "
+        f"weights {codec.fingerprint(model).hex()}]")
     say(f"streams (bytes): header {enc.header_bytes}, {streams}; estimate {est / 8:,.0f} bytes")
     say(f"encode {t_enc:.2f} s")
     if a.verify:
@@ -194,13 +224,24 @@ def _compress(argv: list[str] | None) -> int:
     return 0
 
 
-def decoder_model(header: bitstream.Header, checkpoint: str | None = None, untrained: bool = False) -> HPCM:
+def decoder_model(header: bitstream.Header, checkpoint: str | None = None, untrained: bool = False,
+                  exact_spec: str | None = None) -> HPCM:
     """The model that decodes a file of ``header``, from trusted weights only: ``checkpoint``, else
     the shipped model the header's fingerprint names, else (``untrained``) the seeded init of a
-    built-in config equal to the header's. Config and fingerprint are then checked against the
-    header (:func:`lic_core.coding.codec.check_model`); a header alone never builds a model."""
+    built-in config equal to the header's; for a format-5 file its exact version (``exact_spec``,
+    else the store's record). Config and fingerprint are then checked against the header
+    (:func:`lic_core.coding.codec.check_model`); a header alone never builds a model."""
     if checkpoint is not None and untrained:
         raise LicError("give --checkpoint or --untrained, not both")
+    wants_exact = header.version >= bitstream.EXACT
+    if exact_spec is not None and not wants_exact:
+        raise LicError(f"--exact-spec: this is a format version {header.version} file, not an exact one (5)")
+    if wants_exact and checkpoint is None and not untrained and header.fingerprint is not None:
+        path = store.exact_by_fingerprint(header.fingerprint)
+        if path is None:
+            raise BitstreamError(f"this file needs the exact model with fingerprint {header.fingerprint.hex()}, which is "
+                                 f"not among the shipped models' ({store.SHIPPED}): give --checkpoint and --exact-spec")
+        return codec.check_model(store.exact_model(load_checkpoint(path).eval(), path), header)
     if checkpoint is not None:
         model = load_checkpoint(checkpoint).eval()
     elif untrained:
@@ -218,6 +259,8 @@ def decoder_model(header: bitstream.Header, checkpoint: str | None = None, untra
             raise BitstreamError(f"this file needs the weights with fingerprint {header.fingerprint.hex()}, which are "
                                  f"not among the shipped models ({store.SHIPPED}): give --checkpoint")
         model = load_checkpoint(path).eval()
+    if wants_exact:
+        model = exact_of(model, checkpoint, exact_spec)
     return codec.check_model(model, header)
 
 
@@ -228,6 +271,7 @@ def _decompress(argv: list[str] | None) -> int:
     ap.add_argument("--checkpoint", help="weights (default: the shipped model the file's fingerprint names)")
     ap.add_argument("--untrained", action="store_true",
                     help="a file coded with --untrained: the seeded init of its built-in config")
+    ap.add_argument("--exact-spec", metavar="JSON", help="a format-5 file's exact-model calibration for --checkpoint")
     ap.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
     ap.add_argument("--reference", help="original image: print the PSNR against it")
     ap.add_argument("--max-pixels", type=bounded_int(1, MAX_PIXELS_FLAG), default=bitstream.MAX_PIXELS,
@@ -242,7 +286,7 @@ def _decompress(argv: list[str] | None) -> int:
     if ref is not None and tuple(ref.shape[2:]) != (header.height, header.width):
         raise LicError(f"{a.reference} is {ref.shape[3]}x{ref.shape[2]}, the bitstream's image "
                        f"{header.width}x{header.height}")
-    model = decoder_model(header, a.checkpoint, a.untrained)
+    model = decoder_model(header, a.checkpoint, a.untrained, a.exact_spec)
     with _bar("decode") as bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReconstructionWarning)
         t0 = time.perf_counter()

@@ -235,3 +235,29 @@ def test_version_5_decodes_the_same_symbols_under_another_instruction_set(tmp_pa
           f"in 1 and 2 threads: {got['outcomes']}")
     assert got["capability"] == "DEFAULT"
     assert all(o in ("identical", "warned") for o in got["outcomes"].values()), got["outcomes"]
+
+
+def test_cli_compress_exact_and_decompress_by_fingerprint(tmp_path, capsys, tiny, spec):
+    """``compress --exact`` with a shipped model writes format 5; ``decompress`` finds the exact
+    model by the file's fingerprint. Any checkpoint with ``--exact-spec``."""
+    from lic_core.cli import compress_main, decompress_main
+    from lic_core.imageio import png_bytes
+    from lic_core.models.hpcm import save_checkpoint
+    from lic_core.workbench import store
+
+    (tmp_path / "in.png").write_bytes(png_bytes(image(40, 70, seed=9)))
+    if store.is_store(store.SHIPPED) and store.exact_records():
+        assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "a.hpcm"), "--exact", "-q", "1"]) == 0
+        assert bitstream.read_header((tmp_path / "a.hpcm").read_bytes()).version == 5
+        assert decompress_main([str(tmp_path / "a.hpcm"), str(tmp_path / "a.png")]) == 0
+    save_checkpoint(tiny, tmp_path / "t.pt")
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    ckpt = ["--checkpoint", str(tmp_path / "t.pt")]
+    assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "b.hpcm"), *ckpt, "--exact"]) == 2
+    assert "needs --exact-spec" in capsys.readouterr().err
+    assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "b.hpcm"), *ckpt,
+                          "--exact-spec", str(tmp_path / "spec.json")]) == 0
+    assert decompress_main([str(tmp_path / "b.hpcm"), str(tmp_path / "b.png"), *ckpt]) == 2
+    assert "needs --exact-spec" in capsys.readouterr().err
+    assert decompress_main([str(tmp_path / "b.hpcm"), str(tmp_path / "b.png"), *ckpt,
+                            "--exact-spec", str(tmp_path / "spec.json")]) == 0
