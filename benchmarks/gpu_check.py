@@ -1,6 +1,7 @@
 """One prepared run on a lent GPU (issue 17): HPCM-Base training speed options, Kodak encode /
-decode time, cross-device decoding (float32 and float64 files), tiny-model throughput. Writes
-``benchmarks/results/gpu_<card>.md``.
+decode time, cross-device decoding (float32 and float64 files, and format version 5 files of the
+exact entropy path, which must decode to the same symbols on either side), tiny-model throughput.
+Writes ``benchmarks/results/gpu_<card>.md``.
 
     python benchmarks/gpu_check.py                          # on CUDA, sized to finish in < 10 min
     python benchmarks/gpu_check.py --device cpu --smoke     # the same code path at smoke sizes (CI)
@@ -12,6 +13,7 @@ the median of the per-round ratios is printed with min and max (``bench_model.pe
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import re
@@ -37,7 +39,10 @@ from lic_core.atomic import write_file  # noqa: E402
 from lic_core.training.data import train_loader  # noqa: E402
 from lic_core.errors import LicError, ReconstructionWarning  # noqa: E402
 from lic_core.imageio import load_image  # noqa: E402
+from lic_core.models import exact  # noqa: E402
 from lic_core.models.hpcm import hpcm  # noqa: E402
+from lic_core.models.loading import load_checkpoint  # noqa: E402
+from lic_core.workbench import store  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
 
 PAPER_MS = {"encode": 81.8, "decode": 81.3}  # HPCM-Base on Kodak, the paper's GPU (HPCM.md)
@@ -49,7 +54,8 @@ CODING_FACTORS = (0.68, 0.70, 0.72, 0.80)
 # cross-device decoding: (factor, precision); float64 files decoded identically across CPU
 # instruction sets (benchmarks/cross_cpu.py), GPU <-> CPU unmeasured
 CROSS = ((0.70, torch.float32), (0.80, torch.float32), (0.80, torch.float64))
-SECTIONS = ("coding", "cross-device", "throughput", "train options")
+EXACT_FACTORS = (0.70, 0.80)  # synthetic weights whose exact versions cross devices (plus the shipped tiny models)
+SECTIONS = ("coding", "cross-device", "cross-device exact", "throughput", "train options")
 
 
 def sync(dev: torch.device) -> None:
@@ -185,6 +191,50 @@ def cross_device(model_name: str, images: list[Path], crop: int, dev: torch.devi
     return rows
 
 
+def exact_models(model_name: str, images: list[Path], crop: int) -> dict[str, torch.nn.Module]:
+    """Exact versions (format 5) to cross devices with, built on the CPU: ``model_name``'s synthetic
+    weights at EXACT_FACTORS calibrated on the images, and the shipped tiny models' from exact.json."""
+    xs = [_load(p, crop) for p in images[:CROSS_IMAGES]]
+    models = {f"{model_name}@{f}": exact.calibrate(codec.synthetic_weights(hpcm(model_name), f).eval(), xs)
+              for f in EXACT_FACTORS}
+    if store.is_store(store.SHIPPED) and store.exact_records():
+        for q, path in store.qualities().items():
+            models[f"shipped q{q}"] = store.exact_model(load_checkpoint(path).eval(), path)
+    return models
+
+
+def cross_device_exact(model_name: str, images: list[Path], crop: int, dev: torch.device,
+                       other: torch.device = torch.device("cpu")) -> list[str]:
+    """Format-5 files encoded on ``dev`` decoded on ``other`` (the CPU) and the reverse: per model
+    and direction, how many decodes were refused (must be 0), warned (pixels apart, every symbol
+    right) or identical. On a CPU-only machine both sides are the CPU (a check of the code path)."""
+    rows = ["| model | encoded on | decoded on | images | identical | warned | refused | silent |",
+            "|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, cpu_model in exact_models(model_name, images, crop).items():
+        dev_model = copy.deepcopy(cpu_model).to(dev)
+        for src_model, src, dst_model, dst in ((dev_model, dev.type, cpu_model, other.type),
+                                               (cpu_model, other.type, dev_model, dev.type)):
+            counts = dict.fromkeys(("identical", "warned", "refused", "silent"), 0)
+            for p in images[:CROSS_IMAGES]:
+                x = _load(p, crop if not name.startswith("shipped") else (crop or 256))
+                enc = codec.encode(src_model, x.to(next(src_model.parameters()).device))
+                counts[_outcome(enc.data, dst_model, enc.image.cpu())] += 1
+            rows.append(f"| {name} | {src} | {dst} | {CROSS_IMAGES} | " + " | ".join(str(v) for v in counts.values()) + " |")
+    return rows
+
+
+def _outcome(data: bytes, model: torch.nn.Module, ref: torch.Tensor) -> str:
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ReconstructionWarning)
+            got = codec.decompress(data, model).cpu()
+    except LicError:
+        return "refused"
+    if torch.equal(got, ref):
+        return "identical"
+    return "warned" if caught else "silent"
+
+
 def _decode_row(data: bytes, model: torch.nn.Module, ref: torch.Tensor) -> str:
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -235,13 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out or Path(__file__).parent / "results" / f"gpu_{card.lower()}.md")
     lines = [f"# gpu_check: {card}", "", f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "", *machine(dev), ""]
-    budget = {"train options": 0.35, "coding": 0.25, "cross-device": 0.15, "throughput": 0.25}
+    budget = {"train options": 0.30, "coding": 0.20, "cross-device": 0.15, "cross-device exact": 0.15, "throughput": 0.20}
     with tempfile.TemporaryDirectory() as tmp:
         # train options last: its compiles are the slowest part, so a run stopped at its limit has
         # already written the other sections
         sections: list[tuple[str, Callable[[], list[str]]]] = [
             ("coding", lambda: coding(big, images, crop, dev)),
             ("cross-device", lambda: cross_device(big, images, crop, dev)),
+            ("cross-device exact", lambda: cross_device_exact(big, images, crop or 256, dev)),
             ("throughput", lambda: throughput("tiny", tiny_b, tiny_p, rounds, dev, tmp)
              + ([] if a.smoke else throughput(big, 8, 256, rounds, dev, tmp))),
             ("train options", lambda: train_options(big, *big_batch, rounds, dev, tmp, cpu_smoke)

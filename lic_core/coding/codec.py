@@ -67,6 +67,7 @@ class Encoded:
     height: int
     width: int
     estimated_bits: dict[str, float] = field(default_factory=dict)
+    image: Tensor | None = None  # the encoder's own 8-bit reconstruction (what a decoder here returns)
 
     @property
     def bpp(self) -> float:
@@ -237,14 +238,15 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
 
         y_hat = model.context_model(params, code_step)["y_hat"]
         # the checks compare the decoder with this encoder's own image: one synthesis pass more
-        checks = (crc[0], _image_crc(to_8bit(model.synthesis(y_hat)[:, :, :height, :width])))
+        x8 = to_8bit(model.synthesis(y_hat)[:, :, :height, :width])
+        checks = (crc[0], _image_crc(x8))
         for s, enc in enumerate(encoders):
             streams[f"s{s + 1}"] = enc.flush()
             bits[f"s{s + 1}"] = scale_bits[s]
     data, header_bytes = pack(model.cfg, height, width, streams, version, checks, precision,
                               fingerprint(model) if version >= NAMED else None)
     sizes = {k: len(v) for k, v in streams.items()}
-    return Encoded(data, sizes, header_bytes, height, width, bits)
+    return Encoded(data, sizes, header_bytes, height, width, bits, x8)
 
 
 def _bits(model: HPCM, symbols: Tensor, scales: Tensor | np.ndarray) -> float:
