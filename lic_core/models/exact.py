@@ -151,7 +151,7 @@ class ExactConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w, b, scale_in, limit, scale_out = self._prepared(x.device)
-        a = torch.round(x.to(torch.float64) * scale_in).clamp_(-limit, limit)
+        a = x.to(torch.float64).mul(scale_in).round_().clamp_(-limit, limit)  # in place: float64 passes are the cost
         with _no_cudnn(x.device):
             if self.transposed:
                 acc = F.conv_transpose2d(a, w, b, self.stride, self.padding)
@@ -159,7 +159,7 @@ class ExactConv(nn.Module):
                 acc = _depthwise(a, w, b, self.padding)
             else:
                 acc = F.conv2d(a, w, b, self.stride, self.padding, 1, self.groups)
-        return acc * scale_out
+        return acc.mul_(scale_out)
 
 
 def _depthwise(a: Tensor, w: Tensor, b: Tensor, padding: tuple[int, int]) -> Tensor:
@@ -238,13 +238,13 @@ class ExactWindowAttention(WindowCrossAttention):
     def forward(self, psi: Tensor, ctx: Tensor) -> Tensor:
         sq, sk, sv, s_logit, s_out, lut = self._prepared(psi.device)
         qk_max, v_max = (1 << QK_BITS) - 1, (1 << V_BITS) - 1
-        q = torch.round(self._windows(self.q(psi)) * sq).clamp_(-qk_max, qk_max)
-        k = torch.round(self._windows(self.k(ctx)) * sk).clamp_(-qk_max, qk_max)
-        v = torch.round(self._windows(self.v(ctx)) * sv).clamp_(-v_max, v_max)
-        logits = torch.round(torch.matmul(q, k.transpose(-1, -2)) * s_logit)
+        q = self._windows(self.q(psi)).mul_(sq).round_().clamp_(-qk_max, qk_max)
+        k = self._windows(self.k(ctx)).mul_(sk).round_().clamp_(-qk_max, qk_max)
+        v = self._windows(self.v(ctx)).mul_(sv).round_().clamp_(-v_max, v_max)
+        logits = torch.matmul(q, k.transpose(-1, -2)).mul_(s_logit).round_()
         gap = (logits.amax(-1, keepdim=True) - logits).clamp_(max=lut.numel() - 1)
         e = lut[gap.long()]
-        att = torch.matmul(e, v) / e.sum(-1, keepdim=True) * s_out
+        att = torch.matmul(e, v).div_(e.sum(-1, keepdim=True)).mul_(s_out)
         return self._merge(att, psi.shape) + self.out(psi)
 
 
