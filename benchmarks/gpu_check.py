@@ -191,26 +191,27 @@ def cross_device(model_name: str, images: list[Path], crop: int, dev: torch.devi
     return rows
 
 
-def exact_models(model_name: str, images: list[Path], crop: int) -> dict[str, torch.nn.Module]:
+def exact_models(model_name: str, images: list[Path], crop: int, shipped: bool = True) -> dict[str, torch.nn.Module]:
     """Exact versions (format 5) to cross devices with, built on the CPU: ``model_name``'s synthetic
-    weights at EXACT_FACTORS calibrated on the images, and the shipped tiny models' from exact.json."""
+    weights at EXACT_FACTORS calibrated on the images, and (``shipped``) the shipped tiny models'
+    from exact.json."""
     xs = [_load(p, crop) for p in images[:CROSS_IMAGES]]
     models = {f"{model_name}@{f}": exact.calibrate(codec.synthetic_weights(hpcm(model_name), f).eval(), xs)
               for f in EXACT_FACTORS}
-    if store.is_store(store.SHIPPED) and store.exact_records():
+    if shipped and store.is_store(store.SHIPPED) and store.exact_records():
         for q, path in store.qualities().items():
             models[f"shipped q{q}"] = store.exact_model(load_checkpoint(path).eval(), path)
     return models
 
 
 def cross_device_exact(model_name: str, images: list[Path], crop: int, dev: torch.device,
-                       other: torch.device = torch.device("cpu")) -> list[str]:
+                       other: torch.device = torch.device("cpu"), shipped: bool = True) -> list[str]:
     """Format-5 files encoded on ``dev`` decoded on ``other`` (the CPU) and the reverse: per model
     and direction, how many decodes were refused (must be 0), warned (pixels apart, every symbol
     right) or identical. On a CPU-only machine both sides are the CPU (a check of the code path)."""
     rows = ["| model | encoded on | decoded on | images | identical | warned | refused | silent |",
             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for name, cpu_model in exact_models(model_name, images, crop).items():
+    for name, cpu_model in exact_models(model_name, images, crop, shipped).items():
         dev_model = copy.deepcopy(cpu_model).to(dev)
         for src_model, src, dst_model, dst in ((dev_model, dev.type, cpu_model, other.type),
                                                (cpu_model, other.type, dev_model, dev.type)):
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         sections: list[tuple[str, Callable[[], list[str]]]] = [
             ("coding", lambda: coding(big, images, crop, dev)),
             ("cross-device", lambda: cross_device(big, images, crop, dev)),
-            ("cross-device exact", lambda: cross_device_exact(big, images, crop or 256, dev)),
+            ("cross-device exact", lambda: cross_device_exact(big, images, crop or 256, dev, shipped=not a.smoke)),
             ("throughput", lambda: throughput("tiny", tiny_b, tiny_p, rounds, dev, tmp)
              + ([] if a.smoke else throughput(big, 8, 256, rounds, dev, tmp))),
             ("train options", lambda: train_options(big, *big_batch, rounds, dev, tmp, cpu_smoke)
