@@ -4,6 +4,7 @@ strided (de)convolutions of the transforms and the window cross-attention of the
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -33,8 +34,37 @@ def gemm_1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     view of the (positions, C) product; a channels-last input is read in place, another layout is
     copied once."""
     b, c, h, w = x.shape
-    y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), weight.view(weight.shape[0], c), bias)
+    rows, mat = x.permute(0, 2, 3, 1).reshape(-1, c), weight.view(weight.shape[0], c)
+    if bias is not None and bias.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        y = _Linear.apply(rows, mat, bias)
+    else:
+        y = F.linear(rows, mat, bias)
     return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _Linear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` for 2-D ``x`` with the same forward and the same input and
+    weight gradients as autograd's, but the bias gradient as a matrix-vector product (ones @ grad)
+    instead of ``grad.sum(0)``: in a profiled Base train step on an AMD EPYC with AVX-512 (torch
+    2.14) that column sum of each (positions, C) gradient was one of the largest ops besides the
+    GEMMs and convolutions, and a GEMV reads the same gradient once at memory speed."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return (grad.mm(weight) if need_x else None,  # as addmm's backward computes them
+                grad.t().mm(x) if need_w else None,
+                grad.new_ones(grad.shape[0]) @ grad if need_b else None)
 
 
 def conv_1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -58,13 +88,17 @@ class Conv1x1(nn.Conv2d):
         super().__init__(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return CONV1X1[self.path(x)](x, self.weight, self.bias)
+
+    def path(self, x: Tensor) -> str:
+        """The path a call on ``x`` takes (under ``torch.compile``: the traced one)."""
         b, c, h, w = x.shape
         shape = (b, c, h, w, self.out_channels, x.is_contiguous(memory_format=torch.channels_last), x.dtype,
                  torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
         if torch.compiler.is_compiling():
-            return CONV1X1[autotune.traced_path("conv1x1", shape)](x, self.weight, self.bias)
+            return autotune.traced_path("conv1x1", shape)
         path = autotune.choose("conv1x1", self.key(x), x.device, lambda: self.candidates(x))
-        return CONV1X1[autotune.taken("conv1x1", shape, path)](x, self.weight, self.bias)
+        return autotune.taken("conv1x1", shape, path)
 
     def key(self, x: Tensor) -> str:
         """The autotuner's key of a call: input shape and layout, output channels, dtype, grad
@@ -91,14 +125,52 @@ class Conv1x1(nn.Conv2d):
 
         return {path: run(fn) for path, fn in CONV1X1.items()}
 
+
 def _residual(x: Tensor, fc2: nn.Module, h: Tensor, inplace: bool = True) -> Tensor:
     """``x + fc2(LeakyReLU(h))``, with ``inplace`` the activation and the sum in place: ``h`` and
     fc2's output are fresh conv outputs that autograd does not keep, and skipping two allocations
     of the widest tensors matters on CPU. Not for :class:`Conv1x1` outputs while autograd records,
     as the GEMM path's are views: an in-place op on a view makes autograd rebuild its base in the backward (a
     zeroed copy, a scatter and a standard-layout clone), which costs more than the allocations."""
-    out = fc2(F.leaky_relu(h, inplace=inplace))
+    out = fc2(F.leaky_relu(h, SLOPE, inplace=inplace))
     return out.add_(x) if inplace else out + x
+
+
+SLOPE = 0.01  # LeakyReLU's negative slope (torch's default, as in the authors' blocks)
+_GEO = ([0, 0], [1, 1], [1, 1], 1)  # a 1x1 convolution's padding, stride, dilation and groups
+
+
+@functools.cache
+def _onednn_fusion() -> bool:
+    """Whether this torch has oneDNN's convolution with a fused activation or sum (the kernels
+    torch.compile's CPU inference path calls; not public API, hence the check)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _fusable(x: Tensor, *layers: nn.Module) -> bool:
+    """Whether ``x + fc2(LeakyReLU(fc1(h)))`` may run as two fused oneDNN convolutions: float32
+    on the CPU, no autograd (the fused kernels have no backward), outside autocast (bf16
+    transforms) and torch.compile (inductor fuses by itself), no forward hook on ``layers`` (the
+    fused calls bypass their forward: MAC counts, probes), and not while deterministic algorithms
+    are asked for: the entropy coder keeps the plain calls, whose values every file written so far
+    was coded with (the fused kernels agree with them to float32 rounding, not bit for bit)."""
+    mod = torch.nn.modules.module
+    hooked = (any(m._forward_hooks or m._forward_pre_hooks for m in layers)
+              or getattr(mod, "_global_forward_hooks", None) or getattr(mod, "_global_forward_pre_hooks", None))
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and not hooked
+            and not autotune.deterministic() and _onednn_fusion())
+
+
+def _fused_act(fc: nn.Conv2d, h: Tensor) -> Tensor:
+    """``LeakyReLU(fc(h))`` as one oneDNN convolution with the activation as a post-op: no pass
+    of its own over the block's widest tensor."""
+    return torch.ops.mkldnn._convolution_pointwise(h, fc.weight, fc.bias, *_GEO, "leaky_relu", [SLOPE], "")
+
+
+def _fused_sum(fc: nn.Conv2d, a: Tensor, x: Tensor) -> Tensor:
+    """``x + fc(a)`` as one oneDNN convolution with the sum as a post-op."""
+    return torch.ops.mkldnn._convolution_pointwise.binary(a, x, fc.weight, fc.bias, *_GEO, "add", 1.0, None, [], None)
 
 
 class PConvRB(nn.Module):
@@ -115,6 +187,8 @@ class PConvRB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         head, tail = x.split([self.split, x.shape[1] - self.split], dim=1)
         h = torch.cat((self.pconv(head), tail), dim=1)
+        if _fusable(x, self.fc1, self.fc2):  # eval and coding on the CPU
+            return _fused_sum(self.fc2, _fused_act(self.fc1, h), x)
         return _residual(x, self.fc2, self.fc1(h))
 
 
@@ -128,7 +202,11 @@ class DWConvRB(nn.Module):
         self.fc2 = Conv1x1(ch * ratio, ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _residual(x, self.fc2, self.fc1(self.dw(x)), inplace=not torch.is_grad_enabled())
+        h = self.dw(x)
+        if _fusable(x, self.fc1, self.fc2) and self.fc1.path(h) == "conv":  # eval on oneDNN's path
+            a = _fused_act(self.fc1, h)
+            return _fused_sum(self.fc2, a, x) if self.fc2.path(a) == "conv" else self.fc2(a).add_(x)
+        return _residual(x, self.fc2, self.fc1(h), inplace=not torch.is_grad_enabled())
 
 
 def transform(widths: list[int], depths: list[int], synthesis: bool = False) -> nn.Sequential:
