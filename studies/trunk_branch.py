@@ -743,6 +743,7 @@ def trunk_summary(st: Study, rows: list[dict[str, Any]], samples: int) -> list[d
             out.append({"test": test, "anchor": anchor, "method": m, "trunks": per, "values": list(per.values()), "n": ci.n,
                         "of": len({r["seed"] for r in sel}), "mean": ci.mean, "t_low": ci.low, "t_high": ci.high,
                         "boot_low": boot["low"], "boot_high": boot["high"], "boot_samples": boot["samples"],
+                        "boot_dropped": boot["dropped"],
                         "notes": sorted({f"{test} vs {anchor}, block s{r['seed']}-f{r['ft_seed']}: {r['note']}"
                                          for r in sel if r["note"]})})
     return out
@@ -772,35 +773,6 @@ def equivalent(r: dict[str, Any], margin: float) -> str:
     inside = -margin < r["t_low"] and r["t_high"] < margin
     return (f"{'the same R-D' if inside else 'not shown to be the same R-D'}: t-interval "
             f"[{r['t_low']:+.2f}, {r['t_high']:+.2f}] {'within' if inside else 'not within'} ±{margin} %")
-
-
-def preregistered_markdown(st: Study, rows: list[dict[str, Any]], samples: int) -> tuple[list[str], list[dict[str, Any]]]:
-    """The report's lines for the pre-registered analysis (PROTOCOL.md): trunk-level values, the
-    primary comparison's decision and the equivalence checks; also its rows."""
-    pre = st.compare.analysis
-    summary = trunk_summary(st, rows, samples)
-    trunks = sorted({r["seed"] for r in rows})
-    first = (pre.comparisons[0]["test"], pre.comparisons[0]["anchor"])
-    primary = next(r for r in summary if (r["test"], r["anchor"]) == first and r["method"] == "pchip")
-    lines = ["", "#### Pre-registered analysis (trunks as the unit)", "",
-             f"**Primary**: `{first[0]}` against `{first[1]}`, BD-rate (PCHIP): {decision(primary)}", "",
-             "| comparison | method | " + " | ".join(f"trunk {s}" for s in trunks)
-             + " | mean over trunks | 95 % t-interval | two-level bootstrap 95 % |",
-             "|---|---|" + "---:|" * len(trunks) + "---:|---|---|"]
-    for r in summary:
-        t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 trunks)"
-        b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "-"
-        lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | "
-                     + " | ".join(_fmt(r["trunks"].get(s)) for s in trunks)
-                     + f" | {_fmt(r['mean'])} | {t_ci} | {b_ci} |")
-    for cmp in pre.equivalence:
-        r = next(x for x in summary if (x["test"], x["anchor"]) == (cmp["test"], cmp["anchor"]) and x["method"] == "pchip")
-        lines += ["", f"Equivalence, `{cmp['test']}` against `{cmp['anchor']}` (margin ±{pre.margin} %): "
-                      f"{equivalent(r, pre.margin)}."]
-    notes = sorted({n for r in summary for n in r["notes"]})
-    if notes:
-        lines += ["", "Undefined block values and why:", *[f"- {n}" for n in notes]]
-    return lines, summary
 
 
 def exploratory_markdown(st: Study) -> list[str]:
@@ -841,6 +813,8 @@ def base_points(st: Study) -> list[dict[str, Any]]:
             continue
         for lam in st.branch.lambdas:
             ev = index.get(f"{base_name(lam, s)}.pt", {}).get("eval")
+            run = last_eval(st.out_dir / base_name(lam, s))  # a base kept out of the store: its run record
+            ev = ev or (run if run is not None and run["step"] >= st.branch.steps else None)
             if ev:
                 rows.append({"seed": s, "lmbda": lam, "bpp": ev["bpp"], "psnr": ev["psnr"], "L_D": ev["D"],
                              "source": f"{st.test_patch}-px crops, training eval (estimate)"})
@@ -854,24 +828,251 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return "undefined" if v is None or v != v else f"{v:+.{digits}f}"
 
 
-def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
-    """The RESULTS.md block of the study, from its files only; also its summary and base rows."""
-    trunks = read_index(st.store_dir)
-    lines = [f"### `{st.name}`: reported {datetime.now(timezone.utc).date()}", ""]
-    commits = sorted({sess["commit"] for run in finished_runs(st)
+def _answer_ready(st: Study, ready: list[tuple[int, int]]) -> bool:
+    """Whether the pre-registered answer can be given: every block of the protocol has every main
+    arm evaluated (an interim set of blocks gives interim values, not the answer)."""
+    return bool(st.compare.analysis.comparisons) and len(ready) == len(blocks(st)) > 0
+
+
+def _stage_done(st: Study, t: Task) -> bool:
+    """A task's state as the committed files tell it: :func:`finished`, and a base that is not in
+    the store (its weights are not shipped) counts as done once its run record reaches its last
+    step, as does a trunk listed in the store's index."""
+    if finished(st, t):
+        return True
+    if t.fn is run_branch or t.fn is run_trunk:
+        if is_store(st.store_dir) and f"{t.name}.pt" in read_index(st.store_dir):
+            return True
+        ev = last_eval(st.out_dir / t.name)
+        return t.fn is run_branch and ev is not None and ev["step"] >= st.branch.steps
+    return False
+
+
+def progress_markdown(st: Study) -> list[str]:
+    """Which runs of the protocol are done and which are pending, stage by stage and, for the
+    comparison runs, block by block and arm by arm (a comparison run is done once it is evaluated
+    with real bitstreams on every test image)."""
+    all_tasks = tasks(st, "evaluate")
+    done = {t.name: _stage_done(st, t) for t in all_tasks}
+    lines = ["| stage | done | pending |", "|---|---:|---|"]
+
+    def row(what: str, names: list[str], pending: str | None = None) -> None:
+        n = sum(done[x] for x in names)
+        left = pending if pending is not None else ", ".join(x for x in names if not done[x])
+        lines.append(f"| {what} | {n}/{len(names)} | {left or '-'} |")
+
+    row("trunks", [trunk_name(s) for s in st.trunk.seeds])
+    bases = [base_name(lam, s) for s in st.trunk.seeds for lam in st.branch.lambdas]
+    row("bases", bases, ", ".join(
+        f"trunk {s} (λ {', '.join(f'{lam:g}' for lam in st.branch.lambdas if not done[base_name(lam, s)])})"
+        for s in st.trunk.seeds if not all(done[base_name(lam, s)] for lam in st.branch.lambdas)))
+    row("bases evaluated (curves)", [f"eval-{curve_name('base', s, None)}" for s in st.trunk.seeds])
+    main = main_arms(st)
+    for s, f in blocks(st):
+        names = {a: [compare_name(a, lam, s, f) for lam in arm_lambdas(st, a)] for a in main}
+        n = sum(done[x] for v in names.values() for x in v)
+        left = ", ".join(f"{a} {sum(done[x] for x in v)}/{len(v)}" for a, v in names.items()
+                         if not all(done[x] for x in v))
+        lines.append(f"| comparison runs, block s{s}-f{f} | {n}/{sum(map(len, names.values()))} | "
+                     f"{'arms ' + left if left else '-'} |")
+    extra = [t.name for t in all_tasks if t.fn is run_compare and t.args[1] not in main]
+    if extra:
+        row("exploratory comparison runs", extra, f"{sum(not done[x] for x in extra)} runs")
+    return lines
+
+
+def _iso_seconds(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def run_time(run_dir: Path) -> dict[str, Any] | None:
+    """Compute of one training run from its record: the last logged step, the median and mean
+    logged ``step_time`` (s, every logged step), the training time they give (mean × steps), the
+    machine(s) (``study.json``) and its span from its first start (``study.json``) to its last
+    ``wall`` stamp (``metrics.jsonl``). None without a record."""
+    train = [h for h in load_history(run_dir, "train") if "step_time" in h]
+    if not train:
+        return None
+    rec = run_dir / "study.json"
+    sessions = json.loads(rec.read_text())["sessions"] if rec.is_file() else []
+    steps = max(h["step"] for h in train)
+    times = np.array([h["step_time"] for h in train], float)
+    walls = [h["wall"] for h in train if "wall" in h]
+    start = _iso_seconds(sessions[0]["time"]) if sessions else (min(walls) if walls else float("nan"))
+    return {"steps": steps, "median": float(np.median(times)), "train_s": float(times.mean()) * steps,
+            "start": start, "end": max(walls) if walls else float("nan"),
+            "cpus": sorted({sess.get("cpu", "?") for sess in sessions})}
+
+
+def eval_time(files: list[Path]) -> dict[str, float]:
+    """Real-bitstream coding time of evaluated points: per-image ``encoding_time`` + ``decoding_time``
+    summed over the images of every file."""
+    total, images = 0.0, 0
+    for f in files:
+        for r in _images(str(f), f.stat().st_mtime_ns).values():
+            total += float(r.get("encoding_time", 0.0)) + float(r.get("decoding_time", 0.0))
+            images += 1
+    return {"points": len(files), "images": images, "seconds": total}
+
+
+def compute_markdown(st: Study) -> list[str]:
+    """Compute each stage took, from the run records of this study's folder (finished runs only):
+    training runs by stage, then the real-bitstream evaluations."""
+    groups: dict[str, list[Task]] = {"trunks": [], "bases": [], "comparison runs": [], "from scratch": []}
+    key = {run_trunk: "trunks", run_branch: "bases", run_compare: "comparison runs", run_scratch: "from scratch"}
+    for t in tasks(st, STAGES[-1]):
+        if t.fn in key and _stage_done(st, t):
+            groups[key[t.fn]].append(t)
+    lines = ["| stage | finished runs with a record here | steps per run | median step time (s) | "
+             "training time, sum over runs (h) | first start to last record (h) | CPU |",
+             "|---|---:|---|---:|---:|---:|---|"]
+    elsewhere = []
+    for stage, ts in groups.items():
+        if not ts:
+            continue
+        recs = {t.name: run_time(st.out_dir / t.name) for t in ts}
+        have = {k: v for k, v in recs.items() if v}
+        elsewhere += [k for k, v in recs.items() if not v]
+        if not have:
+            continue
+        steps = sorted({v["steps"] for v in have.values()})
+        span = max(v["end"] for v in have.values()) - min(v["start"] for v in have.values())
+        lines.append(f"| {stage} | {len(have)}/{len(ts)} | {', '.join(map(str, steps))} | "
+                     f"{np.median([v['median'] for v in have.values()]):.2f} | "
+                     f"{sum(v['train_s'] for v in have.values()) / 3600:.1f} | {span / 3600:.1f} | "
+                     f"{', '.join(sorted({c for v in have.values() for c in v['cpus']}))} |")
+    evals = {"bases": [], "comparison runs": []}
+    for s in st.trunk.seeds:
+        if evaluated(st, "base", s, None):
+            evals["bases"] += [st.out_dir / "eval" / f"{point_name(p)}.images.json" for p in curve_checkpoints(st, "base", s, None)]
+    for t in tasks(st, "compare"):
+        if t.fn is run_compare and compare_done(st, *t.args[1:]):
+            evals["comparison runs"].append(st.out_dir / "eval" / f"{point_name(compare_checkpoint(st, *t.args[1:]))}.images.json")
+    ev_lines = []
+    for what, files in evals.items():
+        if files:
+            e = eval_time(files)
+            ev_lines.append(f"| evaluations, {what} | {e['points']} points × {e['images'] // e['points']} images | "
+                            f"{e['seconds'] / 3600:.2f} |")
+    out = ["Training (`step_time` of every logged step in each run's `metrics.jsonl`: the training time is "
+           "the mean × the run's steps; the span runs from the first start in `study.json` to the last "
+           "`wall` stamp, so it includes evaluations, pauses and runs side by side):", "", *lines]
+    if len(lines) == 2:
+        out = ["Training: no finished run has a record in this study's folder yet."]
+    if elsewhere:
+        out += ["", f"No run record in this study's folder for {len(elsewhere)} finished run(s) (trained elsewhere, "
+                    f"in the store)" + (f": {', '.join(elsewhere)}." if len(elsewhere) <= 12 else ".")]
+    out += ["", "Evaluation (real bitstreams; the encode + decode time of every image, summed):", "",
+            "| stage | evaluated | coding time (h) |", "|---|---|---:|", *ev_lines] if ev_lines else \
+        ["", "Evaluation: no point evaluated yet."]
+    return out
+
+
+def primary_row(st: Study, summary: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The primary comparison's trunk-level PCHIP row of a pre-registered summary."""
+    pre = st.compare.analysis
+    if not pre.comparisons:
+        return None
+    first = (pre.comparisons[0]["test"], pre.comparisons[0]["anchor"])
+    return next((r for r in summary if (r["test"], r["anchor"]) == first and r["method"] == "pchip"), None)
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    """The decision rule in one word (the table's column)."""
+    if r["n"] < 3:
+        return "undefined"
+    return "helps" if r["t_high"] < 0 else "hurts" if r["t_low"] > 0 else "no effect detected"
+
+
+def answer_markdown(st: Study, summary: list[dict[str, Any]], ready: list[tuple[int, int]],
+                    figure: str | None = None, sources: str = "") -> list[str]:
+    """The answer first: the primary comparison as one table (estimate, t-interval, bootstrap
+    interval, trunks, the decision by the pre-registered rule) and its figure; before every block
+    is evaluated, what is done and what is pending, and no answer."""
+    pre = st.compare.analysis
+    test, anchor = pre.comparisons[0]["test"], pre.comparisons[0]["anchor"]
+    lines = ["", "#### Answer (pre-registered primary analysis)", ""]
+    if not _answer_ready(st, ready):
+        lines += [f"**Pending.** The primary comparison, `{test}` against `{anchor}` (BD-rate, PCHIP, trunks "
+                  f"as the unit), needs every (trunk, fine-tune seed) block with every arm evaluated; "
+                  f"{len(ready)} of {len(blocks(st))} blocks are. No answer is given before then. Done and pending:",
+                  "", *progress_markdown(st)]
+        return lines
+    r = primary_row(st, summary)
+    t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined"
+    b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "undefined"
+    lines += ["| comparison | BD-rate % (mean over trunks) | 95 % t-interval | two-level bootstrap 95 % | trunks | decision |",
+              "|---|---:|---|---|---:|---|",
+              f"| `{test}` vs `{anchor}` | {_fmt(r['mean'])} | {t_ci} | {b_ci} | {r['n']}/{r['of']} | {_verdict(r)} |",
+              "", f"**Answer**: {decision(r)}" if r["n"] >= 3 else f"**Answer**: {decision(r)}."]
+    if r["boot_samples"]:
+        lines[-1] += (f" Bootstrap: {r['boot_samples']} of {r['boot_samples'] + r.get('boot_dropped', 0)} draws "
+                      "defined, trunks and the test images resampled.")
+    if figure:
+        lines += ["", f"![BD-rate per trunk, mean and intervals]({figure})", "",
+                  f"Figure: each trunk's BD-rate (dots), the mean over trunks with its 95 % t-interval and the "
+                  f"two-level bootstrap interval; from the per-image files {sources}."]
+    return lines
+
+
+def secondary_markdown(st: Study, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
+                       title: str = "#### Secondary analyses (trunks as the unit)") -> list[str]:
+    """The secondary analyses of the protocol: every other comparison (and every one with cubic
+    interpolation) at the trunk level, the equivalence checks and the point-wise gaps."""
+    pre = st.compare.analysis
+    trunks = sorted({r["seed"] for r in rows})
+    lines = ["", title, "",
+             "| comparison | method | " + " | ".join(f"trunk {s}" for s in trunks)
+             + " | mean over trunks | 95 % t-interval | two-level bootstrap 95 % | decision rule |",
+             "|---|---|" + "---:|" * len(trunks) + "---:|---|---|---|"]
+    for r in summary:
+        t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 trunks)"
+        b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "-"
+        lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | "
+                     + " | ".join(_fmt(r["trunks"].get(s)) for s in trunks)
+                     + f" | {_fmt(r['mean'])} | {t_ci} | {b_ci} | {_verdict(r)} |")
+    for cmp in pre.equivalence:
+        r = next(x for x in summary if (x["test"], x["anchor"]) == (cmp["test"], cmp["anchor"]) and x["method"] == "pchip")
+        lines += ["", f"Equivalence, `{cmp['test']}` against `{cmp['anchor']}` (margin ±{pre.margin} %): "
+                      f"{equivalent(r, pre.margin)}."]
+    lines += ["", "Point-wise gaps (secondary 6): each block's points inside the anchor's range averaged, then per "
+                  "trunk, then over the trunks; mean and 95 % t-interval over trunks (n/N: trunks with a point inside).",
+              "", "| comparison | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |", "|---|---|---|"]
+    lines += [f"| {g['test']} vs {g['anchor']} | {_gap_cell(g['gaps'], 3, 'trunks')} | {_gap_cell(g['rate_gaps'], 2, 'trunks')} |"
+              for g in gap_summary(st, rows)]
+    notes = sorted({n for r in summary for n in r["notes"]})
+    if notes:
+        lines += ["", "Undefined block values and why:", *[f"- {n}" for n in notes]]
+    return lines
+
+
+def _gap_cell(g: dict[str, Any], digits: int, unit: str) -> str:
+    if g["n"] == 0:
+        return f"0/{g['of']}: undefined"
+    t_ci = f"[{_fmt(g['low'], digits)}, {_fmt(g['high'], digits)}]" if g["n"] >= 2 else f"undefined (< 2 {unit})"
+    return f"{g['n']}/{g['of']}: {_fmt(g['mean'], digits)} {t_ci}"
+
+
+def _setup_lines(st: Study) -> list[str]:
+    runs = [st.out_dir / t.name for t in tasks(st, STAGES[-1]) if t.fn is not run_evaluate and _stage_done(st, t)]
+    commits = sorted({sess["commit"] for run in runs if (run / "study.json").is_file()
                       for sess in json.loads((run / "study.json").read_text())["sessions"]})
-    lines += [f"- model `{st.model}`, batch {st.batch}, patch {st.patch}; code: {', '.join(c[:10] for c in commits)}",
-              f"- trunks: λ {st.trunk.lmbda}, seeds {st.trunk.seeds}, lr {st.trunk.lr}, gate L_D <= {st.trunk.gate_ld} "
-              f"on {st.test_patch}-px test crops every {st.trunk.check_every} steps, cap {st.trunk.max_steps}",
-              f"- bases: λ {st.branch.lambdas}, {st.branch.steps} steps from each trunk",
-              f"- comparisons: arms {list(st.compare.arms)}, fine-tune seeds {st.compare.seeds}, "
-              f"{st.compare.steps} steps, lr {st.compare.lr} -> {st.compare.step_lrs} at {st.compare.milestones}"]
+    lines = [f"- model `{st.model}`, batch {st.batch}, patch {st.patch}; code: {', '.join(c[:10] for c in commits)}",
+             f"- trunks: λ {st.trunk.lmbda}, seeds {st.trunk.seeds}, lr {st.trunk.lr}, gate L_D <= {st.trunk.gate_ld} "
+             f"on {st.test_patch}-px test crops every {st.trunk.check_every} steps, cap {st.trunk.max_steps}",
+             f"- bases: λ {st.branch.lambdas}, {st.branch.steps} steps from each trunk",
+             f"- comparisons: arms {list(st.compare.arms)}, fine-tune seeds {st.compare.seeds}, "
+             f"{st.compare.steps} steps, lr {st.compare.lr} -> {st.compare.step_lrs} at {st.compare.milestones}"]
     ext = st.compare.extend
     if ext.arms:
         lines.append(f"- quality-matched sampling: {ext.arms} also at λ {ext.lambdas}, fine-tuned from the "
                      f"λ {ext.base} bases")
-    lines.append("")
-    lines += ["| trunk | steps | gate met | crop PSNR | crop L_D |", "|---|---:|---|---:|---:|"]
+    return lines
+
+
+def _models_lines(st: Study) -> tuple[list[str], list[dict[str, Any]]]:
+    trunks = read_index(st.store_dir)
+    lines = ["| trunk | steps | gate met | crop PSNR | crop L_D |", "|---|---:|---|---:|---:|"]
     for s in st.trunk.seeds:
         m = trunks.get(f"{trunk_name(s)}.pt")
         if m:
@@ -881,6 +1082,77 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
     lines += ["", "| base (seed, λ) | bpp | PSNR | L_D | in [0.3, 3] | measured on |", "|---|---:|---:|---:|---|---|"]
     lines += [f"| {b['seed']}, {b['lmbda']} | {b['bpp']:.4f} | {b['psnr']:.2f} | {b['L_D']:.2f} | "
               f"{'yes' if 0.3 <= b['L_D'] <= 3 else 'no'} | {b['source']} |" for b in bases]
+    return lines, bases
+
+
+def _per_block_lines(st: Study, rows: list[dict[str, Any]], ready: list[tuple[int, int]]) -> list[str]:
+    lines = ["", "Per block (descriptive): BD-rate % of each comparison in each (trunk, fine-tune seed) block.", "",
+             "| comparison | method | " + " | ".join(f"s{s}-f{f}" for s, f in ready) + " |",
+             "|---|---|" + "---:|" * len(ready)]
+    for test, anchor in comparisons(st):
+        for m in dict.fromkeys(r["method"] for r in rows):
+            by = {(r["seed"], r["ft_seed"]): r["bd_rate"] for r in rows
+                  if (r["test"], r["anchor"], r["method"]) == (test, anchor, m)}
+            lines.append(f"| {test} vs {anchor} | {m} | " + " | ".join(_fmt(by.get(b)) for b in ready) + " |")
+    return lines
+
+
+def _pointwise_lines(st: Study, rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "Each test point against its anchor's curve (PCHIP): its PSNR minus the anchor's at the same "
+                 "rate (points inside the anchor's rate range, in rate order), and its rate against the "
+                 "anchor's at the same PSNR (points inside the anchor's PSNR range, in PSNR order; negative: "
+                 "fewer bits); each cell starts with how many of the arm's points lie inside. Where a BD-rate is "
+                 "undefined, this says whether the points lie above or below the anchor's curve.", "",
+             "| comparison | block | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
+             "|---|---|---|---|"]
+    for r in (r for r in rows if r["method"] == rows[0]["method"]):
+        n = len(curve_points(st, r["test"])[1])
+        lines.append(f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | "
+                     f"{len(r['gaps'])}/{n}: {', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} | "
+                     f"{len(r['rate_gaps'])}/{n}: {', '.join(f'{g:+.1f}' for g in r['rate_gaps']) or '-'} |")
+    return lines
+
+
+def preregistered_report(st: Study, samples: int, figure: str | None = None,
+                         sources: str = "") -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The block of a pre-registered study, answer first: the primary result (or, with partial
+    data, what is done and pending), the secondary analyses, the compute each stage took, then the
+    details (setup, models, per-block values, exploratory runs)."""
+    ready = evaluated_blocks(st) if all(evaluated(st, "base", s, None) for s in st.trunk.seeds) else []
+    rows = bd_rows(st, among=ready) if ready else []
+    summary = trunk_summary(st, rows, samples) if rows else []
+    complete = _answer_ready(st, ready)
+    lines = [f"### `{st.name}`: reported {datetime.now(timezone.utc).date()}", "",
+             f"Protocol: {len(st.trunk.seeds)} trunks, {len(blocks(st))} (trunk, fine-tune seed) blocks; "
+             + ("every block evaluated." if complete else
+                f"**partial data**: {len(ready)} of {len(blocks(st))} blocks evaluated.")]
+    lines += answer_markdown(st, summary, ready, figure if complete else None, sources)
+    if complete:
+        lines += ["", "Done and pending:", "", *progress_markdown(st)]
+    if rows:
+        lines += secondary_markdown(st, summary, rows, "#### Secondary analyses (trunks as the unit)" if complete else
+                                    f"#### Interim values over {len(ready)} of {len(blocks(st))} blocks (trunks as the "
+                                    "unit; blocks finish in a fixed order; not the answer)")
+    else:
+        lines += ["", "#### Secondary analyses", "", "Pending: no block has every arm evaluated yet."]
+    lines += ["", "#### Compute", "", *compute_markdown(st)]
+    models, bases = _models_lines(st)
+    lines += ["", "#### Details", "", *_setup_lines(st), "", *models]
+    if rows:
+        lines += exploratory_markdown(st) + _per_block_lines(st, rows, ready) + _pointwise_lines(st, rows)
+    return "\n".join(lines + scratch_markdown(st)) + "\n", summary, bases
+
+
+def report_markdown(st: Study, samples: int = 1000, figure: str | None = None,
+                    sources: str = "") -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The RESULTS.md block of the study, from its files only; also its summary and base rows. A
+    pre-registered study (``compare.analysis.comparisons``) gives its answer first
+    (:func:`preregistered_report`; ``figure``: the path the block cites for the primary figure)."""
+    if st.compare.analysis.comparisons:
+        return preregistered_report(st, st.compare.analysis.samples, figure, sources)
+    lines = [f"### `{st.name}`: reported {datetime.now(timezone.utc).date()}", "", *_setup_lines(st), ""]
+    models, bases = _models_lines(st)
+    lines += models
     runs = [t for t in tasks(st, "compare") if t.fn is run_compare]
     done = sum(compare_done(st, *t.args[1:]) for t in runs)
     ready = evaluated_blocks(st) if all(evaluated(st, "base", s, None) for s in st.trunk.seeds) else []
@@ -893,66 +1165,47 @@ def report_markdown(st: Study, samples: int = 1000) -> tuple[str, list[dict[str,
                       f"{len(ready)} of {len(blocks(st))} (trunk, fine-tune seed) blocks evaluated so far "
                       f"({', '.join(f's{s}-f{f}' for s, f in ready)}; blocks run in a fixed order)."]
     rows = bd_rows(st, among=ready)
-    pre = bool(st.compare.analysis.comparisons)
-    if pre:
-        pre_lines, summary = preregistered_markdown(st, rows, st.compare.analysis.samples)
-        lines += pre_lines + exploratory_markdown(st) + ["", "Per block (descriptive): BD-rate % of each comparison in each (trunk, "
-                                  "fine-tune seed) block.", "",
-                              "| comparison | method | " + " | ".join(f"s{s}-f{f}" for s, f in ready) + " |",
-                              "|---|---|" + "---:|" * len(ready)]
-        for test, anchor in comparisons(st):
-            for m in dict.fromkeys(r["method"] for r in rows):
-                by = {(r["seed"], r["ft_seed"]): r["bd_rate"] for r in rows
-                      if (r["test"], r["anchor"], r["method"]) == (test, anchor, m)}
-                lines.append(f"| {test} vs {anchor} | {m} | " + " | ".join(_fmt(by.get(b)) for b in ready) + " |")
-    else:
-        summary = summarize(st, rows, samples)
-        lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
-                  "|---|---|---:|---:|---|---|---|"]
-        for r in summary:
-            t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 values)"
-            b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "undefined"
-            lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | {r['n']}/{r['of']} | {_fmt(r['mean'])} | "
-                         f"{t_ci} | {b_ci} | {', '.join(_fmt(v) for v in r['values'])} |")
-        notes = sorted({n for r in summary for n in r["notes"]})
-        if notes:
-            lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
-    lines += ["", "Each test point against its anchor's curve (PCHIP): its PSNR minus the anchor's at the same "
-                  "rate (points inside the anchor's rate range, in rate order), and its rate against the "
-                  "anchor's at the same PSNR (points inside the anchor's PSNR range, in PSNR order; negative: "
-                  "fewer bits); each cell starts with how many of the arm's points lie inside. Where a BD-rate is "
-                  "undefined, this says whether the points lie above or below the anchor's curve.", "",
-              "| comparison | block | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
-              "|---|---|---|---|"]
-    for r in (r for r in rows if r["method"] == rows[0]["method"]):
-        n = len(curve_points(st, r["test"])[1])
-        lines.append(f"| {r['test']} vs {r['anchor']} | s{r['seed']}-f{r['ft_seed']} | "
-                     f"{len(r['gaps'])}/{n}: {', '.join(f'{g:+.3f}' for g in r['gaps']) or '-'} | "
-                     f"{len(r['rate_gaps'])}/{n}: {', '.join(f'{g:+.1f}' for g in r['rate_gaps']) or '-'} |")
-
-    unit = "trunks" if pre else "blocks"
-
-    def cell(g: dict[str, Any], digits: int) -> str:
-        if g["n"] == 0:
-            return f"0/{g['of']}: undefined"
-        t_ci = f"[{_fmt(g['low'], digits)}, {_fmt(g['high'], digits)}]" if g["n"] >= 2 else f"undefined (< 2 {unit})"
-        return f"{g['n']}/{g['of']}: {_fmt(g['mean'], digits)} {t_ci}"
-
-    within = "within each block, then within each trunk" if pre else "within each block"
-    lines += ["", f"The same gaps, averaged {within} (the block's points inside the anchor's range), "
-                  f"then over the {unit}: mean and 95 % t-interval over {unit} (n/N: {unit} with a point inside).", "",
+    summary = summarize(st, rows, samples)
+    lines += ["", "| comparison | method | defined | mean BD-rate % | 95 % t-interval | paired image bootstrap 95 % | values |",
+              "|---|---|---:|---:|---|---|---|"]
+    for r in summary:
+        t_ci = f"[{_fmt(r['t_low'])}, {_fmt(r['t_high'])}]" if r["n"] >= 2 else "undefined (< 2 values)"
+        b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "undefined"
+        lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | {r['n']}/{r['of']} | {_fmt(r['mean'])} | "
+                     f"{t_ci} | {b_ci} | {', '.join(_fmt(v) for v in r['values'])} |")
+    notes = sorted({n for r in summary for n in r["notes"]})
+    if notes:
+        lines += ["", "Undefined values and why:", *[f"- {n}" for n in notes]]
+    lines += _pointwise_lines(st, rows)
+    lines += ["", "The same gaps, averaged within each block (the block's points inside the anchor's range), "
+                  "then over the blocks: mean and 95 % t-interval over blocks (n/N: blocks with a point inside).", "",
               "| comparison | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |",
               "|---|---|---|"]
-    lines += [f"| {g['test']} vs {g['anchor']} | {cell(g['gaps'], 3)} | {cell(g['rate_gaps'], 2)} |"
+    lines += [f"| {g['test']} vs {g['anchor']} | {_gap_cell(g['gaps'], 3, 'blocks')} | {_gap_cell(g['rate_gaps'], 2, 'blocks')} |"
               for g in gap_summary(st, rows)]
     return "\n".join(lines + scratch_markdown(st)) + "\n", summary, bases
+
+
+PRIMARY_FIGURE = "primary_bd_rate_per_trunk"  # the pre-registered answer: BD per trunk, mean, intervals
+GAP_FIGURE = "rate_gap_at_equal_psnr_per_block"  # a study without one: the point-wise rate gaps
+
+
+def _eval_glob(st: Study, curve: str) -> str:
+    """The per-image files of a curve's arm, as a path from the study's root."""
+    arm = curve_points(st, curve)[0]
+    return f"`{os.path.relpath(st.out_dir / 'eval', st.root)}/{arm}-l*-step_*.images.json`"
 
 
 def report(st: Study, results: Path, figures: Path | None = None, samples: int = 1000) -> Path:
     """Write the study's block into ``results`` (RESULTS.md) and its figures."""
     from lic_core.analysis import viz
 
-    body, summary, _ = report_markdown(st, samples)
+    pre = st.compare.analysis
+    figure = sources = None
+    if pre.comparisons and figures is not None:
+        figure = f"{os.path.relpath(figures, results.parent)}/{PRIMARY_FIGURE}.png"
+        sources = " and ".join(_eval_glob(st, c) for c in (pre.comparisons[0]["test"], pre.comparisons[0]["anchor"]))
+    body, summary, _ = report_markdown(st, samples, figure, sources or "")
     if figures is not None and summary:
         import pandas as pd
 
@@ -969,8 +1222,40 @@ def report(st: Study, results: Path, figures: Path | None = None, samples: int =
         if table.loc[table["method"] == "pchip", "mean"].notna().any():
             viz.save_figure(viz.bd_bars_ci(table, "pchip", band=EXPECTED, band_label="expected 2-5% gain"),
                             "bd_rate_ci", figures)
+        if pre.comparisons:
+            r = primary_row(st, summary)
+            if figure and r is not None and np.isfinite(r["mean"]) and _answer_ready(st, evaluated_blocks(st)):
+                viz.save_figure(viz.estimates_ci([{"label": f"{r['test']}\nvs {r['anchor']}\n(dots: trunks)",
+                                                   "values": {str(s): v for s, v in r["trunks"].items()},
+                                                   "mean": r["mean"], "low": r["t_low"], "high": r["t_high"],
+                                                   "boot_low": r["boot_low"], "boot_high": r["boot_high"]}],
+                                                 xlabel="BD-rate [%] (PCHIP)", unit="trunk",
+                                                 band=EXPECTED, band_label="expected 2-5% gain"),
+                                PRIMARY_FIGURE, figures)
+        else:
+            gap_figure(st, figures)
         body += f"\nFigures: `{os.path.relpath(figures, results.parent)}` (R-D curves: the mean over the evaluated blocks; BD bars: defined values only).\n"
     return write_results(results, st.name, body)
+
+
+def gap_figure(st: Study, figures: Path) -> Path | None:
+    """A study without a pre-registered analysis: each comparison's rate difference at equal PSNR
+    per block (the block's points inside the anchor's range averaged) and the mean over the
+    blocks with its 95 % t-interval; ``figures/GAP_FIGURE.{pdf,png}``."""
+    from lic_core.analysis import viz
+
+    ready = evaluated_blocks(st)
+    rows = bd_rows(st, methods=("pchip",), among=ready)
+    out = []
+    for g in gap_summary(st, rows):
+        sel = [r for r in rows if (r["test"], r["anchor"]) == (g["test"], g["anchor"])]
+        vals = {f"s{r['seed']}-f{r['ft_seed']}": float(np.mean(r["rate_gaps"])) if r["rate_gaps"] else float("nan")
+                for r in sel}
+        out.append({"label": f"{g['test']} vs {g['anchor']}", "values": vals, **{k: g["rate_gaps"][k] for k in ("mean", "low", "high")}})
+    if not any(np.isfinite(r["mean"]) for r in out):
+        return None
+    fig = viz.estimates_ci(out, xlabel="rate difference at equal PSNR [%]", unit="block")
+    return viz.save_figure(fig, GAP_FIGURE, figures)[-1]
 
 
 def status(st: Study, stage: str = "evaluate") -> list[dict[str, Any]]:

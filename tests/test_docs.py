@@ -56,7 +56,10 @@ def _block(text: str, name: str) -> str:
     return re.sub(r"Figures: `[^`]*`", "Figures: FOLDER", body)
 
 
-@pytest.mark.parametrize("name", ["experiment_cpu", "study_tiny"])
+STUDIES = {"study_tiny": "tiny", "study_tiny_bf16": "tiny_bf16", "study_tiny_matched": "tiny_matched"}
+
+
+@pytest.mark.parametrize("name", ["experiment_cpu", *STUDIES])
 def test_results_blocks_regenerate_from_committed_files(name, tmp_path):
     """Each report block of RESULTS.md is what its documented command writes from the committed
     files alone (no weights, no test images): commit the files and the block together."""
@@ -69,5 +72,5 @@ def test_results_blocks_regenerate_from_committed_files(name, tmp_path):
         spec = experiment.load_protocol(REPO / "studies" / "scratch_600" / "cpu.yaml", {}, {}, "")
         experiment.report(spec, results, tmp_path / "fig")
     else:
-        study.report(study.load_study(REPO / "studies" / "tiny" / "study.yaml", REPO), results, tmp_path / "fig")
+        study.report(study.load_study(REPO / "studies" / STUDIES[name] / "study.yaml", REPO), results, tmp_path / "fig")
     assert _block(results.read_text(), name) == _block((REPO / "RESULTS.md").read_text(), name)

@@ -3,6 +3,7 @@ controls), fine-tune seeds per trunk, curves over chosen point sets, and the tru
 (t-interval over trunks, two-level bootstrap, decision rule, equivalence)."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_arms_share_points_and_trunks_have_their_own_fine_tune_seeds(matched):
 
 def test_report_gives_trunk_level_values_and_the_decision(matched):
     text, summary, _ = study.report_markdown(matched)
-    assert "#### Pre-registered analysis (trunks as the unit)" in text
+    assert "#### Answer (pre-registered primary analysis)" in text and "#### Secondary analyses (trunks as the unit)" in text
     assert "undefined: " in text and "the rule needs at least 3" in text  # 2 trunks
     primary = next(r for r in summary if r["method"] == "pchip" and r["anchor"] == "adam[half+top]")
     rows = [r for r in study.bd_rows(matched) if r["method"] == "pchip" and r["anchor"] == "adam[half+top]"]
@@ -142,3 +143,144 @@ def test_exploratory_arms_run_last_in_their_blocks_and_scratch_seeds_per_arm(tmp
     assert [n for n in names if n.startswith("scratch-")] == ["scratch-a-s1", "scratch-b-s0"]
     with pytest.raises(ConfigError, match="compare.arm_blocks.grid"):
         study.load_study(write_study(tmp_path, {**compare, "arm_blocks": {"grid": [[1, 101]]}}), tmp_path)
+
+
+# ------------------------------------------------------------------ the answer block, synthetic files
+# A protocol like the matched study's, four trunks (trunk 0 with two fine-tune seeds), whose per-image
+# evaluation files are written here, with no model trained: each curve is PSNR = a + 3·log2(bpp) per
+# image, and the balanced arm needs (1 + d) times the bits for the same PSNR, d set per block, so its
+# BD-rate against Adam is d (in %) up to the per-image jitter.
+
+LAMBDAS = [0.0067, 0.025]
+IMAGES = [f"kodim{i:02d}.png" for i in range(1, 7)]
+SYNTH = {**COMPARE, "trunk_seeds": {0: [100, 101]},
+         "analysis": {"min_overlap": 0.5, "samples": 200, "margin": 0.5,
+                      "comparisons": [{"test": "balanced[own+top]", "anchor": "adam[half+top]"}],
+                      "equivalence": [{"test": "balanced[own+top]", "anchor": "adam[own+top]"}]}}
+
+
+def _images_file(path, name, rates, psnrs):
+    recs = [{"image": k, "bpp": float(r), "psnr-rgb": float(q), "encoding_time": 0.5, "decoding_time": 0.25}
+            for k, r, q in zip(IMAGES, rates, psnrs)]
+    path.write_text(json.dumps({"model": name, "crop": 0, "images": recs}))
+
+
+def synthetic_study(root, effects, evaluate_blocks=None, bases_of=(0, 1, 2, 3), trunk3_base_step=None):
+    """A study in ``root`` whose store lists trunks 0-3 and the bases of ``bases_of``; ``effects``:
+    (trunk, fine-tune seed) -> BD-rate % of the balanced arm; per-image files for the bases of
+    ``bases_of`` and for every arm of ``evaluate_blocks`` (default: every block of ``effects``)."""
+    path = write_study(root, SYNTH)
+    raw = yaml.safe_load(path.read_text())
+    raw["trunk"]["seeds"] = [0, 1, 2, 3]
+    path.write_text(yaml.safe_dump(raw))
+    st = study.load_study(path, root)
+    st.store_dir.mkdir(parents=True, exist_ok=True)
+    ev = {"step": 2, "psnr": 27.0, "D": 1.05, "bpp": 0.3}
+    index = {f"trunk-s{s}.pt": {"stage": "trunk", "step": 2, "gate_met": False, "eval": ev} for s in range(4)}
+    index.update({f"{study.base_name(lam, s)}.pt": {"stage": "base", "eval": ev} for s in bases_of for lam in LAMBDAS})
+    (st.store_dir / "index.json").write_text(json.dumps(index))
+    out = st.out_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    scale = np.array([1 + 0.05 * i for i in range(len(IMAGES))])
+    offset = np.array([0.3 * i for i in range(len(IMAGES))])
+    jitter = np.array([0.002, -0.002, 0.001, -0.001, 0.0015, -0.0015])
+
+    def rate(lam):
+        return 0.3 * (lam / 0.0067) ** 0.4
+
+    def write_point(ckpt, r, d=0.0):
+        name = study.point_name(ckpt)
+        base = r * scale
+        _images_file(out / f"{name}.images.json", name, base * (1 + d / 100 + (jitter if d else 0)),
+                     28 + offset + 3 * np.log2(base))
+
+    for s in bases_of:
+        for lam in LAMBDAS:
+            write_point(st.store_dir / f"{study.base_name(lam, s)}.pt", rate(lam) * 1.02)
+        (out / f"base-s{s}.json").write_text("{}")
+    if trunk3_base_step is not None:
+        run = st.out_dir / study.base_name(LAMBDAS[0], 3)
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(
+            json.dumps({"kind": "train", "step": 1, "step_time": 0.4, "wall": 1.0e9}) + "\n"
+            + json.dumps({"kind": "eval", "step": trunk3_base_step, "psnr": 27.0, "D": 1.0, "bpp": 0.3}) + "\n")
+    for s, f in (effects if evaluate_blocks is None else evaluate_blocks):
+        for lam in study.arm_lambdas(st, "adam"):
+            write_point(study.compare_checkpoint(st, "adam", s, lam, f), rate(lam))
+        for lam in study.arm_lambdas(st, "balanced"):
+            write_point(study.compare_checkpoint(st, "balanced", s, lam, f), rate(lam) * 0.85, effects[(s, f)])
+    return st
+
+
+def _section(text, title):
+    part = text.split(title, 1)[1]
+    return part.split("\n#### ", 1)[0]
+
+
+BLOCKS = [(0, 100), (1, 100), (2, 100), (3, 100), (0, 101)]
+
+
+def test_answer_block_when_the_interval_excludes_zero(tmp_path):
+    effects = dict(zip(BLOCKS, [-2.0, -1.5, -2.5, -1.8, -2.2]))
+    st = synthetic_study(tmp_path, effects)
+    results = study.report(st, tmp_path / "RESULTS.md", tmp_path / "figures")
+    text = results.read_text()
+    assert text.index("#### Answer") < text.index("#### Secondary analyses") < text.index("#### Compute") \
+        < text.index("#### Details")
+    answer = _section(text, "#### Answer (pre-registered primary analysis)")
+    row = next(line for line in answer.splitlines() if line.startswith("| `balanced[own+top]` vs `adam[half+top]`"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    trunk_means = [np.mean([-2.0, -2.2]), -1.5, -2.5, -1.8]  # trunk 0: its two blocks averaged
+    ci = mean_ci(trunk_means)
+    assert float(cells[1]) == pytest.approx(ci.mean, abs=0.02)
+    assert cells[2] == f"[{ci.low:+.2f}, {ci.high:+.2f}]" or abs(float(cells[2][1:].split(",")[0]) - ci.low) < 0.02
+    lo, hi = (float(x) for x in cells[3].strip("[]").split(","))
+    assert lo < hi < 0 and cells[4] == "4/4" and cells[5] == "helps"
+    assert "Balanced R-D **helps** at this scale" in answer
+    assert "primary_bd_rate_per_trunk.png" in answer and "runs/eval/balanced-l*-step_*.images.json" in answer
+    for ext in ("pdf", "png"):
+        assert (tmp_path / "figures" / f"primary_bd_rate_per_trunk.{ext}").is_file()
+    assert "**partial data**" not in text and "every block evaluated" in text
+    secondary = _section(text, "#### Secondary analyses (trunks as the unit)")
+    assert "| balanced[own+top] vs adam[own+top] | pchip |" in secondary and "| cubic |" in secondary
+    assert "**Answer**: -1.98 %" in answer
+    assert "Equivalence, `balanced[own+top]` against `adam[own+top]`" in secondary
+    assert "Point-wise gaps" in secondary
+    compute = _section(text, "#### Compute")
+    assert "| evaluations, comparison runs | 40 points × 6 images | 0.05 |" in compute  # 40 × 6 × 0.75 s
+
+
+def test_answer_block_when_the_interval_contains_zero(tmp_path):
+    effects = dict(zip(BLOCKS, [-1.0, 1.0, 0.5, -0.8, -1.4]))
+    st = synthetic_study(tmp_path, effects)
+    text, summary, _ = study.report_markdown(st)
+    answer = _section(text, "#### Answer (pre-registered primary analysis)")
+    assert "| 4/4 | no effect detected |" in answer and "**no effect detected** (the interval contains 0)" in answer
+    primary = study.primary_row(st, summary)
+    assert primary["t_low"] < 0 < primary["t_high"] and primary["n"] == 4
+    assert primary["trunks"][0] == pytest.approx(-1.2, abs=0.02)
+
+
+def test_partial_data_says_what_is_pending_and_gives_no_answer(tmp_path):
+    # trunks 0-3 done, bases of trunks 0-2 done and evaluated, trunk 3's first base part-way, no comparison run
+    st = synthetic_study(tmp_path, {}, bases_of=(0, 1, 2), trunk3_base_step=1)
+    text, summary, _ = study.report_markdown(st)
+    assert summary == [] and "**partial data**: 0 of 5 blocks evaluated" in text
+    answer = _section(text, "#### Answer (pre-registered primary analysis)")
+    assert "**Pending.**" in answer and "No answer is given" in answer
+    assert "| trunks | 4/4 | - |" in answer
+    assert "| bases | 6/8 | trunk 3 (λ 0.0067, 0.025) |" in answer
+    assert "| comparison runs, block s0-f100 | 0/8 | arms adam 0/5, balanced 0/3 |" in answer
+    for word in ("helps", "hurts", "no effect detected", "t-interval ["):
+        assert word not in text
+    assert "Pending: no block has every arm evaluated yet." in text
+
+
+def test_interim_blocks_give_interim_values_but_no_answer(tmp_path):
+    effects = dict(zip(BLOCKS, [-2.0, -1.5, -2.5, -1.8, -2.2]))
+    st = synthetic_study(tmp_path, effects, evaluate_blocks=BLOCKS[:4])
+    text, _, _ = study.report_markdown(st)
+    answer = _section(text, "#### Answer (pre-registered primary analysis)")
+    assert "**Pending.**" in answer and "4 of 5 blocks are" in answer and "helps" not in answer
+    assert "| comparison runs, block s0-f101 | 0/8 |" in answer
+    assert "#### Interim values over 4 of 5 blocks" in text

@@ -436,3 +436,46 @@ def reconstructions(original: np.ndarray, decoded: Sequence[Panel], title: str =
     if title:
         fig.suptitle(title, fontsize="small")
     return fig
+
+
+def estimates_ci(rows: Sequence[Mapping[str, Any]], xlabel: str = "BD-rate [%]", unit: str = "trunk",
+                 band: tuple[float, float] | None = None, band_label: str = "") -> Figure:
+    """Per row (one comparison): each unit's value as a dot labelled with its name, the mean over
+    the units as a diamond with its 95 % t-interval (thick line) and, where given, a second
+    interval (thin line below it, e.g. a bootstrap's). A row is a mapping with ``label``, ``values``
+    (unit name -> value), ``mean``, ``low``, ``high`` and optionally ``boot_low``, ``boot_high``;
+    ``band`` shades a range (e.g. an expected gain) labelled ``band_label``."""
+    rows = [r for r in rows if np.isfinite(r["mean"])]
+    if not rows:
+        raise LicError("estimates_ci: no row with a defined mean")
+    house_style()
+    fig, ax = plt.subplots(figsize=(SIZES["column"][0], 1.5 + 0.7 * len(rows)))
+    seen: set[str] = set()
+
+    def once(label: str) -> str | None:
+        if label in seen:
+            return None
+        seen.add(label)
+        return label
+
+    for i, r in enumerate(rows):
+        if np.isfinite(r["low"]) and np.isfinite(r["high"]):
+            ax.plot([r["low"], r["high"]], [i, i], color="C0", linewidth=3, solid_capstyle="butt",
+                    label=once("mean, 95 % t-interval"))
+        lo, hi = r.get("boot_low", np.nan), r.get("boot_high", np.nan)
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.plot([lo, hi], [i + 0.2, i + 0.2], color="C1", linewidth=1.2, label=once("bootstrap 95 %"))
+        ax.plot([r["mean"]], [i], "D", color="C0", markersize=5, markeredgecolor="black")
+        vals = sorted(((v, str(k)) for k, v in r["values"].items() if np.isfinite(v)))
+        for j, (v, name) in enumerate(vals):
+            ax.plot([v], [i - 0.25], "k.", markersize=5, label=once(f"per {unit}"))
+            ax.annotate(name, (v, i - 0.25), textcoords="offset points", xytext=(0, 4 if j % 2 else -8),
+                        ha="center", fontsize=5)
+    ax.axvline(0, color="black", linewidth=0.8)
+    if band is not None:
+        ax.axvspan(*band, color="C2", alpha=0.12, label=band_label or None)
+    ax.set_yticks(range(len(rows)), [r["label"] for r in rows])
+    ax.set_ylim(len(rows) - 0.55, -0.6)
+    ax.set(xlabel=xlabel)
+    ax.legend(fontsize="xx-small", loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    return fig
