@@ -1016,7 +1016,7 @@ def answer_markdown(st: Study, summary: list[dict[str, Any]], ready: list[tuple[
 
 
 def secondary_markdown(st: Study, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
-                       title: str = "#### Secondary analyses (trunks as the unit)") -> list[str]:
+                       title: str = "#### Secondary analyses (trunks as the unit)", interim: bool = False) -> list[str]:
     """The secondary analyses of the protocol: every other comparison (and every one with cubic
     interpolation) at the trunk level, the equivalence checks and the point-wise gaps."""
     pre = st.compare.analysis
@@ -1030,11 +1030,12 @@ def secondary_markdown(st: Study, summary: list[dict[str, Any]], rows: list[dict
         b_ci = f"[{_fmt(r['boot_low'])}, {_fmt(r['boot_high'])}]" if r["boot_samples"] else "-"
         lines.append(f"| {r['test']} vs {r['anchor']} | {r['method']} | "
                      + " | ".join(_fmt(r["trunks"].get(s)) for s in trunks)
-                     + f" | {_fmt(r['mean'])} | {t_ci} | {b_ci} | {_verdict(r)} |")
+                     + f" | {_fmt(r['mean'])} | {t_ci} | {b_ci} | {'(interim)' if interim else _verdict(r)} |")
     for cmp in pre.equivalence:
         r = next(x for x in summary if (x["test"], x["anchor"]) == (cmp["test"], cmp["anchor"]) and x["method"] == "pchip")
         lines += ["", f"Equivalence, `{cmp['test']}` against `{cmp['anchor']}` (margin ±{pre.margin} %): "
-                      f"{equivalent(r, pre.margin)}."]
+                      + (f"interim t-interval [{_fmt(r['t_low'])}, {_fmt(r['t_high'])}] ({r['n']} trunks), no decision."
+                         if interim else f"{equivalent(r, pre.margin)}.")]
     lines += ["", "Point-wise gaps (secondary 6): each block's points inside the anchor's range averaged, then per "
                   "trunk, then over the trunks; mean and 95 % t-interval over trunks (n/N: trunks with a point inside).",
               "", "| comparison | PSNR difference at equal rate (dB) | rate difference at equal PSNR (%) |", "|---|---|---|"]
@@ -1132,7 +1133,7 @@ def preregistered_report(st: Study, samples: int, figure: str | None = None,
     if rows:
         lines += secondary_markdown(st, summary, rows, "#### Secondary analyses (trunks as the unit)" if complete else
                                     f"#### Interim values over {len(ready)} of {len(blocks(st))} blocks (trunks as the "
-                                    "unit; blocks finish in a fixed order; not the answer)")
+                                    "unit; blocks finish in a fixed order; not the answer)", interim=not complete)
     else:
         lines += ["", "#### Secondary analyses", "", "Pending: no block has every arm evaluated yet."]
     lines += ["", "#### Compute", "", *compute_markdown(st)]

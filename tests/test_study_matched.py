@@ -284,3 +284,6 @@ def test_interim_blocks_give_interim_values_but_no_answer(tmp_path):
     assert "**Pending.**" in answer and "4 of 5 blocks are" in answer and "helps" not in answer
     assert "| comparison runs, block s0-f101 | 0/8 |" in answer
     assert "#### Interim values over 4 of 5 blocks" in text
+    for word in ("helps", "hurts", "no effect detected", "the same R-D"):
+        assert word not in text
+    assert "| (interim) |" in text and "no decision" in text
