@@ -220,7 +220,7 @@ def cross_device_exact(model_name: str, images: list[Path], crop: int, dev: torc
                 x = _load(p, crop if not name.startswith("shipped") else (crop or 256))
                 enc = codec.encode(src_model, x.to(next(src_model.parameters()).device))
                 counts[_outcome(enc.data, dst_model, enc.image.cpu())] += 1
-            rows.append(f"| {name} | {src} | {dst} | {CROSS_IMAGES} | " + " | ".join(str(v) for v in counts.values()) + " |")
+            rows.append(f"| {name} | {src} | {dst} | {len(images[:CROSS_IMAGES])} | " + " | ".join(str(v) for v in counts.values()) + " |")
     return rows
 
 
