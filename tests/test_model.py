@@ -315,3 +315,30 @@ def test_converter_covers_the_authors_names(full, reference_dir, name):
     assert len(buffers) == 10 and all(theirs[k] in {(0,), (1,)} for k in buffers)
     assert ours == {k: v for k, v in theirs.items() if k not in buffers}
     assert math.prod(theirs["g_a.branch.0.weight"]) == 4608
+
+
+@pytest.mark.parametrize("block", ["pconv", "dwconv"])
+def test_fused_eval_blocks_equal_the_plain_calls(block):
+    """On the CPU without autograd, the residual blocks run LeakyReLU and the sum as oneDNN post-ops;
+    the result equals the separate calls to float32 rounding, and the coder (deterministic
+    algorithms asked for) keeps the separate calls bit for bit."""
+    from lic_core.models import autotune, blocks
+
+    if not blocks._onednn_fusion():
+        pytest.skip("[env] this torch has no oneDNN fused convolution: the blocks always run the plain calls")
+    torch.manual_seed(0)
+    layer = (blocks.PConvRB(32) if block == "pconv" else blocks.DWConvRB(32)).eval()
+    x = torch.randn(2, 32, 12, 10).contiguous(memory_format=torch.channels_last)
+    with autotune.forced("conv"), torch.no_grad():
+        assert blocks._fusable(x, layer.fc1, layer.fc2)
+        fused = layer(x)
+        plain = blocks._residual(x, layer.fc2, layer.fc1(torch.cat((layer.pconv(x[:, :8]), x[:, 8:]), 1)
+                                                         if block == "pconv" else layer.dw(x)), inplace=False)
+        was, torch.backends.cudnn.deterministic = torch.backends.cudnn.deterministic, True
+        try:
+            assert not blocks._fusable(x, layer.fc1, layer.fc2)
+            coder = layer(x)
+        finally:
+            torch.backends.cudnn.deterministic = was
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(coder, plain)
