@@ -325,7 +325,9 @@ def test_fused_eval_blocks_equal_the_plain_calls(block):
     from lic_core.models import autotune, blocks
 
     if not blocks._onednn_fusion():
-        pytest.skip("[env] this torch has no oneDNN fused convolution: the blocks always run the plain calls")
+        from conftest import skip_or_fail
+
+        skip_or_fail("this torch has no oneDNN fused convolution: the blocks always run the plain calls", "env")
     torch.manual_seed(0)
     layer = (blocks.PConvRB(32) if block == "pconv" else blocks.DWConvRB(32)).eval()
     x = torch.randn(2, 32, 12, 10).contiguous(memory_format=torch.channels_last)

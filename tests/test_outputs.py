@@ -76,8 +76,11 @@ write_atomic(sys.argv[1], slow)
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, None)])
 def test_a_signal_while_writing_removes_the_temporary_file(tmp_path, sig, code):
+    # a suite started in the background inherits an ignored SIGINT, and Python then installs no
+    # KeyboardInterrupt handler: the writer gets the default disposition, as in a terminal
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(tmp_path / "out.bin")], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "writing"
     assert len(list(tmp_path.glob(".out.bin.*.tmp"))) == 1
     proc.send_signal(sig)

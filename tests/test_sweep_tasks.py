@@ -114,7 +114,6 @@ def test_bad_task_lists_are_config_errors(tasks, words):
 
 
 def test_submitit_debug_runs_the_tasks_in_waves(tmp_path):
-    pytest.importorskip("submitit")
     marks = tmp_path / "marks"
     marks.mkdir()
     out = run_tasks(chain(marks), jobs=2, executor="submitit-debug", done=lambda t: t.name == "e",
@@ -125,7 +124,6 @@ def test_submitit_debug_runs_the_tasks_in_waves(tmp_path):
 
 def test_submitit_local_reports_a_failure_by_name(tmp_path, monkeypatch):
     """(The debug executor stops in pdb on an exception, so failures are checked here.)"""
-    pytest.importorskip("submitit")
     # submitit's local jobs are fresh interpreters: they import this module by its folder
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent),
                                                       *filter(None, [os.environ.get("PYTHONPATH")])]))
