@@ -185,6 +185,10 @@ def _check_image(x: Tensor) -> Tensor:
     return x.float()
 
 
+def _kind(model: HPCM) -> str:
+    return "exact" if isinstance(model, ExactHPCM) else "float"
+
+
 def default_version(model: HPCM) -> int:
     """The format version ``model`` writes by default: 5 for an exact model, else 4."""
     return EXACT if isinstance(model, ExactHPCM) else VERSION
@@ -202,7 +206,7 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
         raise ValueError(f"this build writes format versions {list(WRITABLE)}, not {version} (older ones are read only)")
     if (version >= EXACT) != isinstance(model, ExactHPCM):
         raise ValueError(f"format version {version} is written by {'an exact' if version >= EXACT else 'a float'} model, "
-                         f"this one is {'exact' if isinstance(model, ExactHPCM) else 'float'} "
+                         f"this one is {_kind(model)} "
                          "(lic_core.models.exact.derive makes the exact model of a float one)")
     precision = {v: k for k, v in DTYPES.items()}.get(model.means_hyper.dtype)
     if precision is None:
@@ -339,7 +343,7 @@ def check_model(model: HPCM, header: Header) -> HPCM:
     if (header.version >= EXACT) != isinstance(model, ExactHPCM):
         need = "an exact model (lic_core.models.exact.derive)" if header.version >= EXACT else "a float model"
         raise BitstreamError(f"format version {header.version} files decode with {need}; the given model is "
-                             f"{'exact' if isinstance(model, ExactHPCM) else 'float'}")
+                             f"{_kind(model)}")
     if replace(model.cfg, seed=0) != replace(header.config, seed=0):
         raise BitstreamError(
             f"bitstream was written by HPCM config {config_json(header.config).decode()}, "
