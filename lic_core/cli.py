@@ -25,7 +25,7 @@ from lic_core.analysis.metrics import psnr
 from lic_core.atomic import STDOUT, check_output, write_file
 from lic_core.cliargs import bounded_int
 from lic_core.coding import bitstream, codec
-from lic_core.errors import BitstreamError, LicError, OutputError, ReconstructionWarning, command, printable
+from lic_core.errors import BitstreamError, ImageError, LicError, OutputError, ReconstructionWarning, command, printable
 from lic_core.imageio import load_image, png_bytes
 from lic_core.models import exact
 from lic_core.models.hpcm import CONFIGS, HPCM, build, count_parameters, hpcm, kmacs_per_pixel
@@ -107,19 +107,23 @@ def _say(to_stdout: bool):
     return (lambda *a: print(*a, file=sys.stderr)) if to_stdout else print
 
 
-def _read_input(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def _read_input(path: str, limit: int = MAX_FILE_BYTES, kind: str = "bitstream") -> bytes:
     """The bytes of a regular file, or of stdin for ``-``, at most ``limit``."""
+    error, what = (ImageError, "an image this tool reads") if kind == "image" else (BitstreamError, "a bitstream this tool decodes")
+    too_big = f"{'stdin' if path == STDOUT else path}: over {limit:,} bytes, not {what}"
     if path == STDOUT:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise error(f"stdin is a terminal: pipe the {kind} in, or give a file name")
         data = sys.stdin.buffer.read(limit + 1)
     else:
         p = Path(path)
         if not p.is_file():
-            raise BitstreamError(f"{path}: no such bitstream file" if not p.exists() else f"{path}: not a regular file")
+            raise error(f"{path}: no such {kind} file" if not p.exists() else f"{path}: not a regular file")
         if p.stat().st_size > limit:
-            raise BitstreamError(f"{path}: over {limit:,} bytes, not a bitstream this tool decodes")
+            raise error(too_big)
         data = p.read_bytes()
     if len(data) > limit:
-        raise BitstreamError(f"{path}: over {limit:,} bytes, not a bitstream this tool decodes")
+        raise error(too_big)
     return data
 
 
@@ -170,7 +174,7 @@ def _list_shipped(size_given: bool) -> int:
 
 def _compress(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lic_core compress", description="image -> HPCM bitstream")
-    ap.add_argument("input")
+    ap.add_argument("input", help="image file (PNG, JPEG, ... as Pillow reads), or - for stdin")
     ap.add_argument("output", help="bitstream file to write, or - for stdout")
     ap.add_argument("-q", "--quality", type=bounded_int(1, 64),
                     help="shipped model by quality level, 1 (lowest λ) up (default: the middle; see `info`)")
@@ -192,7 +196,8 @@ def _compress(argv: list[str] | None) -> int:
                     help="calibration of --checkpoint's exact model (lic_core.models.exact.calibrate_spec); implies --exact")
     a = ap.parse_args(argv)
     _output(a.output, a.force, [a.input] + ([a.checkpoint] if a.checkpoint else []))
-    x, notes = load_image(a.input, max_pixels=a.max_pixels)
+    image = _read_input(a.input, MAX_FILE_BYTES, "image") if a.input == STDOUT else a.input
+    x, notes = load_image(image, max_pixels=a.max_pixels)
     say = _say(a.output == STDOUT)
     for note in notes:
         say(f"note: {note}")
@@ -212,7 +217,7 @@ def _compress(argv: list[str] | None) -> int:
               file=sys.stderr)
     est = sum(enc.estimated_bits.values())
     streams = ", ".join(f"{k} {v}" for k, v in enc.stream_bytes.items())
-    say(f"{a.input} ({w}x{h}) -> {a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}"
+    say(f"{'stdin' if a.input == STDOUT else a.input} ({w}x{h}) -> {'stdout' if a.output == STDOUT else a.output}: {len(enc.data):,} bytes, {enc.bpp:.4f} bpp  [HPCM-{model.cfg.name}"
         f"{', float64' if a.float64 else ''}{', exact' if a.exact or a.exact_spec else ''}, {label}, "
         f"weights {codec.fingerprint(model).hex()}]")
     say(f"streams (bytes): header {enc.header_bytes}, {streams}; estimate {est / 8:,.0f} bytes")

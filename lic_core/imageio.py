@@ -32,20 +32,24 @@ _ORIENTATION = 0x0112  # EXIF tag
 _SIXTEEN = "16-bit image reduced to 8 bits per channel"
 
 
-def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
+def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
     """The one image reader of the project (training, evaluation, anchors, explorer, command line):
-    (H, W, 3) uint8 RGB and the notes on what was converted.
+    (H, W, 3) uint8 RGB and the notes on what was converted. ``path`` may also be the encoded image
+    itself (bytes, e.g. read from stdin), named ``stdin`` in messages.
 
     EXIF orientation is applied; grayscale, alpha, palette, CMYK and 16-bit images are converted to
     RGB with a note each; anything Pillow cannot read raises :class:`ImageError` naming the file, and
     so does an image of over ``max_pixels`` pixels (checked before its pixels are decoded)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file" if not path.exists() else f"{path}: not a regular file")
+    if isinstance(path, (bytes, bytearray)):
+        path, source = "stdin", io.BytesIO(path)
+    else:
+        path = source = Path(path)
+        if not path.is_file():
+            raise ImageError(f"{path}: no such image file" if not path.exists() else f"{path}: not a regular file")
     try:
         with warnings.catch_warnings():  # our own size limit below says it in one line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
         with img:
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
@@ -69,7 +73,7 @@ def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[np
     return np.ascontiguousarray(rgb), notes
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[Tensor, list[str]]:
+def load_image(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> tuple[Tensor, list[str]]:
     """:func:`read_rgb` as (1, 3, H, W) float32 in [0, 1] (8-bit levels k/255), and its notes."""
     rgb, notes = read_rgb(path, max_pixels)
     return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255, notes

@@ -115,3 +115,19 @@ def test_the_command_line_refuses_overwrites_and_writes_stdout(tmp_path, capsysb
     assert decompress_main([str(tmp_path / "a.hpcm"), "-", "--untrained"]) == 0
     assert capsysbinary.readouterr().out == (tmp_path / "o.png").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hpcm", "in.png", "o.png"]
+
+
+def test_the_command_line_pipes_an_image_through_stdin_and_stdout(tmp_path):
+    """``compress - -`` reads the image from a pipe: the same file as from its path; garbage on
+    stdin is refused in one line that names stdin."""
+    Image.new("RGB", (19, 13), (200, 30, 90)).save(tmp_path / "in.png")
+    png = (tmp_path / "in.png").read_bytes()
+    run = lambda args, data: subprocess.run([sys.executable, "-m", "lic_core", *args], input=data,  # noqa: E731
+                                            capture_output=True, timeout=300, cwd=REPO)
+    piped = run(["compress", "-", "-", "--untrained"], png)
+    assert piped.returncode == 0 and b"stdin (19x13)" in piped.stderr
+    assert run(["compress", str(tmp_path / "in.png"), str(tmp_path / "a.hpcm"), "--untrained"], b"").returncode == 0
+    assert piped.stdout == (tmp_path / "a.hpcm").read_bytes()
+    bad = run(["compress", "-", str(tmp_path / "b.hpcm"), "--untrained"], b"not an image")
+    assert bad.returncode != 0 and b"stdin: not an image this tool can read" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.hpcm").exists()
