@@ -16,6 +16,13 @@ def commit() -> str:
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def dirty_paths() -> list[str]:
+    """The tracked files with uncommitted changes (what ``+dirty`` in :func:`commit` stands for)."""
+    out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                         capture_output=True, text=True).stdout
+    return [ln[3:] for ln in out.splitlines() if ln.strip()]
+
+
 def cpu_name() -> str:
     """The CPU model (``/proc/cpuinfo``), or the architecture where that is not readable."""
     try:

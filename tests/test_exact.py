@@ -76,7 +76,7 @@ def test_a_convolution_is_the_same_bits_in_any_summation_order():
     permuted.load_state_dict(layer.state_dict())
     permuted.weight.copy_(layer.weight[:, perm])
     assert torch.equal(permuted(x[:, perm]), ref)
-    w, b, scale_in, limit, scale_out = layer._prepared(x.device)
+    w, b, scale_in, limit, scale_out = layer.integers(x.device)
     a = torch.round(x.double() * scale_in).clamp(-limit, limit)
     lo = F.conv2d(a[:, :17], w[:, :17], None, padding=1)
     hi = F.conv2d(a[:, 17:], w[:, 17:], b, padding=1)
@@ -97,17 +97,57 @@ def test_the_entropy_parameters_are_the_same_bits_in_1_and_2_threads(exact_tiny)
     assert one[0].dtype == torch.float64
 
 
-def test_depthwise_and_transposed_layers_match_the_librarys_integer_convolutions():
+def reference_conv(layer: exact.ExactConv, x: torch.Tensor) -> torch.Tensor:
+    """A layer's defining formula: the library's convolution of the integers, then the output scale."""
+    w, b, scale_in, limit, scale_out = layer.integers(x.device)
+    a = torch.round(x.double() * scale_in).clamp(-limit, limit)
+    if layer.transposed:
+        return F.conv_transpose2d(a, w, b, layer.stride, layer.padding) * scale_out
+    return F.conv2d(a, w, b, layer.stride, layer.padding, 1, layer.groups) * scale_out
+
+
+def reference_attention(attn: exact.ExactWindowAttention, psi: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    """The attention's defining formulas, step by step: each projection scaled, then put on its grid."""
+    fq, fk, fv = attn.fracs.tolist()
+    qk_max, v_max = (1 << exact.QK_BITS) - 1, (1 << exact.V_BITS) - 1
+    q = attn._windows(reference_conv(attn.q, psi) * 2.0 ** fq).round().clamp(-qk_max, qk_max)
+    k = attn._windows(reference_conv(attn.k, ctx) * 2.0 ** fk).round().clamp(-qk_max, qk_max)
+    v = attn._windows(reference_conv(attn.v, ctx) * 2.0 ** fv).round().clamp(-v_max, v_max)
+    logits = (q @ k.transpose(-1, -2) * 2.0 ** (exact.LOGIT_BITS - fq - fk)).round()
+    lut = torch.tensor([*exact.exp_table(), 0], dtype=torch.float64)
+    e = lut[(logits.amax(-1, keepdim=True) - logits).clamp(max=lut.numel() - 1).long()]
+    att = (e @ v) / e.sum(-1, keepdim=True) * 2.0 ** -fv
+    return attn._merge(att, psi.shape) + reference_conv(attn.out, psi)
+
+
+def test_each_kind_of_layer_computes_its_defining_formula_bit_for_bit():
+    """The fast forms (weights pre-scaled; 1x1 as one GEMM over the positions, in either input
+    layout; depthwise as shifted products) give the bits of the integer convolution then scaled."""
     g = torch.Generator().manual_seed(2)
-    for like in (nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ConvTranspose2d(16, 8, 2, stride=2)):
+    for like in (nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ConvTranspose2d(16, 8, 2, stride=2),
+                 nn.Conv2d(24, 40, 1), nn.Conv2d(12, 12, 3, padding=1)):
         with torch.no_grad():
             like.weight.copy_(torch.randn(like.weight.shape, generator=g))
+            like.bias.copy_(torch.randn(like.bias.shape, generator=g))
         layer = exact.ExactConv(like).quantize(like, frac=16)
-        x = torch.randn(1, like.in_channels, 8, 8, generator=g)
-        w, b, scale_in, limit, scale_out = layer._prepared(x.device)
-        a = torch.round(x.double() * scale_in).clamp(-limit, limit)
-        ref = (F.conv_transpose2d(a, w, b, 2) if layer.transposed else F.conv2d(a, w, b, padding=1, groups=24))
-        assert torch.equal(layer(x), ref * scale_out)
+        for n in (1, 2):
+            x = torch.randn(n, like.in_channels, 8, 6, generator=g)
+            for x in (x, x.contiguous(memory_format=torch.channels_last)):
+                assert torch.equal(layer(x), reference_conv(layer, x))
+
+
+def test_the_fast_path_writes_the_files_of_the_defining_formulas(monkeypatch, tiny, spec, exact_tiny):
+    """The whole model with the reference layers swapped in: the same entropy parameters and the
+    same file, bit for bit; also where q and out (k and v) have different grids, so that they
+    cannot share a GEMM."""
+    x = image(128, 128, seed=9)
+    unpaired = exact.derive(tiny, {k: v - 1 if k.endswith((".q", ".k")) else v for k, v in spec.items()})
+    fast = [(entropy_params(m, x), codec.encode(m, x).data) for m in (exact_tiny, unpaired)]
+    monkeypatch.setattr(exact.ExactConv, "forward", reference_conv)
+    monkeypatch.setattr(exact.ExactWindowAttention, "forward", reference_attention)
+    for m, (params, data) in zip((exact_tiny, unpaired), fast):
+        assert all(torch.equal(a, b) for a, b in zip(params, entropy_params(m, x)))
+        assert codec.encode(m, x).data == data
 
 
 def test_the_exp_table_and_the_table_edges_are_computed_in_software():

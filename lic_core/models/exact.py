@@ -13,6 +13,9 @@ so their results differ in the last bits. Here each reduction is made exact inst
   biases integers on the accumulator grid ``2^-(F + G_c)``. The convolution of these integer-valued
   float64 tensors is exact in any summation order when every partial sum stays below ``2^53``,
   which ``(2^A - 1) * sum_k |W_ck| + |B_c| < 2^53`` guarantees: checked when a layer is built.
+  Weights and biases are carried pre-multiplied by the output scale ``2^-(F + G_c)`` (a power of two:
+  the same sums, already scaled); 1x1 convolutions run as one GEMM over the positions, depthwise
+  ones as shifted products, the others as the library's convolution.
 * the softmax of the window attention uses integer logits on the grid ``2^-LOGIT_BITS``, minus the
   row maximum, and ``exp`` from a table of integers computed with Python's ``decimal`` (software
   arithmetic: the same table everywhere); ``sum_j e_j v_j / sum_j e_j`` are exact integer sums
@@ -33,6 +36,7 @@ import copy
 import decimal
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Iterator, Mapping
 
@@ -100,6 +104,11 @@ class ExactConv(nn.Module):
         return not self.transposed and self.groups > 1 and self.groups == self.weight.shape[0] \
             and self.weight.shape[1] == 1
 
+    @property
+    def pointwise(self) -> bool:
+        return not self.transposed and self.groups == 1 and tuple(self.weight.shape[2:]) == (1, 1) \
+            and tuple(self.stride) == (1, 1) and tuple(self.padding) == (0, 0)
+
     def out_dim(self) -> int:
         return 1 if self.transposed else 0
 
@@ -140,39 +149,113 @@ class ExactConv(nn.Module):
             raise LicError(f"{name}: integer sums could reach {worst:.3g} >= 2^53 with {int(self.bits)}-bit inputs "
                            f"(weights or bias too large for exact arithmetic)")
 
-    def _prepared(self, device: torch.device) -> tuple[Tensor, Tensor, float, int, Tensor]:
-        key = (device, self.weight.data_ptr(), self.weight._version, self.bias._version, self.frac._version)
+    def state_key(self) -> tuple:
+        """Changes whenever the integer state does (a cached :class:`Plan` is rebuilt)."""
+        return (self.weight.data_ptr(),) + tuple(t._version for t in (self.weight, self.bias, self.shift, self.frac,
+                                                                      self.bits))
+
+    def integers(self, device: torch.device) -> tuple[Tensor, Tensor, float, int, Tensor]:
+        """The layer in its defining form: integer weights and bias as float64, the input scale
+        ``2^F``, the clamp ``2^A - 1`` and the output scale ``2^-(F + G_c)`` (1, C, 1, 1); the
+        output is ``conv(clamp(round(x 2^F)), weights, bias) * scale``."""
+        frac, bits = int(self.frac), int(self.bits)
+        out = torch.tensor([_pow2(-(frac + s)) for s in self.shift.tolist()], dtype=torch.float64)
+        return (self.weight.to(device, torch.float64), self.bias.to(device, torch.float64), _pow2(frac),
+                (1 << bits) - 1, out.view(1, -1, 1, 1).to(device))
+
+    def plan(self, device: torch.device, post: float = 1.0) -> Plan:
+        """:class:`Plan` of this layer (its output times the power of two ``post``), cached."""
+        key = (device, post, self.state_key())
         if self._cache is None or self._cache[0] != key:
-            frac, bits = int(self.frac), int(self.bits)
-            out = torch.tensor([_pow2(-(frac + s)) for s in self.shift.tolist()], dtype=torch.float64)
-            self._cache = (key, (self.weight.to(device, torch.float64), self.bias.to(device, torch.float64),
-                                 _pow2(frac), (1 << bits) - 1, out.view(1, -1, 1, 1).to(device)))
+            self._cache = (key, Plan.of(self, device, post))
         return self._cache[1]
 
+    def quantized(self, x: Tensor, plan: Plan) -> Tensor:
+        """``clamp(round(x 2^F), +-(2^A - 1))`` as float64, in x's layout."""
+        a = x.to(torch.float64).mul(plan.scale_in)  # a new tensor: rounded and clamped in place
+        return a.round_().clamp_(-plan.limit, plan.limit)
+
     def forward(self, x: Tensor) -> Tensor:
-        w, b, scale_in, limit, scale_out = self._prepared(x.device)
-        a = x.to(torch.float64).mul(scale_in).round_().clamp_(-limit, limit)  # in place: float64 passes are the cost
+        plan = self.plan(x.device)
+        if self.pointwise:
+            return _pointwise(x, plan)
+        if self.depthwise:
+            return _depthwise(x, plan, self.padding)
+        a = self.quantized(x, plan)
         with _no_cudnn(x.device):
             if self.transposed:
-                acc = F.conv_transpose2d(a, w, b, self.stride, self.padding)
-            elif self.depthwise:
-                acc = _depthwise(a, w, b, self.padding)
-            else:
-                acc = F.conv2d(a, w, b, self.stride, self.padding, 1, self.groups)
-        return acc.mul_(scale_out)
+                return F.conv_transpose2d(a, plan.weight, plan.bias, self.stride, self.padding)
+            return F.conv2d(a, plan.weight, plan.bias, self.stride, self.padding, 1, self.groups)
 
 
-def _depthwise(a: Tensor, w: Tensor, b: Tensor, padding: tuple[int, int]) -> Tensor:
-    """Depthwise convolution as a sum of shifted products: exact for these integers like the
-    library's, and several times faster than its float64 grouped convolution on a CPU."""
-    kh, kw = w.shape[2:]
-    p = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))
-    h, wd = p.shape[2] - kh + 1, p.shape[3] - kw + 1
-    out = b.view(1, -1, 1, 1).expand(a.shape[0], -1, h, wd).clone()
+@dataclass(frozen=True)
+class Plan:
+    """A layer's float64 operands on one device. The weights and bias are the integers times
+    their output scale ``2^-(F + G_c)`` (and a power of two ``post``): a power-of-two scale moves
+    no bit of a float64 whose exponent stays in range, so every partial sum is the integer one
+    times that scale, exact like it, and the sums come out already scaled (no pass over the output)."""
+
+    weight: Tensor  # conv layout; (C_out, C_in) for a 1x1 convolution, (kh, kw, C) for a depthwise one
+    bias: Tensor
+    scale_in: float
+    limit: int
+
+    @classmethod
+    def of(cls, conv: ExactConv, device: torch.device, post: float = 1.0) -> "Plan":
+        w, b, scale_in, limit, scale_out = conv.integers(device)
+        scale = scale_out.view(-1) * post
+        od = conv.out_dim()
+        shape = [1] * w.dim()
+        shape[od] = -1
+        weight = w * scale.view(shape)
+        if conv.pointwise:
+            weight = weight.reshape(weight.shape[0], -1).contiguous()
+        elif conv.depthwise:
+            weight = weight[:, 0].permute(1, 2, 0).contiguous()
+        return cls(weight, b * scale, scale_in, limit)
+
+    @classmethod
+    def stacked(cls, plans: list["Plan"]) -> "Plan":
+        """One GEMM for 1x1 convolutions of the same input grid: their outputs side by side."""
+        return cls(torch.cat([p.weight for p in plans]), torch.cat([p.bias for p in plans]),
+                   plans[0].scale_in, plans[0].limit)
+
+
+def _matrix(a: Tensor) -> Tensor:
+    """``a`` (N, C, H, W) as a (positions, C) matrix: a view for a channels-last tensor or one
+    standard-layout image (the GEMM reads the transposed matrix in place), else a copy."""
+    n, c, h, w = a.shape
+    if n == 1 and a.is_contiguous():
+        return a.view(c, h * w).t()
+    return a.permute(0, 2, 3, 1).reshape(-1, c)
+
+
+def _pointwise(x: Tensor, plan: Plan) -> Tensor:
+    """A 1x1 convolution as one float64 GEMM over the positions (exact for these operands in any
+    summation order, like the convolution call it replaces), the input quantized in its own
+    layout (a transposing pass costs several plain ones); the output is a channels-last view."""
+    n, _, h, w = x.shape
+    a = x.to(torch.float64).mul(plan.scale_in).round_().clamp_(-plan.limit, plan.limit)
+    out = torch.addmm(plan.bias, _matrix(a), plan.weight.t())
+    return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _depthwise(x: Tensor, plan: Plan, padding: tuple[int, int]) -> Tensor:
+    """Depthwise convolution as a sum of shifted products (``addcmul_``) on (N, H, W, C) tensors:
+    exact for these operands like the library's, and several times faster than its float64
+    grouped convolution on a CPU. The input is quantized straight into the padded buffer; the
+    output is a channels-last view."""
+    n, c, h, wd = x.shape
+    (ph, pw), (kh, kw) = padding, plan.weight.shape[:2]
+    p = torch.zeros(n, h + 2 * ph, wd + 2 * pw, c, dtype=torch.float64, device=x.device)
+    torch.mul(x.to(torch.float64).permute(0, 2, 3, 1), plan.scale_in, out=p[:, ph:ph + h, pw:pw + wd])
+    p.round_().clamp_(-plan.limit, plan.limit)  # the zero border stays zero
+    h, wd = p.shape[1] - kh + 1, p.shape[2] - kw + 1
+    out = plan.bias.expand(n, h, wd, c).clone()
     for i in range(kh):
         for j in range(kw):
-            out.add_(p[:, :, i:i + h, j:j + wd] * w[:, 0, i, j].view(1, -1, 1, 1))
-    return out
+            out.addcmul_(p[:, i:i + h, j:j + wd], plan.weight[i, j])
+    return out.permute(0, 3, 1, 2)
 
 
 @lru_cache(maxsize=4)
@@ -226,26 +309,80 @@ class ExactWindowAttention(WindowCrossAttention):
         if max(worst_logit, worst_value) >= EXACT_LIMIT:
             raise LicError(f"{name}: attention sums could reach 2^53 (head dim {d}, window {self.window})")
 
-    def _prepared(self, device: torch.device) -> tuple:
-        key = (device, self.fracs._version, self.lut._version)
+    # Windows and heads, defined here rather than inherited: format 5 fixes which values meet in
+    # which sum, so the float attention's layout may change without touching these files.
+    def _windows(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) as (B * windows, heads, s * s, d)."""
+        b, c, h, w = x.shape
+        s, d = self.window, c // self.heads
+        x = x.view(b, self.heads, d, h // s, s, w // s, s)
+        return x.permute(0, 3, 5, 1, 4, 6, 2).reshape(b * (h // s) * (w // s), self.heads, s * s, d)
+
+    def _merge(self, x: Tensor, shape: torch.Size) -> Tensor:
+        """:meth:`_windows`'s inverse: (B, C, H, W), channels-last."""
+        b, c, h, w = shape
+        s, d = self.window, c // self.heads
+        x = x.view(b, h // s, w // s, self.heads, s, s, d)
+        return x.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+    def _plans(self, device: torch.device) -> "_AttentionPlan":
+        key = (device, self.fracs._version, self.lut._version) + tuple(
+            c.state_key() for c in (self.q, self.k, self.v, self.out))
         if self._cache is None or self._cache[0] != key:
-            fq, fk, fv = self.fracs.tolist()
-            lut = torch.cat((self.lut, self.lut.new_zeros(1)))  # gaps past the table: exp is 0
-            self._cache = (key, (_pow2(fq), _pow2(fk), _pow2(fv), _pow2(LOGIT_BITS - fq - fk), _pow2(-fv),
-                                 lut.to(device, torch.float64)))
+            self._cache = (key, _AttentionPlan.of(self, device))
         return self._cache[1]
 
     def forward(self, psi: Tensor, ctx: Tensor) -> Tensor:
-        sq, sk, sv, s_logit, s_out, lut = self._prepared(psi.device)
+        plan = self._plans(psi.device)
         qk_max, v_max = (1 << QK_BITS) - 1, (1 << V_BITS) - 1
-        q = self._windows(self.q(psi)).mul_(sq).round_().clamp_(-qk_max, qk_max)
-        k = self._windows(self.k(ctx)).mul_(sk).round_().clamp_(-qk_max, qk_max)
-        v = self._windows(self.v(ctx)).mul_(sv).round_().clamp_(-v_max, v_max)
-        logits = torch.matmul(q, k.transpose(-1, -2)).mul_(s_logit).round_()
-        gap = (logits.amax(-1, keepdim=True) - logits).clamp_(max=lut.numel() - 1)
-        e = lut[gap.long()]
-        att = torch.matmul(e, v).div_(e.sum(-1, keepdim=True)).mul_(s_out)
-        return self._merge(att, psi.shape) + self.out(psi)
+        q, out = _project(psi, plan.psi)
+        k, v = _project(ctx, plan.ctx)
+        q = self._windows(q).round_().clamp_(-qk_max, qk_max)
+        k = self._windows(k).round_().clamp_(-qk_max, qk_max)
+        v = self._windows(v).round_().clamp_(-v_max, v_max)
+        logits = torch.matmul(q, k.transpose(-1, -2)).mul_(plan.logit_scale).round_()
+        gap = (logits.amax(-1, keepdim=True) - logits).clamp_(max=plan.lut.numel() - 1)
+        e = plan.lut.index_select(0, gap.int().view(-1)).view(gap.shape)  # int32 indices: far faster than int64
+        # RN(a / (s 2^fv)) == RN(a / s) 2^-fv: the value grid's scale rides on the row sums
+        att = torch.matmul(e, v).div_(e.sum(-1, keepdim=True).mul_(plan.sum_scale))
+        return self._merge(att, psi.shape) + out
+
+
+@dataclass(frozen=True)
+class _AttentionPlan:
+    """An attention layer's operands on one device. q, k and v come out of their GEMMs already on
+    their grids' scale (``2^fq`` etc. folded into the weights like the output scales: exact), so
+    only rounding and clamping remain; the two 1x1 convolutions of one input (q and out of psi,
+    k and v of the context) run as one GEMM where their input grids agree."""
+
+    psi: tuple[tuple[Plan, ...], tuple[int, ...]]  # the plans and the output widths of q, out
+    ctx: tuple[tuple[Plan, ...], tuple[int, ...]]  # of k, v
+    logit_scale: float
+    sum_scale: float
+    lut: Tensor
+
+    @classmethod
+    def of(cls, attn: ExactWindowAttention, device: torch.device) -> "_AttentionPlan":
+        fq, fk, fv = attn.fracs.tolist()
+        lut = torch.cat((attn.lut, attn.lut.new_zeros(1)))  # gaps past the table: exp is 0
+        psi = _paired([Plan.of(attn.q, device, _pow2(fq)), Plan.of(attn.out, device)])
+        ctx = _paired([Plan.of(attn.k, device, _pow2(fk)), Plan.of(attn.v, device, _pow2(fv))])
+        return cls(psi, ctx, _pow2(LOGIT_BITS - fq - fk), _pow2(fv), lut.to(device, torch.float64))
+
+
+def _paired(plans: list[Plan]) -> tuple[tuple[Plan, ...], tuple[int, ...]]:
+    widths = tuple(p.weight.shape[0] for p in plans)
+    if all(p.scale_in == plans[0].scale_in and p.limit == plans[0].limit for p in plans):
+        return (Plan.stacked(plans),), widths
+    return tuple(plans), widths
+
+
+def _project(x: Tensor, paired: tuple[tuple[Plan, ...], tuple[int, ...]]) -> list[Tensor]:
+    """The outputs of the 1x1 convolutions of ``x`` that :func:`_paired` grouped."""
+    plans, widths = paired
+    if len(plans) == 1:
+        return list(_pointwise(x, plans[0]).split(widths, dim=1))
+    return [_pointwise(x, p) for p in plans]
 
 
 # -- the exact model --------------------------------------------------------------------------------
