@@ -254,7 +254,10 @@ def encode(model: HPCM, x: Tensor, progress: Progress | None = None, version: in
 
 
 def _bits(model: HPCM, symbols: Tensor, scales: Tensor | np.ndarray) -> float:
-    lik = model.gg.likelihood(symbols, torch.as_tensor(scales, dtype=symbols.dtype, device=symbols.device))
+    """The estimated bits of ``symbols``, in the model's float precision: an exact model's float64
+    symbols and scales are estimated as its float model's would be (float64 costs twice as much)."""
+    dtype = model.means_hyper.dtype
+    lik = model.gg.likelihood(symbols.to(dtype), torch.as_tensor(scales, device=symbols.device).to(dtype))
     return float(-torch.log2(lik.double()).sum())
 
 
