@@ -45,7 +45,7 @@ from lic_core.models import exact  # noqa: E402
 from lic_core.models.hpcm import hpcm, save_checkpoint  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
-from lic_core.provenance import commit, cpu_name, dirty_paths  # noqa: E402
+from lic_core.provenance import header, load_average  # noqa: E402
 from lic_core.workbench import store  # noqa: E402
 
 # Environment that caps each library's instruction set (read when the library loads)
@@ -143,22 +143,6 @@ def prepare(model: str, a: argparse.Namespace, d: Path) -> dict[str, str | None]
     return paths
 
 
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def header(argv: list[str]) -> list[str]:
-    """What a results file needs to be read later: when, on which CPU, which code, how loaded,
-    the command."""
-    dirty = dirty_paths()
-    code = commit() + (f" (uncommitted: {', '.join(dirty)})" if dirty else "")
-    return [f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, commit {code}",
-            f"# load average at the start {_load()} (1, 5, 15 min); this process at nice {os.nice(0)}, "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
-            "# $ python benchmarks/cross_cpu.py " + " ".join(argv)]
-
-
 def _odd_ones(images: dict[str, str]) -> str:
     """The images of a row that were refused or silently different, to look into."""
     odd = [f"{k} {v}" for k, v in images.items() if v in ("refused", "silent")]
@@ -190,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--limits: choose from {', '.join(LIMITS)}")
     native = torch.backends.cpu.get_cpu_capability()
     start = time.monotonic()
-    print("\n".join(header(sys.argv[1:] if argv is None else argv)), flush=True)
+    print("\n".join(header(None if argv is None else ["benchmarks/cross_cpu.py", *argv])), flush=True)
     print(f"this CPU: {native}; format version {a.version}, {a.dtype}; decodes compared with the encoding "
           f"process's own (identical / warned / refused / silent)")
     print(f"{'model':42} {'encoded on':>10} {'decoded on':>10} {'threads':>7} " + " ".join(f"{o:>9}" for o in OUTCOMES))
@@ -220,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                           + " ".join(f"{got.count(o):9d}" for o in OUTCOMES) + _odd_ones(images), flush=True)
     print(f"{'total':42} {'':>10} {'':>10} {'':>7} " + " ".join(f"{totals[o]:9d}" for o in OUTCOMES))
     print(f"# finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC after {(time.monotonic() - start) / 60:.0f} min; "
-          f"load average at the end {_load()}")
+          f"load average at the end {load_average()}")
     return 0
 
 

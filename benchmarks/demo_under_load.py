@@ -22,13 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's lic_core, as the demo runs it
 
-from lic_core.provenance import commit, cpu_name  # noqa: E402
+from lic_core import provenance  # noqa: E402
 from lic_core.threads import cores  # noqa: E402
 
 TARGET = 3.0
@@ -67,16 +66,9 @@ def run_demo(out: Path, demo_args: list[str], log: Path) -> float:
     return seconds
 
 
-def load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def header(args: argparse.Namespace, demo_args: list[str]) -> list[str]:
-    return [f"# command: {shlex.join([Path(sys.executable).name, *sys.argv])}",
-            f"# demo: python -m lic_core demo {shlex.join(demo_args)}",
-            f"# CPU: {cpu_name()}; cores this process may use: {cores()}",
-            f"# commit: {commit()}",
-            f"# date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+    return [*provenance.header(),
+            f"# demo: python -m lic_core demo {shlex.join(demo_args)}; cores this process may use: {cores()}",
             f"# load: {args.load} CPU-bound processes started by this script for the loaded run"]
 
 
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     print("\n".join(header(args, demo_args)), flush=True)
     try:
-        print(f"# load average before the idle run: {load_average()}", flush=True)
+        print(f"# load average before the idle run: {provenance.load_average()}", flush=True)
         if os.getloadavg()[0] > 0.5 * cores():
             print(f"# WARNING: the machine is busy before the idle run ({os.getloadavg()[0]:.1f} on "
                   f"{cores()} cores): both times include that load, so the ratio is not the idle-vs-load "
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         procs = start_load(args.load)
         try:
             time.sleep(2)  # the load is running before the demo starts
-            print(f"# load average before the loaded run: {load_average()}", flush=True)
+            print(f"# load average before the loaded run: {provenance.load_average()}", flush=True)
             loaded = run_demo(root / "loaded", demo_args, root / "loaded.log")
         finally:
             stop_load(procs)

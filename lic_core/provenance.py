@@ -3,7 +3,10 @@ file (study runs, benchmark tables) names both."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import sys
+from datetime import datetime, timezone
 
 from lic_core.paths import REPO
 
@@ -29,3 +32,22 @@ def cpu_name() -> str:
         return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         return os.uname().machine
+
+
+def header(argv: list[str] | None = None) -> list[str]:
+    """The comment lines a result file starts with: the command that wrote it, when, on which CPU
+    and code, and how loaded the machine was."""
+    import torch
+
+    dirty = dirty_paths()
+    code = commit() + (f" (uncommitted: {', '.join(dirty)})" if dirty else "")
+    return [f"# $ {shlex.join(['python', *(sys.argv if argv is None else argv)])}",
+            f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, commit {code}",
+            f"# load average at the start {load_average()} (1, 5, 15 min); this process at nice {os.nice(0)}, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"]
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -178,7 +178,10 @@ class HPCM(nn.Module):
         flat = params.flatten(2)
         ctx = _take(flat, geo.pos[0], twice=True).view(b, 2 * m, h // 4, w // 4)
         y_grid = params.new_zeros(b, m, h // 4, w // 4)
-        y_hat = scales_hat = means_hat = params.new_zeros(b, m, h, w)
+        # without autograd (eval, coding) the merges write in place: no new full-grid tensor per step
+        inplace = not torch.is_grad_enabled()
+        zeros = params.new_zeros(b, m, h, w)
+        y_hat, scales_hat, means_hat = (zeros, zeros.clone(), zeros.clone()) if inplace else (zeros,) * 3
         scale = 0
         for k, st in enumerate(STEPS):
             if st.scale != scale:
@@ -194,10 +197,9 @@ class HPCM(nn.Module):
             scales, means = (self._to_y(t, geo, scale) for t in psi.chunk(2, 1))
             mask = geo.masks[k]
             yk = code_step(k, scales, means, mask)
-            y_hat = torch.where(mask, yk, y_hat)
-            scales_hat = torch.where(mask, scales, scales_hat)
-            means_hat = torch.where(mask, means, means_hat)
-            y_grid = torch.where(geo.grid_masks[k], self._from_y(yk, geo, scale), y_grid)
+            y_hat, scales_hat, means_hat = (_merge(mask, new, old, inplace) for new, old in
+                                            ((yk, y_hat), (scales, scales_hat), (means, means_hat)))
+            y_grid = _merge(geo.grid_masks[k], self._from_y(yk, geo, scale), y_grid, inplace)
         return {"y_hat": y_hat, "scales_hat": scales_hat, "means_hat": means_hat}
 
     def _upscale(self, ctx: Tensor, y_grid: Tensor, flat: Tensor, geo: Geometry, scale: int) -> tuple[Tensor, Tensor]:
@@ -261,6 +263,11 @@ class HPCM(nn.Module):
             "scale_masks": self.scale_masks(h, w, y.device),
             "y": y, "z": z, "z_q": z_q, "z_hat": z_hat, "y_q": y_q, **ctx,
         }
+
+
+def _merge(mask: Tensor, new: Tensor, old: Tensor, inplace: bool) -> Tensor:
+    """``new`` where ``mask`` holds, else ``old``; with ``inplace`` written into ``old``."""
+    return torch.where(mask, new, old, out=old) if inplace else torch.where(mask, new, old)
 
 
 def _expand(idx: Tensor, b: int, twice: bool = False) -> Tensor:
