@@ -56,7 +56,7 @@ from lic_core.models.blocks import Conv1x1  # noqa: E402
 from lic_core.models.hpcm import count_parameters, hpcm, kmacs_per_pixel  # noqa: E402
 from lic_core.models.loading import load_checkpoint  # noqa: E402
 from lic_core.paths import datasets_root  # noqa: E402
-from lic_core.training.engine import bf16_transforms, cpu_bf16, make_optimizer  # noqa: E402
+from lic_core.training.engine import bf16_transforms, compile_forward, cpu_bf16, make_optimizer  # noqa: E402
 
 AUTHORS = ("base", "large")  # the models their repository has
 COLUMNS = ("train step", "eval forward", "encode", "decode")
@@ -260,7 +260,7 @@ def side_by_side(ours: dict[str, torch.nn.Module], theirs: torch.nn.Module, batc
     """Train step and eval forward of each variant of ours and of theirs in interleaved rounds,
     per variant: per-round ours/theirs ratios (median, min, max), median seconds, and the largest
     eval ``x_hat`` difference to theirs (the same weights should give the same image)."""
-    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(1, 3, eh, ew, generator=torch.Generator().manual_seed(1))  # the eval shape: no extra compile
     with torch.no_grad():  # before the train steps, which move the copies of the weights apart
         ref = theirs.eval()(x)["x_hat"]
         diff = {k: (m.eval()(x)["x_hat"] - ref).abs().max().item() for k, m in ours.items()}
@@ -353,10 +353,13 @@ def layers_table(model: torch.nn.Module, batch: int, size: int, repeat: int) -> 
         f"{tot['onednn']:.2f} s | {tot['gemm']:.2f} s | {tot['gemm'] / tot['onednn']:.2f} |"]
 
 
-def variants(model: torch.nn.Module, bf16: bool, paths: bool = False) -> dict[str, torch.nn.Module]:
+def variants(model: torch.nn.Module, bf16: bool, paths: bool = False,
+             compiled: bool = False) -> dict[str, torch.nn.Module]:
     """Ours as is (the autotuner in the benchmark's mode); with ``paths``, a copy with each path of
     the autotuner forced; with ``bf16``, a copy with the engine's ``speed.bf16`` (transforms under
-    bfloat16 autocast; not like-for-like with their float32, so it gets its own row)."""
+    bfloat16 autocast; not like-for-like with their float32, so it gets its own row); with
+    ``compiled``, a copy with the engine's ``speed.compile`` (float32, torch.compile of the forward,
+    as every training run of at least ``COMPILE_MIN_STEPS`` steps runs by default)."""
     out = {"ours": model}
     if paths:
         for path in autotune.PATHS["conv1x1"]:
@@ -364,6 +367,10 @@ def variants(model: torch.nn.Module, bf16: bool, paths: bool = False) -> dict[st
     if bf16:
         out["ours, speed.bf16"] = copy.deepcopy(model)
         bf16_transforms(out["ours, speed.bf16"], "cpu")
+    if compiled:
+        out["ours, speed.compile"] = copy.deepcopy(model)
+        if not compile_forward(out["ours, speed.compile"], torch.device("cpu")):
+            del out["ours, speed.compile"]
     return out
 
 
@@ -381,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --authors: profile one train step of ours and theirs (convs and GEMMs vs the rest)")
     ap.add_argument("--bf16", action="store_true",
                     help="with --authors: also ours with speed.bf16 (CPUs with oneDNN bfloat16 kernels)")
+    ap.add_argument("--compile", action="store_true",
+                    help="with --authors: also ours with speed.compile (the engine's default on long runs)")
     ap.add_argument("--layers", action="store_true",
                     help="forward + backward of each 1x1 conv shape of the context model: GEMM vs oneDNN")
     ap.add_argument("--autotune", default="auto", choices=autotune.MODES,
@@ -475,7 +484,7 @@ def run(a: argparse.Namespace) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             ours = build(name, checkpoints)
-            res = side_by_side(variants(ours, a.bf16, a.paths), authors_model(a.authors, name, ours), a_batch, a_size,
+            res = side_by_side(variants(ours, a.bf16, a.paths, a.compile), authors_model(a.authors, name, ours), a_batch, a_size,
                                a_eh, a_ew, repeat)
             for k, r in res.items():
                 label = name if k == "ours" else f"{name} ({k})"
