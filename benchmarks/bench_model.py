@@ -484,8 +484,8 @@ def run(a: argparse.Namespace) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             ours = build(name, checkpoints)
-            res = side_by_side(variants(ours, a.bf16, a.paths, a.compile), authors_model(a.authors, name, ours), a_batch, a_size,
-                               a_eh, a_ew, repeat)
+            res = side_by_side(variants(ours, a.bf16, a.paths, a.compile), authors_model(a.authors, name, ours),
+                               a_batch, a_size, a_eh, a_ew, repeat)
             for k, r in res.items():
                 label = name if k == "ours" else f"{name} ({k})"
                 print(f"| {label} | {r['train']:.2f} s | {r['train theirs']:.2f} s | {spread(r['train ratio'], 3)} | "
