@@ -1,4 +1,4 @@
-"""One prepared run on a lent GPU (issue 17): HPCM-Base training speed options, Kodak encode /
+"""One prepared run on a lent GPU: HPCM-Base training speed options, Kodak encode /
 decode time, cross-device decoding (float32 and float64 files, and format version 5 files of the
 exact entropy path, which must decode to the same symbols on either side), tiny-model throughput.
 Writes ``benchmarks/results/gpu_<card>.md``.

@@ -66,7 +66,7 @@ def test_authors_shims_load_an_unmodified_checkout(tmp_path, monkeypatch):
 
 def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path, kodak_dir, wikiphotos_dir):
     """The GPU script's whole code path, at smoke sizes on the CPU, so it is known to work before a
-    GPU is lent (issue 17); GPU-only options are reported as refused, cross-device as skipped."""
+    GPU is lent; GPU-only options are reported as refused, cross-device as skipped."""
     gpu_check = importlib.import_module("gpu_check")
     out = tmp_path / "gpu.md"
     assert gpu_check.main(["--device", "cpu", "--smoke", "--out", str(out)]) == 0

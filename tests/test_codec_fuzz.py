@@ -152,7 +152,7 @@ def test_fuzzed_files_leave_no_output(tmp_path, capsys):
 
 
 def test_oversized_header_is_refused_before_decoding(tiny):
-    """The 4096x4096 header on a small file of the issue: refused by the pixel cap, at once."""
+    """A crafted 4096x4096 header on a small file: refused by the pixel cap, at once."""
     stream = codec.compress(tiny, image(20, 30, seed=20))
     big = forge(stream, height=4096, width=4096)
     with pytest.raises(BitstreamError, match="over 4,194,304 pixels"):

@@ -1,4 +1,4 @@
-"""The trunk-and-branch study (issue 13) end to end at micro size: trunks gated on a measured L_D,
+"""The trunk-and-branch study end to end at micro size: trunks gated on a measured L_D,
 branches, every comparison arm, real-bitstream evaluation, strict BD-rates with reasons; the
 weights-only store and its SHA-256 manifest; resume of a finished stage."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``speed.compile`` on the CPU (issue 14): the compiled forward trains like the eager one (losses
+"""``speed.compile`` on the CPU: the compiled forward trains like the eager one (losses
 within a few float32 roundings over 20 steps, with dynamo shown to have compiled the model's forward),
 resumes bit-identically, and a machine without a compiler gets one line and the eager path."""
 from __future__ import annotations
