@@ -4,8 +4,9 @@
 ``--checkpoint``; untrained (seeded-init) weights only with ``--untrained``. ``decompress`` finds
 the weights a version-4 file names by their fingerprint among the shipped models, or takes
 ``--checkpoint``; it never builds a model from a header alone. ``compress --exact`` writes format
-version 5 (the same symbols on every CPU and GPU) with the model's exact version: the shipped
-models' come with them, another checkpoint's from ``--exact-spec`` (lic_core.models.exact).
+version 5 (the same symbols on every CPU; on GPUs by design, not yet measured) with the model's
+exact version: the shipped models' come with them, another checkpoint's from ``--exact-spec``
+(lic_core.models.exact).
 Outputs are handled like gzip's:
 an existing file is refused without ``-f``, the input never overwritten, ``-`` is stdout.
 """
@@ -190,8 +191,8 @@ def _compress(argv: list[str] | None) -> int:
                     help="code in float64: with the shipped tiny models such files decoded identically on other "
                          "CPUs where float32 files did not (benchmarks/cross_cpu.py); about 2.5-3x the time")
     ap.add_argument("--exact", action="store_true",
-                    help="format version 5 for archiving: the same symbols on every CPU and GPU (exact entropy path; "
-                         "docs/CODEC.md gives its cost)")
+                    help="format version 5 for archiving: the same symbols on every CPU, by design on GPUs too "
+                         "(exact entropy path; docs/CODEC.md gives its cost)")
     ap.add_argument("--exact-spec", metavar="JSON",
                     help="calibration of --checkpoint's exact model (lic_core.models.exact.calibrate_spec); implies --exact")
     a = ap.parse_args(argv)

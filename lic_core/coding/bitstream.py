@@ -9,8 +9,9 @@ File layout (big-endian)::
 
 Version 5 has version 4's layout; its symbols were coded with an exact entropy-parameter path
 (:mod:`lic_core.models.exact`): the scales and means, and so the symbols, are the same bits on
-every CPU and GPU, and the nearest table is picked against edges computed exactly. Its fingerprint
-is the exact model's (integer weights and grids), which only an exact model has.
+every CPU and, by design, on every GPU (GPU <-> CPU not yet measured); the nearest table is picked
+against edges computed exactly. Its fingerprint is the exact model's (integer weights and grids),
+which only an exact model has.
 
 The last CRC covers every other byte of the file, so corruption is reported before any decoding. It
 is not a signature: a crafted file passes it, so every header field is range-checked here (the model
