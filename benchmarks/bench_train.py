@@ -13,7 +13,7 @@ images per second.
         # the autotuner (fp32: speed.autotune=true) against each of its paths forced
     python benchmarks/bench_train.py --grid --batches 2,4,8,16 --patches 64,128,256   # sizing table
     python benchmarks/bench_train.py --engine --batch 8 --steps 30 --modes standard,balanced
-        # whole runs (CLI, photos, loader, logging): no photo cache (the engine before its decoded-photo cache),
+        # whole runs (CLI, photos, loader, logging): no photo cache (every crop decoded from its JPEG),
         # cache, cache + compile, and cache + bf16 + compile where the CPU has bfloat16 kernels
     python benchmarks/bench_train.py --layout --batch 8 --steps 30 --modes standard,balanced
         # whole CLI runs: 1 process x 2 threads vs torchrun 2 ranks x 1 thread, eager and compiled
@@ -102,8 +102,8 @@ SECOND = "second forward"
 # Process layouts of one run on a CPU: (ranks, threads per rank). With ranks > 1 the run goes
 # through torchrun (DDP over gloo) and data.batch is per rank, so the global batch is the same.
 LAYOUTS: dict[str, tuple[int, int]] = {"1 process x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
-# The engine without its photo cache (every crop decoded from its JPEG), with the decoded-photo cache,
-# and with the cache and torch.compile: one process, 2 threads.
+# The engine without the decoded-photo cache (every crop decoded from its JPEG), with it, and with
+# it and torch.compile (plus bf16 where the CPU runs it): one process, 2 threads.
 ENGINE: dict[str, dict] = {"no cache": {"data.cache_mb": 0}, "cache": {},
                            "cache + compiled": {"speed.compile": True},
                            "cache + bf16 + compiled": {"speed.bf16": True, "speed.compile": True}}
