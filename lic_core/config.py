@@ -28,6 +28,10 @@ OPTIMIZERS = ("auto", "adam", "cautious")
 WANDB_MODES = ("offline", "online", "disabled")
 MODULE_GROUPS = ("transform", "hyper", "context")
 COMPILE_MIN_STEPS = 1000  # speed.compile=auto: shorter runs would spend a large share compiling
+# speed.compile=auto on a CPU: a larger model's step is mostly the convolutions and GEMMs that inductor
+# leaves to oneDNN and MKL (HPCM-Base, 912 kMACs/pixel: no gain measured), a smaller one's is mostly
+# the small ops it fuses (tiny, 22 kMACs/pixel: 0.86-0.94x the eager step)
+COMPILE_CPU_MAX_KMACS = 100
 AUTOTUNE = (True, False, "gemm", "conv")  # speed.autotune: lic_core.models.autotune's modes and paths
 MSSSIM_MIN_SIDE = 161  # pytorch_msssim's default 5 scales with an 11-tap window
 
@@ -128,7 +132,8 @@ class SpeedConfig:
     bf16: bool | str = False
     channels_last: bool = False  # GPU inputs (on the CPU the model's convs are channels-last already)
     # torch.compile of the model's forward (inductor; on CPU it needs a C++ compiler): true, false,
-    # or auto = on for runs of at least COMPILE_MIN_STEPS steps where a compiler exists
+    # or auto = on for runs of at least COMPILE_MIN_STEPS steps where a compiler exists (on a CPU,
+    # only for models of at most COMPILE_CPU_MAX_KMACS kMACs/pixel)
     compile: bool | str = "auto"
     # per-layer implementation (lic_core.models.autotune): true = measure each shape once on a CPU
     # kind the project has measured, false = the portable default, or a path: gemm | conv

@@ -11,9 +11,11 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch._dynamo.utils import counters
 from train_helpers import images, micro_config, needs_cpu_bf16, no_wandb  # noqa: F401 (fixtures)
 
-from lic_core.config import COMPILE_MIN_STEPS, TrainConfig
+from lic_core.config import COMPILE_MIN_STEPS, TrainConfig, apply_overrides
+from lic_core.models import autotune
 from lic_core.training import checkpoint as ckpt
-from lic_core.training.engine import Trainer, compiler_missing, train, wants_compile
+from lic_core.training import engine
+from lic_core.training.engine import Trainer, compile_gainless, compiler_missing, speed_plan, train, wants_compile
 from lic_core.training.logging import load_history
 
 
@@ -104,6 +106,20 @@ def test_auto_compiles_long_runs_only(tmp_path, images):
     cfg = lambda steps, c="auto": micro_config(tmp_path, images, run__steps=steps, speed__compile=c)  # noqa: E731
     assert not wants_compile(cfg(COMPILE_MIN_STEPS - 1)) and wants_compile(cfg(COMPILE_MIN_STEPS))
     assert not wants_compile(cfg(10**6, False)) and wants_compile(cfg(1, True))
+
+
+def test_auto_compiles_only_small_models_on_a_cpu(monkeypatch):
+    if compiler_missing(torch.device("cpu")):
+        pytest.skip("no C++ compiler for torch.compile on this machine")
+    cfg = apply_overrides(TrainConfig(), {"run.steps": COMPILE_MIN_STEPS})
+    before = autotune.choices()
+    assert speed_plan(cfg, torch.device("cpu")).compile is True  # tiny: 22 kMACs/pixel
+    monkeypatch.setattr(engine, "COMPILE_CPU_MAX_KMACS", 10)
+    plan = speed_plan(cfg, torch.device("cpu"))
+    assert plan.compile is False and "22 kMACs/pixel on a CPU, above 10" in plan.describe(), plan.describe()
+    assert autotune.choices() == before  # counting the MACs measured and recorded no path
+    assert compile_gainless(cfg, torch.device("cuda")) == ""  # a GPU compiles every size
+    assert speed_plan(apply_overrides(cfg, {"speed.compile": True}), torch.device("cpu")).compile is True
 
 
 @needs_cpu_bf16

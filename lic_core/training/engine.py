@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from lic_core.training import losses
 
 from lic_core.analysis import metrics
-from lic_core.config import COMPILE_MIN_STEPS, OptimConfig, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
+from lic_core.config import COMPILE_CPU_MAX_KMACS, COMPILE_MIN_STEPS, OptimConfig, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
 from lic_core.training.data import load_test_set, train_loader
 from lic_core.errors import ConfigError, command
 from lic_core.models import autotune
-from lic_core.models.hpcm import HPCM, build, read_checkpoint
+from lic_core.models.hpcm import HPCM, build, kmacs_per_pixel, read_checkpoint
 from lic_core.optim import CautiousAdam, LRSchedule
 from lic_core.training import checkpoint as ckpt
 from lic_core.training import distributed as ddp
@@ -121,7 +121,7 @@ def speed_plan(cfg: TrainConfig, dev: torch.device) -> SpeedPlan:
     """``cfg.speed`` resolved for ``dev`` (explicit options were checked by :func:`resolve_device`):
     ``bf16=auto`` is on where bfloat16 is native (:func:`native_bf16`; it changes numerics, so it is
     never the default), ``compile=auto`` on runs of at least ``COMPILE_MIN_STEPS`` steps where a
-    compiler exists (:func:`compiler_missing`), and ``autotune`` picks each 1x1 conv's path by
+    compiler exists (:func:`compiler_missing`) and compiling pays (:func:`compile_gainless`), and ``autotune`` picks each 1x1 conv's path by
     measuring on a CPU kind the project has measured (:mod:`lic_core.models.autotune`)."""
     s, notes = cfg.speed, []
     bf16 = s.bf16 is True
@@ -130,7 +130,7 @@ def speed_plan(cfg: TrainConfig, dev: torch.device) -> SpeedPlan:
         notes.append(f"bf16=auto: {'native' if bf16 else 'not native'} bfloat16 on {dev.type}")
     compile_ = wants_compile(cfg)
     if s.compile == "auto" and compile_:
-        why = compiler_missing(dev)
+        why = compiler_missing(dev) or compile_gainless(cfg, dev)
         compile_ = not why
         notes.append(f"compile=auto: {why or 'a compiler exists'}")
     mode = autotune.normalize(s.autotune)
@@ -159,6 +159,19 @@ def compiler_missing(dev: torch.device) -> str:
     except Exception as e:  # InvalidCxxCompiler, or an inductor without a CPU backend
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return ""
+
+
+def compile_gainless(cfg: TrainConfig, dev: torch.device) -> str:
+    """Why compiling ``cfg``'s model would not pay on ``dev`` ("" when it would): on a CPU, a model
+    of more than ``COMPILE_CPU_MAX_KMACS`` kMACs/pixel."""
+    if dev.type != "cpu":
+        return ""
+    with autotune.forced(False):  # counting must neither measure nor record a path
+        k = kmacs_per_pixel(build(hpcm_config(cfg)))
+    if k <= COMPILE_CPU_MAX_KMACS:
+        return ""
+    return (f"{k:.0f} kMACs/pixel on a CPU, above {COMPILE_CPU_MAX_KMACS}, where the step is mostly "
+            "convolutions and GEMMs that compiling does not speed up")
 
 
 def compile_forward(model: HPCM, dev: torch.device) -> bool:
