@@ -39,7 +39,7 @@ from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
 from lic_core.provenance import commit, cpu_name
 from lic_core.analysis.stats import mean_ci
-from lic_core.workbench.store import export, is_store, read_index, verify_store
+from lic_core.workbench.store import export, is_store, read_index, sha256, verify_store
 from lic_core.workbench.sweep import EXECUTORS, Lines, Task, run_tasks
 from lic_core.analysis.tables import write_results
 from lic_core.training import checkpoint as ckpt
@@ -298,12 +298,38 @@ def export_trunk(st: Study, seed: int, why: str) -> Path:
     return export(ckpt.step_file(run_dir / "checkpoints", step), st.store_dir / f"{trunk_name(seed)}.pt", meta)
 
 
+# SHA-256 of bases a study records but does not ship (``sha256sum -c`` format, in its results folder)
+RECORDED = "unshipped_bases.sha256"
+
+
+def recorded_hashes(st: Study) -> dict[str, str]:
+    """File name -> SHA-256 of the study's recorded, unshipped bases (empty without the file)."""
+    path = st.out_dir / RECORDED
+    if not path.is_file():
+        return {}
+    rows = [ln.split() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return {name: digest for digest, name in rows}
+
+
+def check_recorded(st: Study, base: Path) -> Path:
+    """``base`` if it is the one the study's committed runs started from: a base the study records
+    (:data:`RECORDED`) must hash as recorded. A base re-derived on another kind of CPU can differ in
+    the last bits; the runs fine-tuned from the recorded one are then not runs of this base."""
+    want = recorded_hashes(st).get(base.name)
+    if want and sha256(base) != want:
+        raise LicError(f"{base}: not the base the committed runs started from (SHA-256 differs from "
+                       f"{st.out_dir / RECORDED}); to redo its trunk's runs from it, move their run folders "
+                       f"and their files in {st.out_dir / 'eval'} away, and delete its line there")
+    return base
+
+
 def run_branch(st: Study, seed: int, lmbda: float) -> Path:
-    """Continue trunk ``seed`` at ``lmbda`` (Adam, decaying lr); export the base model."""
+    """Continue trunk ``seed`` at ``lmbda`` (Adam, decaying lr); export the base model, checked
+    against the study's recorded hash if it has one (:func:`check_recorded`)."""
     b = st.branch
     dest = st.store_dir / f"{base_name(lmbda, seed)}.pt"
     if dest.is_file():
-        return dest
+        return check_recorded(st, dest)
     init = st.store_dir / f"{trunk_name(seed)}.pt"
     if not init.is_file():
         raise LicError(f"branch {base_name(lmbda, seed)}: trunk {init} is not trained yet")
@@ -313,7 +339,7 @@ def run_branch(st: Study, seed: int, lmbda: float) -> Path:
     ev = last_eval(st.out_dir / base_name(lmbda, seed))
     meta = {"stage": "base", "seed": seed, "lmbda": lmbda, "step": b.steps, "init": init.name,
             "eval": ev, "commit": commit()}
-    return export(last, dest, meta)
+    return check_recorded(st, export(last, dest, meta))
 
 
 def arm_lambdas(st: Study, arm: str) -> list[float]:

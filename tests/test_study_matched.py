@@ -65,6 +65,24 @@ def test_arms_share_points_and_trunks_have_their_own_fine_tune_seeds(matched):
     assert study.load_image_curve(matched, "adam[half+top]", 0, 101).bpp.shape == (3, 2)
 
 
+def test_a_rederived_base_must_hash_as_recorded(matched):
+    from lic_core.errors import LicError
+    from lic_core.workbench.store import sha256
+
+    base = matched.store_dir / f"{study.base_name(0.0067, 0)}.pt"
+    recorded = matched.out_dir / study.RECORDED
+    try:
+        recorded.write_text(f"# recorded bases\n{sha256(base)}  {base.name}\n")
+        assert study.run_branch(matched, 0, 0.0067) == base
+        recorded.write_text(f"{'0' * 64}  {base.name}\n")
+        with pytest.raises(LicError, match=r"^[^\n]*not the base the committed runs started from") as e:
+            study.run_branch(matched, 0, 0.0067)
+        assert base.name in str(e.value) and base.is_file()  # nothing deleted
+        assert study.run_branch(matched, 0, 0.025).is_file()  # a base without a record is not checked
+    finally:
+        recorded.unlink(missing_ok=True)
+
+
 def test_report_gives_trunk_level_values_and_the_decision(matched):
     text, summary, _ = study.report_markdown(matched)
     assert "#### Answer (pre-registered primary analysis)" in text and "#### Secondary analyses (trunks as the unit)" in text
