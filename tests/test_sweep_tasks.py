@@ -136,3 +136,52 @@ def test_submitit_local_reports_a_failure_by_name(tmp_path, monkeypatch):
                                                     "after-ok": "done"}
     assert "boom" in out["bad"].error and out["after-bad"].error == "needs bad, which failed"
     assert list((tmp_path / "submitit").glob("*_result.pkl"))
+
+
+SLOW_TASK = """
+import os, time
+from pathlib import Path
+
+
+def slow(folder):
+    Path(folder, "pid").write_text(str(os.getpid()))
+    time.sleep(300)
+"""
+
+DRIVER = """
+import sys
+from slow_task import slow
+from lic_core.workbench.sweep import Task, run_tasks
+
+if __name__ == "__main__":
+    run_tasks([Task("slow", slow, (sys.argv[1],))], jobs=1)
+"""
+
+
+def test_sigterm_ends_the_scheduler_and_its_workers(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow_task.py").write_text(SLOW_TASK)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, "driver.py", str(tmp_path)], cwd=tmp_path)
+    try:
+        for _ in range(600):  # the worker's start: up to a minute on a loaded machine
+            if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text():
+                break
+            time.sleep(0.1)
+        worker = int((tmp_path / "pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        for _ in range(100):
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"worker {worker} still runs after its scheduler was terminated")
+    finally:
+        proc.kill()

@@ -52,6 +52,7 @@ import signal
 import multiprocessing
 import socket
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor, wait
@@ -560,9 +561,34 @@ class _Workers:
                 self.pool = None
         raise LicError(f"task {task.name}: cannot start a worker process")
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+    def close(self, stop: bool = False) -> None:
+        """Wait for the running tasks, or with ``stop`` end their workers now (the scheduler was
+        interrupted: nothing may keep training behind it; a task's checkpoints are written
+        atomically, so a re-run resumes it)."""
+        if self.pool is None:
+            return
+        if stop:
+            for proc in list(self.pool._processes.values()):  # no public API before Python 3.14
+                proc.terminate()
+        self.pool.shutdown(wait=not stop, cancel_futures=stop)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch system cancelling the job) ends the block with ``SystemExit(143)``
+    instead of ending the process on the spot, so the scheduler can end its workers first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
@@ -584,8 +610,9 @@ def _local(todo: list[Task], outcomes: dict[str, Outcome], n: int, progress: Pro
     """The local scheduler: in list order, start each task whose needs are done while fewer than
     ``n`` run; wait for the first to end (``heartbeat``: at most that long between reports)."""
     pending, running, workers = list(todo), {}, _Workers(n)
+    finished = False
     try:
-        with _sleeping_omp():
+        with _sleeping_omp(), _sigterm_raises():
             while True:
                 for t in list(pending):
                     if len(running) >= n:
@@ -607,8 +634,9 @@ def _local(todo: list[Task], outcomes: dict[str, Outcome], n: int, progress: Pro
                     t, t0 = running.pop(fut)
                     outcomes[t.name] = _result(fut, time.monotonic() - t0)
                     progress.finished(t.name, outcomes[t.name])
+        finished = True
     finally:
-        workers.close()
+        workers.close(stop=not finished)
 
 
 def _result(fut: Future, seconds: float) -> Outcome:
