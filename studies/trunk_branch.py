@@ -39,7 +39,7 @@ from lic_core.errors import ConfigError, LicError, command
 from lic_core.paths import REPO
 from lic_core.provenance import commit, cpu_name
 from lic_core.analysis.stats import mean_ci
-from lic_core.workbench.store import export, is_store, read_index, sha256, verify_store
+from lic_core.workbench.store import export, is_store, read_index, read_sums, sha256, verify_store
 from lic_core.workbench.sweep import EXECUTORS, Lines, Task, run_tasks
 from lic_core.analysis.tables import write_results
 from lic_core.training import checkpoint as ckpt
@@ -305,10 +305,7 @@ RECORDED = "unshipped_bases.sha256"
 def recorded_hashes(st: Study) -> dict[str, str]:
     """File name -> SHA-256 of the study's recorded, unshipped bases (empty without the file)."""
     path = st.out_dir / RECORDED
-    if not path.is_file():
-        return {}
-    rows = [ln.split() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    return {name: digest for digest, name in rows}
+    return read_sums(path) if path.is_file() else {}
 
 
 def check_recorded(st: Study, base: Path) -> Path:

@@ -79,6 +79,9 @@ def test_a_rederived_base_must_hash_as_recorded(matched):
             study.run_branch(matched, 0, 0.0067)
         assert base.name in str(e.value) and base.is_file()  # nothing deleted
         assert study.run_branch(matched, 0, 0.025).is_file()  # a base without a record is not checked
+        recorded.write_text(f"{base.name}\n")
+        with pytest.raises(LicError, match=r"line 1 is not '<sha256 hex>  <file name>'$"):
+            study.run_branch(matched, 0, 0.0067)
     finally:
         recorded.unlink(missing_ok=True)
 

@@ -121,8 +121,9 @@ def speed_plan(cfg: TrainConfig, dev: torch.device) -> SpeedPlan:
     """``cfg.speed`` resolved for ``dev`` (explicit options were checked by :func:`resolve_device`):
     ``bf16=auto`` is on where bfloat16 is native (:func:`native_bf16`; it changes numerics, so it is
     never the default), ``compile=auto`` on runs of at least ``COMPILE_MIN_STEPS`` steps where a
-    compiler exists (:func:`compiler_missing`) and compiling pays (:func:`compile_gainless`), and ``autotune`` picks each 1x1 conv's path by
-    measuring on a CPU kind the project has measured (:mod:`lic_core.models.autotune`)."""
+    compiler exists (:func:`compiler_missing`) and compiling pays (:func:`compile_gainless`), and
+    ``autotune`` picks each 1x1 conv's path by measuring on a CPU kind the project has measured
+    (:mod:`lic_core.models.autotune`)."""
     s, notes = cfg.speed, []
     bf16 = s.bf16 is True
     if s.bf16 == "auto":

@@ -82,6 +82,12 @@ def read_manifest(folder: str | Path) -> dict[str, str]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise LicError(f"{folder}: no {MANIFEST} (not a checkpoint store)")
+    return read_sums(path)
+
+
+def read_sums(path: Path) -> dict[str, str]:
+    """File name -> SHA-256 of a file in ``sha256sum`` format (``#`` lines are comments, as for
+    ``sha256sum -c``); a malformed file is a :class:`LicError` naming the line."""
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise LicError(f"{path}: over {MAX_MANIFEST_BYTES:,} bytes, not a manifest")
     try:
@@ -90,6 +96,8 @@ def read_manifest(folder: str | Path) -> dict[str, str]:
         raise LicError(f"{path}: not UTF-8 text") from None
     listed = {}
     for i, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#"):
+            continue
         parts = line.split(maxsplit=1)
         name = parts[1].strip().removeprefix("*") if len(parts) == 2 else ""
         if (len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdef" for c in parts[0])
