@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch._dynamo.utils import counters
+from conftest import skip_or_fail
 from train_helpers import images, micro_config, needs_cpu_bf16, no_wandb  # noqa: F401 (fixtures)
 
 from lic_core.config import COMPILE_MIN_STEPS, TrainConfig, apply_overrides
@@ -110,7 +111,7 @@ def test_auto_compiles_long_runs_only(tmp_path, images):
 
 def test_auto_compiles_only_small_models_on_a_cpu(monkeypatch):
     if compiler_missing(torch.device("cpu")):
-        pytest.skip("no C++ compiler for torch.compile on this machine")
+        skip_or_fail(f"no C++ compiler for torch.compile: {compiler_missing(torch.device('cpu'))}", kind="env")
     cfg = apply_overrides(TrainConfig(), {"run.steps": COMPILE_MIN_STEPS})
     before = autotune.choices()
     assert speed_plan(cfg, torch.device("cpu")).compile is True  # tiny: 22 kMACs/pixel
