@@ -140,8 +140,8 @@ def test_06_lambda_explorer(tmp_path, shared_runs, tiny_store):
 
 def test_07_experiment(tmp_path, kodak_dir, wikiphotos_dir):
     """The experiment notebook's whole pipeline at smoke size: train sweep, fine-tune sweep, real
-    bitstreams, report (one seed: every job is a notebook in its own kernel, minutes on 2 cores; the report's
-    per-seed statistics are tested in test_experiment.py)."""
+    bitstreams, report (one seed: every job is a notebook in its own kernel, minutes on 2 cores;
+    the report's per-seed statistics are tested in test_experiment.py)."""
     out = tmp_path / "07"
     nb = run("07_experiment", tmp_path, output=str(out / "train"), results=str(out / "RESULTS.md"),
              figures_dir=str(out / "figures"), limit=1, crop=128, grid={"lmbda": [0.0067, 0.025], "seed": [0]},
