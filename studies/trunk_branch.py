@@ -457,8 +457,11 @@ def scratch_markdown(st: Study) -> list[str]:
                 continue
             rows = scratch_rows(st, arm, seed)
             risen = next((r["step"] for r in rows if r["a_D"] >= st.scratch.share), None)
-            lines += ["", f"From scratch, {arm} beside trunk {seed} (Adam; same seed, init, crops, λ {st.trunk.lmbda}, "
-                          f"lr {st.trunk.lr}); {rows[-1]['step']} of {st.scratch.steps} steps; Kodak-crop measurements, "
+            lam = st.scratch.arms[arm].get("loss.lmbda", st.trunk.lmbda)
+            pair = (f"λ {lam}, lr {st.trunk.lr}" if lam == st.trunk.lmbda else
+                    f"lr {st.trunk.lr}; λ {lam} here and {st.trunk.lmbda} for Adam, each `L_D` at its own λ")
+            lines += ["", f"From scratch, {arm} beside trunk {seed} (Adam; same seed, init, crops, {pair}); "
+                          f"{rows[-1]['step']} of {st.scratch.steps} steps; Kodak-crop measurements, "
                           f"`z_D`/`a_D` the mean over the steps since the previous row:", "",
                       "| step | Adam PSNR | Adam bpp | Adam L_D | PSNR | bpp | L_D | z_D | a_D |",
                       "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
