@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from lic_core.workbench.notebooks import execute
 from lic_core.paths import REPO
@@ -102,6 +103,8 @@ def test_04_finetuning(tmp_path, kodak_dir, wikiphotos_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert Path(metrics["init"]).is_file() and set(metrics["runs"]) == {"qp", "balanced", "standard"}
     assert figures(run_dir / "figures") == {"finetune_curves", "finetune_weights"}
+    lrs = {d.parent.name: yaml.safe_load((d / "config.yaml").read_text())["optim"]["lr"] for d in run_dir.glob("*/standard-*")}
+    assert lrs == {"pretrain": 1e-4, "finetune": 3e-5}  # pretraining at pretrain_lr, not the fine-tuning lr
 
 
 def test_04_finetuning_from_a_store(tmp_path, tiny_store, kodak_dir, wikiphotos_dir):

@@ -105,3 +105,28 @@ def test_a_malformed_index_is_one_error(folder):
     (folder / store.INDEX).write_text('{"m0.pt": 3}')
     with pytest.raises(LicError, match="meta objects"):
         store.read_index(folder)
+
+
+def _run(folder, mode="balanced", lmbda=0.013, seed=0):
+    (folder / "checkpoints").mkdir(parents=True)
+    save_checkpoint(hpcm("tiny"), folder / "checkpoints" / "step_00000002.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"loss": {"mode": mode, "lmbda": lmbda}, "run": {"seed": seed}}))
+
+
+def test_two_runs_at_one_lambda_are_an_error_naming_both(tmp_path):
+    """Which run is a curve's point is the user's choice, never the folder order's."""
+    _run(tmp_path / "pretrain" / "a")
+    _run(tmp_path / "finetune" / "b", seed=1)
+    with pytest.raises(LicError, match=r"^[^\n]*two balanced runs at λ 0.013: .*finetune/b and .*pretrain/a"):
+        workbook.checkpoints_of(tmp_path, "balanced")
+    assert list(workbook.checkpoints_of(tmp_path, "balanced", seed=1)) == [0.013]
+
+
+def test_a_store_is_checked_and_never_trained_into(folder):
+    """A store's models are SHA-256 checked; a mode it lacks is an error, not short runs in the store."""
+    with pytest.raises(LicError, match=r"holds no qp models \(a store is never trained into\)"):
+        workbook.runs_for_evaluation(folder, ["standard", "qp"], lambdas=[0.0035], steps=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["SHA256SUMS", "index.json"] + [f"m{i}.pt" for i in range(5)]
+    (folder / "m1.pt").write_bytes((folder / "m1.pt").read_bytes() + b"\0")
+    with pytest.raises(LicError, match="m1.pt: SHA-256 differs"):
+        workbook.checkpoints_of(folder, "standard")

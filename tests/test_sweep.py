@@ -277,3 +277,22 @@ def test_bad_slurm_parameters_are_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="bad 'slurm' parameters"):
         run_sweep(load_sweep(path), executor="submitit-debug", progress=False)
     assert [r["state"] for r in read_manifest(tmp_path / "out")["jobs"].values()] == ["pending"]
+
+
+def test_sweep_grid_refuses_to_average_over_a_parameter_that_varies(tmp_path):
+    """A (γ, w_lr) cell of jobs that differ in a third parameter would be their mean: an error
+    naming it; ``where`` picks one value."""
+    from lic_core.errors import LicError
+    from lic_core.workbench import workbook
+
+    jobs = {}
+    for i, (g, sched, loss) in enumerate([(0.001, "constant", 1.0), (0.001, "cosine", 3.0), (0.01, "constant", 2.0)]):
+        jobs[f"j{i}"] = {"state": "done", "parameters": {"gamma": g, "w_lr": 0.025, "gamma_schedule": sched}}
+        (tmp_path / f"j{i}" / "run").mkdir(parents=True)
+        (tmp_path / f"j{i}" / "run" / "metrics.json").write_text(json.dumps({"test_loss": loss}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"sweep": "s", "notebook": "n", "jobs": jobs}))
+    with pytest.raises(LicError, match=r"^[^\n]*parameter 'gamma_schedule' varies"):
+        workbook.sweep_grid(tmp_path, "gamma", "w_lr", "test_loss")
+    grid = workbook.sweep_grid(tmp_path, "gamma", "w_lr", "test_loss", where={"gamma_schedule": "constant"})
+    assert grid.loc[0.001, 0.025] == 1.0 and grid.loc[0.01, 0.025] == 2.0
+    assert workbook.best_setting(grid) == (0.001, 0.025, 1.0)

@@ -114,16 +114,17 @@ def train_modes(run_dir: str | Path, modes: Sequence[str], lmbda: float, **kw: A
 
     return {m: train(None, run_config(run_dir, m, lmbda, **kw)) for m in modes}
 def finetune_modes(run_dir: str | Path, modes: Sequence[str], lmbda: float, init: str | Path = "",
-                   pretrain_steps: int = 200, **kw: Any) -> tuple[Path, dict[str, Any]]:
+                   pretrain_steps: int = 200, pretrain_lr: float = 1e-4, **kw: Any) -> tuple[Path, dict[str, Any]]:
     """Fine-tune one checkpoint with each mode (e.g. ``qp`` = Solution 2, ``balanced`` =
     Solution 1, ``standard`` = plain Adam as the control); returns (start checkpoint, results).
 
     ``init`` is our checkpoint or an authors' one, or a checkpoint store folder (``checkpoints/tiny``:
-    its standard model at ``lmbda``); empty: a ``standard`` run of ``pretrain_steps`` is trained
-    first under ``run_dir/pretrain`` and its checkpoint is the start.
+    its standard model at ``lmbda``); empty: a ``standard`` run of ``pretrain_steps`` at learning rate
+    ``pretrain_lr`` (notebook 01's default, not the fine-tuning ``lr``) is trained first under
+    ``run_dir/pretrain`` and its checkpoint is the start.
     """
     if not init:
-        pre_kw = {**kw, "steps": pretrain_steps}
+        pre_kw = {**kw, "steps": pretrain_steps, "lr": pretrain_lr}
         init = train_modes(Path(run_dir) / "pretrain", ["standard"], lmbda, **pre_kw)["standard"].checkpoint
     init = shipped_model(init, lmbda) if Path(init).is_dir() else init
     overrides = {**(kw.pop("overrides", None) or {}), "finetune.init": str(init)}
@@ -186,14 +187,24 @@ def history_frame(results: Mapping[str, Any], kind: str = "train") -> pd.DataFra
 # ------------------------------------------------------------------------------------ sweeps
 
 
-def sweep_grid(sweep_dir: str | Path, rows: str, cols: str, value: str) -> pd.DataFrame:
-    """A (rows x cols) table of one metric over a finished sweep (e.g. gamma x w_lr)."""
-    from lic_core.workbench.sweep import sweep_results
+def sweep_grid(sweep_dir: str | Path, rows: str, cols: str, value: str,
+               where: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """A (rows x cols) table of one metric over a finished sweep (e.g. gamma x w_lr), over the jobs
+    whose parameters match ``where``. Jobs that differ in any other parameter would be averaged
+    into one cell: that is an error naming the parameter (select one value with ``where``)."""
+    from lic_core.workbench.sweep import read_manifest, sweep_results
 
     df = sweep_results(sweep_dir)
-    missing = [k for k in (rows, cols, value) if k not in df.columns]
+    missing = [k for k in (rows, cols, value, *(where or {})) if k not in df.columns]
     if missing:
         raise LicError(f"sweep {sweep_dir}: no column {missing[0]!r} (have {', '.join(map(str, df.columns))})")
+    for k, v in (where or {}).items():
+        df = df[df[k] == v]
+    params = {k for job in read_manifest(sweep_dir)["jobs"].values() for k in job["parameters"]}
+    mixed = [k for k in sorted(params - {rows, cols}) if k in df.columns and df[k].astype(str).nunique() > 1]
+    if mixed:
+        raise LicError(f"sweep {sweep_dir}: parameter {mixed[0]!r} varies ({', '.join(map(str, df[mixed[0]].unique()))}); "
+                       f"choose one with where={{{mixed[0]!r}: ...}} rather than averaging over it")
     return df.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
 
 
@@ -253,15 +264,22 @@ def checkpoint_settings(path: str | Path) -> dict[str, Any]:
 def checkpoints_of(run_root: str | Path, mode: str, seed: int | None = None) -> dict[float, Path]:
     """``{λ: final checkpoint}`` of the runs of one mode under ``run_root`` (recursive; mode and λ
     from each run's ``config.yaml``), or of a checkpoint store (``checkpoints/tiny``, trunk
-    ``seed`` or 0)."""
+    ``seed`` or 0; each file SHA-256 checked). Two runs at one λ are an error naming both: which
+    one is the curve's point is the user's choice, not the folder order's."""
     from lic_core.workbench import store
     from lic_core.training.run import find_runs
 
     if store.is_store(run_root):
-        return store.models(run_root, mode, seed or 0)
-    found = {run.lmbda: run.latest for run in find_runs(run_root)
-             if run.mode == mode and (seed is None or run.seed == seed) and run.latest is not None}
-    return dict(sorted(found.items()))
+        return {lam: store.checked_file(p) for lam, p in store.models(run_root, mode, seed or 0).items()}
+    found: dict[float, Any] = {}
+    for run in find_runs(run_root):
+        if run.mode != mode or (seed is not None and run.seed != seed) or run.latest is None:
+            continue
+        if run.lmbda in found:
+            raise LicError(f"{run_root}: two {mode} runs at λ {run.lmbda:g}: {found[run.lmbda].run_dir} and "
+                           f"{run.run_dir}; point run_root at a folder that holds one (or pass a seed)")
+        found[run.lmbda] = run
+    return {lam: found[lam].latest for lam in sorted(found)}
 
 
 def evaluate_modes(run_root: str | Path, modes: Sequence[str], dataset: str | Path, out: str | Path,
@@ -300,11 +318,16 @@ def runs_for_evaluation(run_root: str | Path, modes: Sequence[str], lambdas: Seq
                         **train_kw: Any) -> dict[str, dict[float, Path]]:
     """``{mode: {λ: checkpoint}}`` under ``run_root``; when a mode has none and ``lambdas`` is given,
     short runs are trained first (default data), otherwise that is an error."""
+    from lic_core.workbench import store
+
     runs = {m: checkpoints_of(run_root, m) for m in modes}
     if all(runs.values()):
         return runs
+    missing = [m for m, r in runs.items() if not r]
+    if store.is_store(run_root):
+        raise LicError(f"checkpoint store {run_root} holds no {', '.join(missing)} models (a store is never trained "
+                       "into); point run_root at a folder of training runs, e.g. papermill_runs/demo")
     if lambdas is None:
-        missing = [m for m, r in runs.items() if not r]
         raise LicError(f"no finished runs of {', '.join(missing)} under {run_root}; train them first "
                        "(notebook 01 or a sweep) or set train_if_missing = True")
     train, test, _ = default_data(run_root)
@@ -338,17 +361,33 @@ def published_curves(names: Iterable[str], dataset: str | Path = "kodak") -> dic
     return {p.stem: p for p in published(dataset, names)}
 
 
+def point_checkpoint(curve: Mapping[str, Any], point: int = -1) -> str:
+    """The checkpoint of one point of an evaluated curve (a dict :func:`evaluate_modes` returned),
+    the points ordered by rate (default: the highest)."""
+    res = curve["results"]
+    return sorted(zip(res["bpp"], res["checkpoint"]))[point][1]
+
+
 def per_image_file(out: str | Path, curve: Mapping[str, Any], point: int = -1) -> Path:
-    """The per-image result file behind one point (default: the highest rate) of an evaluated
-    curve (a dict :func:`evaluate_modes` returned)."""
+    """The per-image result file behind one point (:func:`point_checkpoint`) of an evaluated curve."""
     from lic_core.analysis.evaluation import model_names
 
-    ckpts = curve["results"]["checkpoint"]
-    order = sorted(range(len(ckpts)), key=lambda i: curve["results"]["bpp"][i])
-    path = Path(out) / f"{model_names([ckpts[order[point]]])[0]}.images.json"
+    ckpt = point_checkpoint(curve, point)
+    path = Path(out) / f"{model_names([ckpt])[0]}.images.json"
     if not path.is_file():
-        raise LicError(f"{path} does not exist (evaluate {ckpts[order[point]]} first)")
+        raise LicError(f"{path} does not exist (evaluate {ckpt} first)")
     return path
+
+
+def anchor_span(curves: Mapping[str, Any], anchor: str, qualities: str) -> list[Any]:
+    """The curves whose PSNR range live classical codecs must cover (:func:`classical_anchors`'
+    ``span``): ``qualities`` "span" gives the anchor curve (every curve when the anchor is not one
+    of them, e.g. a published one), "ladder" none (the codecs' fixed quality ladder)."""
+    if qualities not in ("span", "ladder"):
+        raise ConfigError(f"anchor_qualities {qualities!r}: use 'span' or 'ladder'")
+    if qualities == "ladder":
+        return []
+    return [curves[anchor]] if anchor in curves else list(curves.values())
 
 
 MODE_LABELS = {"standard": "Adam", "balanced": "Balanced R-D", "qp": "QP"}
