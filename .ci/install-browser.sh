@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the browser tests (tests/browser/, issue 8) need, so that nothing downloads at test
+# Installs what the browser tests (tests/browser/) need, so that nothing downloads at test
 # time: Debian's chromium and the Python playwright driver (its bundled node driver only; the
 # tests launch /usr/bin/chromium, so `playwright install` is never run). Idempotent.
 set -euo pipefail

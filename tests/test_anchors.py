@@ -25,10 +25,10 @@ def test_this_pillow_has_every_codec():
         skip_or_fail(f"this Pillow lacks {', '.join(f'{k} ({why})' for k, why in missing.items())}")
 
 
-# README "Correctness": "Live JPEG (Pillow, quality 75) on the 24 Kodak images: 1.3676 bpp / 34.52 dB vs
+# docs/FIDELITY.md: "Live JPEG (Pillow, quality 75) on the 24 Kodak images: 1.3676 bpp / 34.52 dB vs
 # CompressAI's published 1.3688 / 34.39 dB", each to the precision it is stated with.
-README_JPEG_Q75 = {"bpp": 1.3676, "psnr-rgb": 34.52}
-README_COMPRESSAI_Q75 = {"bpp": 1.3688, "psnr-rgb": 34.39}
+STATED_JPEG_Q75 = {"bpp": 1.3676, "psnr-rgb": 34.52}
+STATED_COMPRESSAI_Q75 = {"bpp": 1.3688, "psnr-rgb": 34.39}
 
 
 def _stated(pinned: dict[str, float], got: dict[str, float]) -> dict[str, float]:
@@ -37,24 +37,24 @@ def _stated(pinned: dict[str, float], got: dict[str, float]) -> dict[str, float]
 
 
 def check_jpeg_point(got: dict[str, float], ref: dict[str, list[float]], i: int) -> None:
-    """The live quality-75 point is README's figure, and near CompressAI's point ``i``.
+    """The live quality-75 point is docs/FIDELITY.md's figure, and near CompressAI's point ``i``.
 
     The reference was made by CompressAI's bench with Pillow 7.1.2 over quality 5, 10, ..., 95
     (the same default sweep here: 19 points) at Pillow's defaults (4:2:0 chroma, IJG tables).
     Encoders share the quantisation tables, so the size agrees to 0.5 %; the libjpeg-turbo
     releases differ in decoder IDCT/chroma upsampling, which moves PSNR by about 0.13 dB and
     MS-SSIM by about 0.001 (measured): tolerances 0.2 dB and 0.002 against the reference, while
-    this Pillow's own figure is pinned exactly as README states it.
+    this Pillow's own figure is pinned exactly as docs/FIDELITY.md states it.
     """
-    assert _stated(README_JPEG_Q75, got) == README_JPEG_Q75, f"README states {README_JPEG_Q75}, live {got}"
-    assert _stated(README_COMPRESSAI_Q75, {k: v[i] for k, v in ref.items()}) == README_COMPRESSAI_Q75
+    assert _stated(STATED_JPEG_Q75, got) == STATED_JPEG_Q75, f"docs/FIDELITY.md states {STATED_JPEG_Q75}, live {got}"
+    assert _stated(STATED_COMPRESSAI_Q75, {k: v[i] for k, v in ref.items()}) == STATED_COMPRESSAI_Q75
     assert got["bpp"] == pytest.approx(ref["bpp"][i], rel=0.005)
     assert got["psnr-rgb"] == pytest.approx(ref["psnr-rgb"][i], abs=0.2)
     assert got["ms-ssim-rgb"] == pytest.approx(ref["ms-ssim-rgb"][i], abs=0.002)
 
 
 def test_jpeg_point_matches_compressai_reference(kodak_dir, reference_dir):
-    """Quality 75 on the 24 Kodak images against point 15 of reference/kodak/jpeg.json and README."""
+    """Quality 75 on the 24 Kodak images against point 15 of reference/kodak/jpeg.json and docs/FIDELITY.md."""
     ref = json.loads((reference_dir / "kodak" / "jpeg.json").read_text())["results"]
     assert len(ref["bpp"]) == len(anchors.CODECS["jpeg"].qualities) == 19
     i = anchors.CODECS["jpeg"].qualities.index(75)
