@@ -60,6 +60,7 @@ class TrunkSpec:
     gate_ld: float = 1.0  # stop once the Kodak-crop L_D is at or below this
     check_every: int = 1000  # steps between gate measurements
     max_steps: int = 20000
+    records: str = ""  # out folder of the study that trained the store's trunks this one did not (their run records)
 
 
 @dataclass
@@ -400,6 +401,13 @@ def compare_done(st: Study, arm: str, seed: int, lmbda: float, ft_seed: int) -> 
     return point_result(st, compare_checkpoint(st, arm, seed, lmbda, ft_seed)) is not None
 
 
+def trunk_dir(st: Study, seed: int) -> Path:
+    """The run folder of trunk ``seed``: this study's, else that of the study named by
+    ``trunk.records`` (a trunk taken from the shared store)."""
+    own = st.out_dir / trunk_name(seed)
+    return own if own.is_dir() or not st.trunk.records else st.path(st.trunk.records) / trunk_name(seed)
+
+
 def scratch_name(arm: str, seed: int) -> str:
     return f"scratch-{arm}-s{seed}"
 
@@ -432,7 +440,7 @@ def scratch_rows(st: Study, arm: str, seed: int) -> list[dict[str, Any]]:
     """Per measurement (every ``trunk.check_every`` steps): the Adam trunk's and the from-scratch
     run's Kodak-crop PSNR, bpp and ``L_D``, and the run's mean ``z_D`` and ``a_D`` over the steps
     since the previous measurement."""
-    trunk = {e["step"]: e for e in load_history(st.out_dir / trunk_name(seed), "eval")}
+    trunk = {e["step"]: e for e in load_history(trunk_dir(st, seed), "eval")}
     run = st.out_dir / scratch_name(arm, seed)
     train = [h for h in load_history(run, "train") if "a_D" in h]
     rows, prev = [], 0

@@ -168,17 +168,21 @@ def test_exploratory_arms_run_last_in_their_blocks_and_scratch_seeds_per_arm(tmp
 
 
 def test_from_scratch_report_names_each_runs_own_lambda(tmp_path):
-    """An arm at another λ than its Adam twin says so; the arm at the trunk's λ reads as before."""
+    """An arm at another λ than its Adam twin says so; the arm at the trunk's λ reads as before; a
+    trunk taken from the shared store has its run record in ``trunk.records``."""
     scratch = {"arms": {"a": {"loss.mode": "balanced"}, "b": {"loss.mode": "balanced", "loss.lmbda": 0.0035}},
                "seeds": [0], "steps": 2}
-    st = study.load_study(write_study(tmp_path, scratch=scratch), tmp_path)
-    for run in ("trunk-s0", "scratch-a-s0", "scratch-b-s0"):
-        (st.out_dir / run).mkdir(parents=True)
+    trunk = {"lmbda": 0.0067, "seeds": [0], "check_every": 2, "max_steps": 2, "records": "elsewhere"}
+    st = study.load_study(write_study(tmp_path, scratch=scratch, trunk=trunk), tmp_path)
+    for run, psnr in ((tmp_path / "elsewhere" / "trunk-s0", 20.0), (st.out_dir / "scratch-a-s0", 14.0),
+                      (st.out_dir / "scratch-b-s0", 14.0)):
+        run.mkdir(parents=True)
         rows = [{"kind": "train", "step": 2, "z_D": 0.3, "a_D": 0.02},
-                {"kind": "eval", "step": 2, "psnr": 14.0, "bpp": 0.001, "D": 20.0}]
-        (st.out_dir / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    heads = [line for line in study.scratch_markdown(st) if line.startswith("From scratch")]
-    assert len(heads) == 2
+                {"kind": "eval", "step": 2, "psnr": psnr, "bpp": 0.001, "D": 20.0}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = study.scratch_markdown(st)
+    heads = [line for line in lines if line.startswith("From scratch")]
+    assert len(heads) == 2 and "| 2 | 20.00 | 0.0010 | 20.00 | 14.00 | 0.0010 | 20.00 | 0.300 | 0.020 |" in lines
     assert "same seed, init, crops, λ 0.0067, lr 0.0005)" in heads[0]
     assert "λ 0.0035 here and 0.0067 for Adam, each `L_D` at its own λ" in heads[1] and "λ 0.0067, lr" not in heads[1]
 
