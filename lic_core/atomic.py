@@ -141,11 +141,13 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], force: bool = True) -> Path:
     """Run ``write(file)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it
     onto ``path`` (e.g. ``write=lambda f: torch.save(obj, f)``). A path that cannot be written
-    is an :class:`OutputError`; a replaced file keeps its permission bits."""
-    path = check_output(path)
+    is an :class:`OutputError`; a replaced file keeps its permission bits. Without ``force`` an
+    existing file is refused, also one that appeared while ``write`` ran (the temporary file is
+    then hard-linked onto the name, which fails if it exists)."""
+    path = check_output(path, force=force)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
@@ -163,7 +165,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
                 f.flush()
                 os.fchmod(f.fileno(), mode)
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            _publish(tmp, path, force)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
@@ -176,11 +178,29 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return path
 
 
-def write_file(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; ``-`` writes to stdout."""
+def _publish(tmp: str, path: Path, force: bool) -> None:
+    """Move the finished temporary file onto ``path``; without ``force`` never over a file."""
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputError(f"{path}: already exists (-f/--force overwrites it); it appeared while this "
+                          "file was being made") from None
+    except OSError:  # no hard links on this file system: the check and the rename are two steps
+        check_output(path, force=False)
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def write_file(path: str | os.PathLike, data: bytes | str, force: bool = True) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically (:func:`write_atomic`, with
+    ``force``); ``-`` writes to stdout."""
     raw = data.encode() if isinstance(data, str) else data
     if str(path) == STDOUT:
         sys.stdout.buffer.write(raw)
         sys.stdout.buffer.flush()
         return Path(STDOUT)
-    return write_atomic(path, lambda f: f.write(raw))
+    return write_atomic(path, lambda f: f.write(raw), force)

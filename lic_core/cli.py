@@ -47,6 +47,8 @@ def exact_of(model: HPCM, path: str | Path | None, spec: str | None) -> exact.Ex
     """The exact version of ``model``: from the calibration ``spec`` file (JSON, what
     :func:`lic_core.models.exact.calibrate_spec` returns), else from the store's record of ``path``."""
     if spec is not None:
+        if not Path(spec).is_file():
+            raise LicError(f"{spec}: no such exact-model spec file")
         try:
             grids = json.loads(Path(spec).read_text())
         except (OSError, ValueError, RecursionError) as e:
@@ -93,13 +95,16 @@ def _model(name: str | None, checkpoint: str | None, untrained: bool = False,
     return model, label, path
 
 
-def _output(path: str, force: bool, inputs: list[str]) -> str:
-    """``path`` after gzip's checks (``-``: stdout, which must not be a terminal for binary data)."""
+def _output(path: str, force: bool, inputs: list[str | None]) -> str:
+    """``path`` after gzip's checks (``-``: stdout, which must not be a terminal for binary data);
+    never one of ``inputs`` or a file of the shipped model store, whatever ``force``."""
     if path == STDOUT:
         if sys.stdout.isatty():
             raise OutputError("refusing to write binary data to a terminal (redirect it, or give a file name)")
         return path
-    check_output(path, force=force, inputs=[i for i in inputs if i != STDOUT])
+    if Path(path).resolve().parent == store.SHIPPED.resolve():
+        raise OutputError(f"{path}: is in the shipped model store {store.SHIPPED}; not overwritten")
+    check_output(path, force=force, inputs=[i for i in inputs if i and i != STDOUT])
     return path
 
 
@@ -196,7 +201,7 @@ def _compress(argv: list[str] | None) -> int:
     ap.add_argument("--exact-spec", metavar="JSON",
                     help="calibration of --checkpoint's exact model (lic_core.models.exact.calibrate_spec); implies --exact")
     a = ap.parse_args(argv)
-    _output(a.output, a.force, [a.input] + ([a.checkpoint] if a.checkpoint else []))
+    _output(a.output, a.force, [a.input, a.checkpoint, a.exact_spec])
     image = _read_input(a.input, MAX_FILE_BYTES, "image") if a.input == STDOUT else a.input
     x, notes = load_image(image, max_pixels=a.max_pixels)
     say = _say(a.output == STDOUT)
@@ -212,7 +217,7 @@ def _compress(argv: list[str] | None) -> int:
         t0 = time.perf_counter()
         enc = codec.encode(model, x, progress=lambda k: bar.update(), max_pixels=a.max_pixels)
         t_enc = time.perf_counter() - t0
-    write_file(a.output, enc.data)
+    write_file(a.output, enc.data, force=a.force)
     if a.untrained:
         print("warning: coded with untrained weights (--untrained): for tests and benchmarks, not for images",
               file=sys.stderr)
@@ -284,7 +289,7 @@ def _decompress(argv: list[str] | None) -> int:
                     help=f"refuse images whose padded grid is larger (default {bitstream.MAX_PIXELS:,}: "
                          "decoding costs memory and time)")
     a = ap.parse_args(argv)
-    _output(a.output, a.force, [a.input] + [p for p in (a.reference, a.checkpoint) if p])
+    _output(a.output, a.force, [a.input, a.reference, a.checkpoint, a.exact_spec])
     say = _say(a.output == STDOUT)
     data = _read_input(a.input)
     header = bitstream.read_header(data, a.max_pixels)
@@ -300,7 +305,7 @@ def _decompress(argv: list[str] | None) -> int:
         t_dec = time.perf_counter() - t0
     for w in caught:  # one line each, e.g. an image that differs from the encoder's by rounding
         print(f"warning: {printable(w.message)}", file=sys.stderr)
-    write_file(a.output, png_bytes(x_hat))
+    write_file(a.output, png_bytes(x_hat), force=a.force)
     bpp = 8 * len(data) / (header.height * header.width)
     say(f"{a.input} -> {a.output} ({header.width}x{header.height}, HPCM-{printable(header.config.name)}, "
         f"{bpp:.4f} bpp, weights {codec.fingerprint(model).hex()})")

@@ -32,6 +32,13 @@ _ORIENTATION = 0x0112  # EXIF tag
 _SIXTEEN = "16-bit image reduced to 8 bits per channel"
 
 
+def _max_side() -> int:
+    """The longest side a bitstream can hold (the codec's limit, which the size checks apply)."""
+    from lic_core.coding.bitstream import MAX_SIDE
+
+    return MAX_SIDE
+
+
 def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
     """The one image reader of the project (training, evaluation, anchors, explorer, command line):
     (H, W, 3) uint8 RGB and the notes on what was converted. ``path`` may also be the encoded image
@@ -54,6 +61,8 @@ def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> 
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} is over {max_pixels:,} pixels")
+            if max_pixels is not None and max(w, h) > _max_side():
+                raise ImageError(f"{path}: {w}x{h}: each side must be at most {_max_side():,} pixels")
             notes = _frame_notes(img)
             sixteen = _is_16bit(img)
             img.load()
@@ -61,8 +70,11 @@ def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> 
                 img = ImageOps.exif_transpose(img)
                 notes.append("EXIF orientation applied")
             rgb, more = _to_rgb(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: not an image this tool can read ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image this tool can read") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, checked before ours could be
+        raise ImageError(f"{path}: declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+                         + (f", over the limit of {max_pixels:,}" if max_pixels is not None else "")) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
         raise ImageError(f"{path}: unreadable image data ({e})") from None
     except MemoryError:

@@ -281,6 +281,8 @@ def test_committed_old_files_still_decode(version):
     hdr = bitstream.read_header(data)
     assert (hdr.version, hdr.index_rule, hdr.fingerprint) == (version, bitstream.INDEX_RULES[version], None)
     assert torch.equal(codec.decompress(data, model), codec.reconstruct(model, (x * 255).round() / 255))
+    with pytest.raises(BitstreamError, match="other weights|not the weights it was coded with"):
+        codec.decompress(data, synthetic_weights(hpcm("tiny"), factor=0.5))  # such a file cannot tell them from damage
 
 
 @pytest.fixture(scope="module")

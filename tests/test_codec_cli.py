@@ -169,3 +169,46 @@ def test_float64_files_from_the_command_line(tmp_path, capsys):
     x, _ = load_image(tmp_path / "in.png")
     model = load_checkpoint(store.qualities()[1])
     assert torch.equal(load_image(tmp_path / "o.png")[0], codec.reconstruct(model.double(), x).float())
+
+
+def test_bad_images_specs_and_tensors_are_named(tmp_path, capsys):
+    """A side over the format's limit, data that is no image on stdin, a missing or out-of-range
+    exact spec: one line each; the API refuses integer images and values outside [0, 1]."""
+    import io
+    import json
+
+    import pytest
+
+    from lic_core.coding.bitstream import MAX_SIDE
+    from lic_core.errors import LicError
+    from lic_core.models import exact
+
+    Image.new("RGB", (MAX_SIDE + 1, 1)).save(tmp_path / "wide.png")
+    assert compress_main([str(tmp_path / "wide.png"), str(tmp_path / "w.hpcm"), "--untrained"]) == 2
+    assert f"each side must be at most {MAX_SIDE:,} pixels" in _error_line(capsys)
+    sys.stdin = io.TextIOWrapper(io.BytesIO(b"not an image"))
+    try:
+        assert compress_main(["-", str(tmp_path / "s.hpcm"), "--untrained"]) == 2
+    finally:
+        sys.stdin = sys.__stdin__
+    assert _error_line(capsys).endswith("stdin: not an image this tool can read")
+    Image.new("RGB", (16, 16)).save(tmp_path / "in.png")
+    assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "e.hpcm"), "--untrained",
+                          "--exact-spec", str(tmp_path / "none.json")]) == 2
+    assert "none.json: no such exact-model spec file" in _error_line(capsys)
+    model = hpcm("tiny").eval()
+    spec = {k: 0 for k in exact.layer_names(model)}
+    name = next(iter(spec))
+    for bad in (10**6, -10**6, True):
+        with pytest.raises(LicError, match=f"layer {name!r} has grid {bad!r}"):
+            exact.derive(model, {**spec, name: bad})
+    with pytest.raises(LicError, match="names layer 'nowhere'"):
+        exact.derive(model, {**spec, "nowhere": 0})
+    (tmp_path / "big.json").write_text(json.dumps({**spec, name: 10**6}))
+    assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "e.hpcm"), "--untrained",
+                          "--exact-spec", str(tmp_path / "big.json")]) == 2
+    assert "has grid 1000000" in _error_line(capsys) and not (tmp_path / "e.hpcm").exists()
+    x = torch.rand(1, 3, 16, 16)
+    for bad, words in (((x * 255).to(torch.uint8), "torch.uint8"), (x * 255, "expected [0, 1]"), (x - 5, "expected [0, 1]")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            codec.compress(model, bad)

@@ -131,3 +131,35 @@ def test_the_command_line_pipes_an_image_through_stdin_and_stdout(tmp_path):
     bad = run(["compress", "-", str(tmp_path / "b.hpcm"), "--untrained"], b"not an image")
     assert bad.returncode != 0 and b"stdin: not an image this tool can read" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.hpcm").exists()
+
+
+def test_without_force_a_file_that_appears_while_writing_is_kept(tmp_path):
+    """The existence check at the start is not enough: the final step refuses a file made since."""
+    from lic_core.atomic import write_atomic
+
+    out = tmp_path / "out.hpcm"
+
+    def racing(f):
+        f.write(b"ours")
+        out.write_bytes(b"someone else's")  # another job's result, written meanwhile
+
+    with pytest.raises(OutputError, match=r"already exists .*appeared while"):
+        write_atomic(out, racing, force=False)
+    assert out.read_bytes() == b"someone else's" and sorted(p.name for p in tmp_path.iterdir()) == ["out.hpcm"]
+    assert write_file(tmp_path / "new.hpcm", b"x", force=False).read_bytes() == b"x"
+
+
+def test_the_shipped_models_and_an_exact_spec_are_never_outputs(tmp_path, capsysbinary):
+    """Without --checkpoint the model comes from the store: no file of it is an output, even with -f;
+    the --exact-spec being read is protected like the input."""
+    from lic_core.workbench import store
+
+    Image.new("RGB", (9, 7), (20, 130, 90)).save(tmp_path / "in.png")
+    target = sorted(store.SHIPPED.glob("*.pt"))[0]
+    before = target.stat().st_mtime_ns
+    assert compress_main([str(tmp_path / "in.png"), str(target), "-f"]) == 2
+    assert b"is in the shipped model store" in capsysbinary.readouterr().err and target.stat().st_mtime_ns == before
+    (tmp_path / "spec.json").write_text("{}")
+    assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "spec.json"), "-f", "--untrained",
+                          "--exact-spec", str(tmp_path / "spec.json")]) == 2
+    assert b"is the input file" in capsysbinary.readouterr().err and (tmp_path / "spec.json").read_text() == "{}"

@@ -174,14 +174,22 @@ def _channel_index(shape: torch.Size) -> Tensor:
     return torch.arange(shape[1]).view(1, -1, 1, 1).expand(shape)
 
 
+RANGE_SLACK = 1e-3  # values this far outside [0, 1] pass (rounding); the model sees them as they are
+
+
 def _check_image(x: Tensor) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"expected an image tensor (1, 3, H, W), got {shape}")
     if not (1 <= x.shape[2] <= MAX_SIDE and 1 <= x.shape[3] <= MAX_SIDE):
         raise ValueError(f"image sides must be 1..{MAX_SIDE}, got {x.shape[2]}x{x.shape[3]}")
+    if not x.is_floating_point():
+        raise ValueError(f"image tensor is {x.dtype}: expected floats in [0, 1] (divide 8-bit values by 255)")
     if not torch.isfinite(x).all():
         raise ValueError("image has NaN or inf values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise ValueError(f"image values span {lo:g}..{hi:g}: expected [0, 1] (divide 8-bit values by 255)")
     return x.float()
 
 
@@ -282,6 +290,17 @@ def decompress(data: bytes, model: HPCM, progress: Progress | None = None,
     model = check_model(model, header)
     if model.means_hyper.dtype != DTYPES[header.precision]:  # decode in the file's precision
         model = copy.deepcopy(model).to(DTYPES[header.precision])
+    try:
+        return _decode(data, header, model, progress)
+    except BitstreamError as e:  # a file that does not name its weights cannot tell them apart from damage
+        if header.fingerprint is not None or "weights" in str(e):  # named, or the cause already given
+            raise
+        raise BitstreamError(f"{e}; or these are not the weights it was coded with (format version "
+                             f"{header.version} files do not name theirs)") from None
+
+
+def _decode(data: bytes, header: Header, model: HPCM, progress: Progress | None) -> Tensor:
+    """:func:`decompress` after its checks of the header and the model."""
     streams = split_streams(bytes(data), header)
     hp, wp = header.padded
     with _eval(model), _bounded("decode"):

@@ -440,6 +440,14 @@ def derive(model: HPCM, spec: Mapping[str, int]) -> ExactHPCM:
     missing = sorted(set(layer_names(model)) - set(spec))
     if missing:
         raise LicError(f"exact-model spec lacks the grid of layer {missing[0]!r} ({len(missing)} missing)")
+    unknown = sorted(set(spec) - set(layer_names(model)))
+    if unknown:
+        raise LicError(f"exact-model spec names layer {unknown[0]!r}, which this model lacks ({len(unknown)} unknown)")
+    widths = _input_bits(model)
+    for k, f in spec.items():  # what calibrate_spec can give for float32 activations (2^-149 to 2^128)
+        lo, hi = widths[k] - MARGIN_BITS - 128, widths[k] - MARGIN_BITS + 149
+        if isinstance(f, bool) or not isinstance(f, int) or not lo <= f <= hi:
+            raise LicError(f"exact-model spec: layer {k!r} has grid {f!r}, not an integer in {lo}..{hi}")
     with torch.random.fork_rng(devices=[]):
         exact = ExactHPCM(model.cfg)
     own = exact.state_dict()
