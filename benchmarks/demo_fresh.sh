@@ -18,6 +18,7 @@ family=$(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ')
 model=$(grep -m1 '^model[[:space:]]*:' /proc/cpuinfo | cut -d: -f2 | tr -d ' ')
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 isa=$(for f in avx512f avx512_bf16 amx_tile avx2; do [[ " $flags " == *" $f "* ]] && printf '%s ' "$f"; done)
+isa=${isa% }
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 

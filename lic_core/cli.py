@@ -203,7 +203,7 @@ def _compress(argv: list[str] | None) -> int:
     a = ap.parse_args(argv)
     _output(a.output, a.force, [a.input, a.checkpoint, a.exact_spec])
     image = _read_input(a.input, MAX_FILE_BYTES, "image") if a.input == STDOUT else a.input
-    x, notes = load_image(image, max_pixels=a.max_pixels)
+    x, notes = load_image(image, max_pixels=a.max_pixels, max_side=bitstream.MAX_SIDE)
     say = _say(a.output == STDOUT)
     for note in notes:
         say(f"note: {note}")
@@ -256,23 +256,33 @@ def decoder_model(header: bitstream.Header, checkpoint: str | None = None, untra
     if checkpoint is not None:
         model = load_checkpoint(checkpoint).eval()
     elif untrained:
-        named = CONFIGS.get(header.config.name)
-        if named is None or replace(named, seed=0) != replace(header.config, seed=0):
+        model = _untrained_of(header)
+        if model is None:
             raise BitstreamError(f"--untrained decodes files of the built-in configs ({', '.join(CONFIGS)}); "
                                  f"this one has {bitstream.config_json(header.config).decode()}")
-        model = build(replace(named, seed=header.config.seed)).eval()
     elif header.fingerprint is None:
         raise BitstreamError(f"format version {header.version} files do not name their weights: give --checkpoint "
                              "(or --untrained for a file coded with untrained weights)")
     else:
         path = store.shipped_by_fingerprint(header.fingerprint)
         if path is None:
+            seeded = _untrained_of(header)
+            hint = (" (it was coded with untrained weights: --untrained)"
+                    if seeded is not None and codec.fingerprint(seeded) == header.fingerprint else "")
             raise BitstreamError(f"this file needs the weights with fingerprint {header.fingerprint.hex()}, which are "
-                                 f"not among the shipped models ({store.SHIPPED}): give --checkpoint")
+                                 f"not among the shipped models ({store.SHIPPED}): give --checkpoint{hint}")
         model = load_checkpoint(path).eval()
     if wants_exact:
         model = exact_of(model, checkpoint, exact_spec)
     return codec.check_model(model, header)
+
+
+def _untrained_of(header: bitstream.Header) -> HPCM | None:
+    """The seeded init of the built-in config the header names (its seed), or None for another config."""
+    named = CONFIGS.get(header.config.name)
+    if named is None or replace(named, seed=0) != replace(header.config, seed=0):
+        return None
+    return build(replace(named, seed=header.config.seed)).eval()
 
 
 def _decompress(argv: list[str] | None) -> int:
@@ -306,6 +316,8 @@ def _decompress(argv: list[str] | None) -> int:
     for w in caught:  # one line each, e.g. an image that differs from the encoder's by rounding
         print(f"warning: {printable(w.message)}", file=sys.stderr)
     write_file(a.output, png_bytes(x_hat), force=a.force)
+    if a.output != STDOUT and Path(a.output).suffix.lower() not in ("", ".png"):
+        print(f"note: {a.output} holds PNG data, whatever its extension says", file=sys.stderr)
     bpp = 8 * len(data) / (header.height * header.width)
     say(f"{a.input} -> {a.output} ({header.width}x{header.height}, HPCM-{printable(header.config.name)}, "
         f"{bpp:.4f} bpp, weights {codec.fingerprint(model).hex()})")

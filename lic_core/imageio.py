@@ -32,21 +32,16 @@ _ORIENTATION = 0x0112  # EXIF tag
 _SIXTEEN = "16-bit image reduced to 8 bits per channel"
 
 
-def _max_side() -> int:
-    """The longest side a bitstream can hold (the codec's limit, which the size checks apply)."""
-    from lic_core.coding.bitstream import MAX_SIDE
-
-    return MAX_SIDE
-
-
-def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
+def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None,
+             max_side: int | None = None) -> tuple[np.ndarray, list[str]]:
     """The one image reader of the project (training, evaluation, anchors, explorer, command line):
     (H, W, 3) uint8 RGB and the notes on what was converted. ``path`` may also be the encoded image
     itself (bytes, e.g. read from stdin), named ``stdin`` in messages.
 
     EXIF orientation is applied; grayscale, alpha, palette, CMYK and 16-bit images are converted to
     RGB with a note each; anything Pillow cannot read raises :class:`ImageError` naming the file, and
-    so does an image of over ``max_pixels`` pixels (checked before its pixels are decoded)."""
+    so does an image of over ``max_pixels`` pixels or with a side over ``max_side`` (both checked
+    before its pixels are decoded)."""
     if isinstance(path, (bytes, bytearray)):
         path, source = "stdin", io.BytesIO(path)
     else:
@@ -61,8 +56,8 @@ def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> 
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} is over {max_pixels:,} pixels")
-            if max_pixels is not None and max(w, h) > _max_side():
-                raise ImageError(f"{path}: {w}x{h}: each side must be at most {_max_side():,} pixels")
+            if max_side is not None and max(w, h) > max_side:
+                raise ImageError(f"{path}: {w}x{h}: each side must be at most {max_side:,} pixels")
             notes = _frame_notes(img)
             sixteen = _is_16bit(img)
             img.load()
@@ -85,9 +80,10 @@ def read_rgb(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> 
     return np.ascontiguousarray(rgb), notes
 
 
-def load_image(path: str | os.PathLike | bytes, max_pixels: int | None = None) -> tuple[Tensor, list[str]]:
+def load_image(path: str | os.PathLike | bytes, max_pixels: int | None = None,
+               max_side: int | None = None) -> tuple[Tensor, list[str]]:
     """:func:`read_rgb` as (1, 3, H, W) float32 in [0, 1] (8-bit levels k/255), and its notes."""
-    rgb, notes = read_rgb(path, max_pixels)
+    rgb, notes = read_rgb(path, max_pixels, max_side)
     return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255, notes
 
 

@@ -60,10 +60,13 @@ def test_untrained_weights_only_when_asked(tmp_path, capsys):
     fp = codec.fingerprint(hpcm("tiny")).hex()
     assert decompress_main([str(tmp_path / "u.hpcm"), str(tmp_path / "u.png")]) == 2
     err = _error_line(capsys)
-    assert f"fingerprint {fp}" in err and "--checkpoint" in err
+    assert f"fingerprint {fp}" in err and "--checkpoint" in err and "coded with untrained weights: --untrained" in err
     assert decompress_main([str(tmp_path / "u.hpcm"), str(tmp_path / "u.png"), "--untrained"]) == 0
     x, _ = load_image(tmp_path / "in.png")
     assert torch.equal(load_image(tmp_path / "u.png")[0], codec.reconstruct(hpcm("tiny"), x))
+    capsys.readouterr()
+    assert decompress_main([str(tmp_path / "u.hpcm"), str(tmp_path / "u.jpg"), "--untrained"]) == 0
+    assert "u.jpg holds PNG data" in capsys.readouterr().err and (tmp_path / "u.jpg").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert compress_main([str(tmp_path / "in.png"), str(tmp_path / "b.hpcm"), "--model", "base"]) == 2
     assert "--checkpoint" in _error_line(capsys)

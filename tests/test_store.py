@@ -130,3 +130,13 @@ def test_a_store_is_checked_and_never_trained_into(folder):
     (folder / "m1.pt").write_bytes((folder / "m1.pt").read_bytes() + b"\0")
     with pytest.raises(LicError, match="m1.pt: SHA-256 differs"):
         workbook.checkpoints_of(folder, "standard")
+
+
+def test_one_damaged_store_file_does_not_hide_the_others(folder):
+    """Looking a file's weights up by fingerprint skips a damaged model; with no match it names it."""
+    fp = store.file_fingerprint(folder / "m1.pt")  # every file of this store holds the same weights
+    (folder / "m2.pt").write_bytes(b"not a checkpoint")  # quality 1, the first one tried
+    store._FINGERPRINTS.clear()
+    assert store.shipped_by_fingerprint(fp, folder) == folder / "m1.pt"
+    with pytest.raises(LicError, match=r"^[^\n]*could not be read: .*m2.pt"):
+        store.shipped_by_fingerprint(b"\0" * 8, folder)

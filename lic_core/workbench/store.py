@@ -212,15 +212,23 @@ def file_fingerprint(path: Path) -> bytes:
 
 def shipped_by_fingerprint(fp: bytes, folder: str | Path = SHIPPED) -> Path | None:
     """The store's checkpoint whose weights have fingerprint ``fp`` (its SHA-256 checked), or None;
-    the quality levels are tried first."""
+    the quality levels are tried first. A file that cannot be read does not stop the search; when
+    none matches, the first such file is named (it may be the one the file needs)."""
     folder = Path(folder)
     if not is_store(folder):
         return None
     first = list(qualities(folder).values())
     rest = sorted(p for p in folder.glob("*.pt") if p not in first)
+    unreadable = []
     for p in first + rest:
-        if file_fingerprint(p) == fp:
-            return checked_file(p)
+        try:
+            if file_fingerprint(p) == fp:
+                return checked_file(p)
+        except LicError as e:
+            unreadable.append(str(e))
+    if unreadable:
+        raise LicError(f"no readable model of {folder} has these weights, and {len(unreadable)} file(s) could not be "
+                       f"read: {unreadable[0]} (git checkout it again)")
     return None
 
 
