@@ -532,6 +532,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> TrainConfig:
         _check(k in f.freeze, f"finetune.unfreeze_at.{k}", "only a group listed in finetune.freeze")
         _check(v >= 0, f"finetune.unfreeze_at.{k}", "must be >= 0")
     _check(r.steps > 0, "run.steps", f"must be > 0, got {r.steps}")
+    _check(not r.name or (Path(r.name).name == r.name and r.name not in (".", "..")), "run.name",
+           f"one folder name inside run.out, got {r.name!r}")
     for k in ("log_every", "eval_every", "ckpt_every", "keep_last"):
         _check(getattr(r, k) > 0, f"run.{k}", f"must be > 0, got {getattr(r, k)}")
     _check_choice(r.wandb_mode, "run.wandb_mode", WANDB_MODES)

@@ -110,6 +110,12 @@ def test_cli_writes_compressai_json(kodak_dir, tmp_path, capsys):
     data = json.loads((tmp_path / "a" / "webp.json").read_text())
     assert data["name"] == "WebP" and len(data["results"]["bpp"]) == 2
     assert anchors.main(["--codec", "jpeg", "--dataset", str(tmp_path / "nope")]) == 2
+    capsys.readouterr()
+    for bad, words in (("500,50", "--qualities 500: JPEG takes integers 1..95"), ("5.5", "--qualities 5.5"),
+                       ("abc", "comma-separated numbers"), ("50,50", "a value twice")):
+        assert anchors.main(["--codec", "jpeg", "--dataset", str(kodak_dir), "--qualities", bad,
+                             "--out", str(tmp_path / "b")]) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "b" / "jpeg.json").exists()
 
 
 def test_ms_ssim_fallback_settings():

@@ -273,3 +273,14 @@ def test_table_keeps_going_past_a_degenerate_curve(reference_dir):
     assert math.isnan(bad_anchor.iloc[0, 0]) and "anchor untrained" in bad_anchor.iloc[0]["warnings"]
     with pytest.raises(LicError, match="no such R-D curve file"):
         bdrate.bd_table(kodak / "missing.json", [flat])
+
+
+def test_cli_out_is_never_one_of_its_inputs(tmp_path, capsys):
+    """``--out`` naming a curve it reads is refused before any work; the curve is kept."""
+    from lic_core.analysis.bdrate import main
+
+    curve = {"name": "c", "results": {"bpp": [0.2, 0.4, 0.8, 1.6], "psnr-rgb": [28.0, 31.0, 34.0, 37.0]}}
+    (tmp_path / "a.json").write_text(json.dumps(curve))
+    before = (tmp_path / "a.json").read_text()
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(tmp_path / "a.json")]) == 2
+    assert "is the input file" in capsys.readouterr().err and (tmp_path / "a.json").read_text() == before

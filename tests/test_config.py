@@ -260,3 +260,9 @@ def test_the_engine_runs_the_one_lr_schedule():
     again = LRSchedule(OptimConfig(lr=1e-4, schedule="plateau", patience=1, factor=0.5), 10)
     again.load_state_dict(plateau.state_dict())
     assert again.state_dict() == plateau.state_dict()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
+def test_run_name_is_one_folder_inside_run_out(name):
+    with pytest.raises(ConfigError, match="run.name"):
+        load_config(None, [f"run.name={name}"])

@@ -123,3 +123,10 @@ def test_bad_inputs(kodak_dir, tmp_path, capsys):
     assert evaluation.model_names(["r1/best.pt", "r2/best.pt"]) == ["r1-best", "r2-best"]
     with pytest.raises(LicError, match="crop 900 is larger"):
         evaluation.evaluate(["tiny"], kodak_dir, tmp_path, limit=1, crop=900, progress=False)
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "..", "bad\x1bname"])
+def test_cli_name_is_one_file_name(tmp_path, capsys, name):
+    assert evaluation.main(["--model", "tiny", "--dataset", str(tmp_path), "--out", str(tmp_path / "o"),
+                            "--name", name]) == 2
+    assert "--name" in capsys.readouterr().err and not (tmp_path / "o").exists()

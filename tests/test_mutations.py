@@ -247,17 +247,17 @@ def _q75(kodak_dir: Path) -> dict[str, float]:
 def test_jpeg_quality_off_by_one_is_caught(kodak_dir, jpeg_reference, monkeypatch):
     real = anchors.roundtrip
     monkeypatch.setattr(anchors, "roundtrip", lambda key, rgb, quality: real(key, rgb, quality - 1))
-    with pytest.raises(AssertionError, match="README states"):
+    with pytest.raises(AssertionError, match="docs/FIDELITY.md states"):
         check_jpeg_point(_q75(kodak_dir), *jpeg_reference)
 
 
 def test_a_psnr_off_by_a_few_hundredths_is_caught(kodak_dir, jpeg_reference, monkeypatch):
     """PSNR against a peak of 256 instead of 255 (+0.034 dB): inside the old 0.2 dB tolerance,
-    outside README's stated 34.52."""
+    outside docs/FIDELITY.md's stated 34.52."""
     real = anchors.metrics.psnr
     monkeypatch.setattr(anchors.metrics, "psnr", lambda a, b: real(a, b) + 20 * math.log10(256 / 255))
     got = _q75(kodak_dir)
     ref, i = jpeg_reference
     assert got["psnr-rgb"] == pytest.approx(ref["psnr-rgb"][i], abs=0.2)  # the old check: accepted
-    with pytest.raises(AssertionError, match="README states"):
+    with pytest.raises(AssertionError, match="docs/FIDELITY.md states"):
         check_jpeg_point(got, ref, i)

@@ -296,3 +296,13 @@ def test_sweep_grid_refuses_to_average_over_a_parameter_that_varies(tmp_path):
     grid = workbook.sweep_grid(tmp_path, "gamma", "w_lr", "test_loss", where={"gamma_schedule": "constant"})
     assert grid.loc[0.001, 0.025] == 1.0 and grid.loc[0.01, 0.025] == 2.0
     assert workbook.best_setting(grid) == (0.001, 0.025, 1.0)
+
+
+def test_a_parameter_the_notebook_lacks_is_refused_before_any_job(tmp_path):
+    """papermill only warns about an unknown name and runs the default: the sweep refuses it, also in
+    a dry run, and writes nothing."""
+    spec = _spec(tmp_path, grid={"a": [1], "typo_param": [3]})
+    for dry in (True, False):
+        with pytest.raises(ConfigError, match=r"grid.typo_param is not a parameter of sweep_job.ipynb \(it has: a, b"):
+            run_sweep(spec, dry_run=dry, progress=False)
+    assert not (tmp_path / "out").exists()

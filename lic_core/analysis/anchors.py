@@ -217,6 +217,25 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
 
+def parse_qualities(keys: Sequence[str], text: str) -> list[float]:
+    """``--qualities``: distinct numbers within every chosen codec's range (integers where the codec
+    takes integers); else a ValueError naming the value and the range."""
+    try:
+        values = [float(q) for q in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--qualities {text!r}: comma-separated numbers, e.g. 10,50,90") from None
+    if len(set(values)) != len(values):
+        raise ValueError(f"--qualities {text!r}: a value twice (each one is one R-D point)")
+    for key in keys:
+        lo, hi = CODECS[key].bounds
+        whole = key != "jpeg2000"  # JPEG 2000's sweep value is a target PSNR in dB
+        bad = [q for q in values if not lo <= q <= hi or (whole and q != int(q))]
+        if bad:
+            raise ValueError(f"--qualities {bad[0]:g}: {CODECS[key].name} takes "
+                             f"{'integers' if whole else 'values'} {lo}..{hi} ({CODECS[key].meaning})")
+    return values
+
+
 @command("anchors")
 def main(argv: list[str] | None = None) -> int:
     """``python -m lic_core anchors --codec jpeg --dataset kodak --out DIR [--qualities 10,50]``."""
@@ -243,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         name, images = resolve(args.dataset, args.limit)
-        qualities = [float(q) for q in args.qualities.split(",")] if args.qualities else None
+        qualities = parse_qualities(runnable, args.qualities) if args.qualities else None
         args.out.mkdir(parents=True, exist_ok=True)
         for key in runnable:
             data = sweep(key, images, qualities, args.crop)

@@ -24,7 +24,7 @@ import bjontegaard as bd
 import numpy as np
 import pandas as pd
 
-from lic_core.atomic import write_file
+from lic_core.atomic import check_output, write_file
 from lic_core.cliargs import bounded_float
 from lic_core.errors import LicError, command
 
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the extrapolated value of a low-overlap pair (with its warning) instead of NaN")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
+    if args.out:
+        check_output(args.out, inputs=[args.anchor, *args.curves])  # never one of the curves it reads
     df = bd_table(args.anchor, args.curves, args.metric, args.method or ["cubic"], args.min_overlap,
                   strict=not args.lenient)
     text = format_table(df, args.format)

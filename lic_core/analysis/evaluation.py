@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +31,7 @@ from lic_core.imageio import read_rgb
 from lic_core.atomic import write_file
 from lic_core.cliargs import bounded_int
 from lic_core.datasets import resolve
-from lic_core.errors import LicError, command
+from lic_core.errors import LicError, command, printable
 from lic_core.training.losses import RATES, rate_terms
 
 SCALES = ("z", "s1", "s2", "s3")
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="curve name (default: the checkpoint names joined by '-')")
     p.add_argument("--threads", type=bounded_int(0, 1024), default=0, help="torch CPU threads (0: leave as is)")
     args = p.parse_args(argv)
+    if args.name is not None and (not re.fullmatch(r"[\w.+=@-]+", args.name) or args.name in (".", "..")):
+        raise LicError(f"--name {printable(args.name)!r}: a curve name is one file name (letters, digits, . _ - + = @)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     data = evaluate(args.checkpoint or [args.model], args.dataset, args.out, args.limit, args.crop, args.name)

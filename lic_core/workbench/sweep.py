@@ -65,7 +65,7 @@ from filelock import FileLock, Timeout
 
 from lic_core.atomic import write_file
 from lic_core.config import parse_yaml
-from lic_core.errors import ConfigError, LicError, command
+from lic_core.errors import ConfigError, LicError, command, one_line
 from lic_core.paths import REPO
 
 STATES = ("pending", "running", "done", "failed")
@@ -190,14 +190,35 @@ def spec_from_dict(raw: dict[str, Any], base: str | Path | None = None,
     for key, values in spec.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: grid.{key} must be a non-empty list, got {values!r}")
-    for where, mapping in [("parameters", spec.parameters), ("grid", spec.grid),
-                           *((f"include[{i}]", inc) for i, inc in enumerate(spec.include))]:
+    for where, mapping in _settings(spec):
         taken = sorted(set(mapping) & set(RESERVED))
         if taken:
             raise ConfigError(f"{source}: {where} sets {taken}, which the sweep sets per job")
     if not spec.expand():
         raise ConfigError(f"{source}: the sweep has no jobs (empty grid after exclude, no include)")
     return spec
+
+
+def _settings(spec: SweepSpec) -> list[tuple[str, dict[str, Any]]]:
+    """Where the YAML sets notebook parameters: (its key, the mapping)."""
+    return [("parameters", spec.parameters), ("grid", spec.grid),
+            *((f"include[{i}]", inc) for i, inc in enumerate(spec.include))]
+
+
+def _check_parameters(spec: SweepSpec, source: str) -> None:
+    """Every parameter the sweep sets must be one of the notebook's (its ``parameters`` cell):
+    papermill only warns about another name, and the job would run with the default."""
+    import papermill
+
+    try:
+        known = set(papermill.inspect_notebook(str(spec.notebook)))
+    except Exception as e:  # not a notebook papermill can read
+        raise ConfigError(f"sweep {source}: notebook {spec.notebook} cannot be read ({one_line(e)})") from None
+    for where, mapping in _settings(spec):
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise ConfigError(f"sweep {source}: {where}.{unknown[0]} is not a parameter of {spec.notebook.name} "
+                              f"(it has: {', '.join(sorted(known))})")
 
 
 def _typed(raw: dict, key: str, kind: type, default: Any, source: str) -> Any:
@@ -267,7 +288,6 @@ def _update_job(sweep_dir: Path, name: str, **fields: Any) -> dict[str, Any]:
 def _prepare(spec: SweepSpec, jobs: list[Job]) -> None:
     """Create the sweep folder, its resolved spec and manifest; add jobs not yet recorded."""
     spec.output.mkdir(parents=True, exist_ok=True)
-    _write_json(spec.output / SPEC_FILE, asdict(spec))
     with FileLock(str(spec.output / (MANIFEST + ".lock")), timeout=120):
         if not (spec.output / MANIFEST).exists():
             _write_json(spec.output / MANIFEST, {"sweep": spec.name, "notebook": str(spec.notebook),
@@ -279,6 +299,7 @@ def _prepare(spec: SweepSpec, jobs: list[Job]) -> None:
         for job in jobs:
             data["jobs"].setdefault(job.name, {"state": "pending", "parameters": job.parameters,
                                                "attempts": 0, "created": _now()})
+    _write_json(spec.output / SPEC_FILE, asdict(spec))  # after the check: a refused run leaves it as it was
 
 
 def _process_alive(pid: int) -> bool:
@@ -707,6 +728,7 @@ def run_sweep(spec: SweepSpec | str | Path, executor: str = "local", jobs: int |
     if n < 1:
         raise ConfigError(f"jobs must be >= 1, got {n}")
     expanded = spec.expand()
+    _check_parameters(spec, spec.name)
     if dry_run:
         return _dry_run(spec, expanded)
     _check_kernel(spec.kernel)
