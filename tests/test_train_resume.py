@@ -102,3 +102,23 @@ def test_resume_refuses_another_config(tmp_path, images):
         Trainer(micro_config(tmp_path, images, run__steps=4, run__resume="never"))
     more = train(micro_config(tmp_path, images, run__steps=4))  # run.steps may grow on resume
     assert [r["step"] for r in load_history(more.run_dir, "train")] == [1, 2, 3, 4]
+
+
+def test_a_second_training_into_a_held_run_folder_stops(tmp_path, images):
+    """While a process holds a run folder, another training into it is a one-line error that
+    changes nothing; once the holder is gone (here killed), the folder trains normally."""
+    from lic_core.errors import LicError
+
+    cfg = micro_config(tmp_path, images, run__name="held", run__steps=2)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / ".held.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LicError, match=r"^[^\n]*held: another training is writing this run folder"):
+            train(cfg)
+        assert not (tmp_path / "held").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(cfg).step == 2

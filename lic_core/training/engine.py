@@ -14,9 +14,10 @@ import random
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from lic_core.training import losses
 from lic_core.analysis import metrics
 from lic_core.config import COMPILE_CPU_MAX_KMACS, COMPILE_MIN_STEPS, OptimConfig, TrainConfig, apply_overrides, from_dict, hpcm_config, load_config, validate
 from lic_core.training.data import load_test_set, train_loader
-from lic_core.errors import ConfigError, command
+from lic_core.errors import ConfigError, LicError, command
 from lic_core.models import autotune
 from lic_core.models.hpcm import HPCM, build, kmacs_per_pixel, read_checkpoint
 from lic_core.optim import CautiousAdam, LRSchedule
@@ -544,13 +545,37 @@ def train(cfg: TrainConfig | dict | str | Path | None = None, overrides: dict | 
     ``train("cfg.yaml", {"loss.lmbda": 0.013, "run.steps": 200})`` from a notebook; the same
     code runs under ``torchrun`` (one process per GPU).
     """
-    with autotune.forced(autotune.mode()):  # the run's autotune mode ends with it
-        trainer = Trainer(as_config(cfg, overrides))
+    cfg = as_config(cfg, overrides)
+    with run_lock(cfg), autotune.forced(autotune.mode()):  # the run's autotune mode ends with it
+        trainer = Trainer(cfg)
         try:
             return trainer.fit(until)
         finally:
             if trainer.owns_group:
                 ddp.teardown()
+
+
+@contextmanager
+def run_lock(cfg: TrainConfig) -> Iterator[None]:
+    """Hold the run folder for this process (rank 0 under torchrun): a second training into the
+    same folder stops with a one-line error instead of interleaving checkpoints and history."""
+    from filelock import FileLock, Timeout
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    path = cfg.run_dir.parent / f".{cfg.run_dir.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LicError(f"{cfg.run_dir}: another training is writing this run folder (lock {path}); "
+                       "wait for it, or give this run another run.name") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @command("train")
