@@ -96,7 +96,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, images):
 
 def test_resume_refuses_another_config(tmp_path, images):
     train(micro_config(tmp_path, images, run__steps=2, run__ckpt_every=1))
-    with pytest.raises(ConfigError, match=r"^run\.resume: .*loss\.lmbda \(checkpoint: 0\.013, config: 0\.05\)"):
+    with pytest.raises(ConfigError, match=r"^run\.resume: .*loss\.lmbda \(checkpoint: 0\.013, config: 0\.05\); give .* another run\.name"):
         Trainer(micro_config(tmp_path, images, run__steps=4, loss__lmbda=0.05))
     with pytest.raises(ConfigError, match=r"^run\.resume: .* already holds checkpoints"):
         Trainer(micro_config(tmp_path, images, run__steps=4, run__resume="never"))

@@ -337,7 +337,7 @@ class Trainer:
         diff = _first_difference(sd["train_config"], self.cfg.to_dict())
         if diff:
             raise ConfigError(f"run.resume: the checkpoint was trained with another config: {diff}; "
-                              "use another run.name or run.resume=never")
+                              "give a run with this config another run.name (the folder is kept as it is)")
         self.model.load_state_dict(sd["state_dict"])
         self._restore_autotune(sd.get("autotune"))
         self.step, self.skipped = sd["step"], sd["skipped"]
