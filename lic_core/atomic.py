@@ -115,20 +115,17 @@ def clear_stale(path: str | os.PathLike) -> list[Path]:
     return gone
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived while a file was being written (the temporary file is then removed)."""
-
-
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """In the main thread, SIGTERM raises :class:`Terminated` (like SIGINT's KeyboardInterrupt),
-    so that the ``except`` below removes the temporary file before the process exits."""
+def sigterm_exits() -> Iterator[None]:
+    """In the main thread, SIGTERM (``kill``, a batch system cancelling a job) ends the block with
+    ``SystemExit(143)`` instead of ending the process on the spot, so that ``except``/``finally``
+    clauses run first (a temporary file removed, worker processes ended)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
-        raise Terminated()
+        raise SystemExit(128 + signum)
 
     try:
         old = signal.signal(signal.SIGTERM, handler)
@@ -159,7 +156,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], f
     except OSError as e:
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
-        with _sigterm_raises():
+        with sigterm_exits():
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
@@ -169,10 +166,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], f
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
-    except Terminated:
-        Path(tmp).unlink(missing_ok=True)
-        sys.exit(128 + signal.SIGTERM)
-    except BaseException:
+    except BaseException:  # also SystemExit(143) from SIGTERM
         Path(tmp).unlink(missing_ok=True)
         raise
     return path

@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from filelock import FileLock, Timeout
 
-from lic_core.atomic import write_file
+from lic_core.atomic import sigterm_exits, write_file
 from lic_core.config import parse_yaml
 from lic_core.errors import ConfigError, LicError, command, one_line
 from lic_core.paths import REPO
@@ -595,24 +595,6 @@ class _Workers:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM (``kill``, a batch system cancelling the job) ends the block with ``SystemExit(143)``
-    instead of ending the process on the spot, so the scheduler can end its workers first."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
 def _sleeping_omp() -> Iterator[None]:
     """Workers started inside the block get ``OMP_WAIT_POLICY=PASSIVE`` unless one is exported."""
     from lic_core import threads as cpu
@@ -633,7 +615,7 @@ def _local(todo: list[Task], outcomes: dict[str, Outcome], n: int, progress: Pro
     pending, running, workers = list(todo), {}, _Workers(n)
     finished = False
     try:
-        with _sleeping_omp(), _sigterm_raises():
+        with _sleeping_omp(), sigterm_exits():
             while True:
                 for t in list(pending):
                     if len(running) >= n:
@@ -806,8 +788,6 @@ def _last_step(job_dir: Path) -> str:
 def heartbeat(what: str, every: float = HEARTBEAT_S) -> Iterator[None]:
     """Print ``  ... <what>: still running after N min`` every ``every`` seconds inside the block
     (a long step in a terminal or CI log never looks hung)."""
-    import threading
-
     stop, t0 = threading.Event(), time.monotonic()
 
     def beat() -> None:
